@@ -1,0 +1,6 @@
+"""Factories that build and configure the application at start-up, never at import.
+
+`application.create_application` builds the Quart app, `celery.configure_celery` configures the
+placeholder Celery instance from an app's config, and `configuration.get_config` reads the
+settings from defaults and the environment.
+"""

@@ -1,0 +1,149 @@
+"""Settings: defaults, overridden by the environment, checked before anything connects.
+
+A wrong setting must stop start-up with one line that names it, not with a traceback from deep
+inside kombu the first time a connection is made. Every value read here is therefore cast and
+checked, and every problem is raised as a `ConfigurationError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import timedelta
+from functools import cache
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery.app.backends import BACKEND_ALIASES
+from celery.app.defaults import NAMESPACES, Option, flatten
+from celery.utils.serialization import strtobool
+from kombu.transport import TRANSPORT_ALIASES
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_RESULT_EXPIRES = 24 * 60 * 60
+CELERY_PREFIX = "CELERY_"
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+# Settings whose values are URLs, and the schemes each accepts.
+_URL_SETTINGS = {
+    "REDIS_URL": REDIS_SCHEMES,
+    "CELERY_BROKER_URL": frozenset(TRANSPORT_ALIASES),
+    "CELERY_RESULT_BACKEND": frozenset(BACKEND_ALIASES),
+}
+
+
+class ConfigurationError(Exception):
+    """A setting is unknown or malformed; the message names the setting and what was wrong."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+
+
+def get_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the app's settings: the defaults, overridden by the environment.
+
+    `REDIS_URL` names the Redis server the broker and the result backend share unless
+    `CELERY_BROKER_URL` or `CELERY_RESULT_BACKEND` name another one. Any other Celery setting
+    can be given as `CELERY_<SETTING>` (e.g. `CELERY_WORKER_PREFETCH_MULTIPLIER=1`); values are
+    cast to the setting's type, with JSON for lists and mappings.
+    """
+    environ = os.environ if environ is None else environ
+    config: dict[str, Any] = {
+        "REDIS_URL": DEFAULT_REDIS_URL,
+        "CELERY_BROKER_URL": None,
+        "CELERY_RESULT_BACKEND": None,
+        "CELERY_RESULT_EXPIRES": DEFAULT_RESULT_EXPIRES,
+    }
+    for key, raw in environ.items():
+        # Celery's command line reads some CELERY_* variables of its own (CELERY_CONFIG_MODULE,
+        # CELERY_RDB_PORT, ...): only the names of settings are ours to read.
+        if key in _URL_SETTINGS or is_celery_setting(key):
+            config[key] = check_setting(key, raw)
+    return config
+
+
+def is_celery_setting(key: str) -> bool:
+    """Whether `key` names one of Celery's settings in the `CELERY_` namespace."""
+    return key.startswith(CELERY_PREFIX) and celery_name(key) in celery_options()
+
+
+def celery_name(key: str) -> str:
+    """Celery's name for the app setting `key`: `CELERY_BROKER_URL` is `broker_url`."""
+    return key.removeprefix(CELERY_PREFIX).lower()
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """Return `value` cast to the type of setting `key`, or raise `ConfigurationError`."""
+    if key in _URL_SETTINGS:
+        return None if value is None else check_url(key, value, _URL_SETTINGS[key])
+    if not key.startswith(CELERY_PREFIX):
+        return value
+    option = celery_options().get(celery_name(key))
+    if option is None:
+        raise ConfigurationError(key, "is not a Celery setting (see Celery's configuration docs)")
+    return _cast(key, value, option)
+
+
+def check_url(key: str, url: Any, schemes: frozenset[str]) -> str:
+    """Return `url` if it is a well-formed URL with one of `schemes`; else raise."""
+    if not isinstance(url, str):
+        raise ConfigurationError(key, f"expected a URL, got {url!r}")
+    parts = urlsplit(url)
+    shown = url.replace(f":{parts.password}@", ":**@") if parts.password else url
+    # The Celery backend scheme "cache+memory" names the backend before the "+".
+    scheme = parts.scheme.split("+", 1)[0]
+    if "://" not in url or scheme not in schemes:
+        expected = ", ".join(f"{name}://" for name in sorted(schemes)[:6])
+        raise ConfigurationError(key, f"{shown!r} is not a URL of a known kind ({expected}, ...)")
+    try:
+        parts.port  # noqa: B018 -- reading the port is what validates it
+    except ValueError:
+        raise ConfigurationError(key, f"{shown!r} has a port that is not a number") from None
+    database = parts.path.strip("/")
+    if scheme in REDIS_SCHEMES and scheme != "unix" and database and not database.isdigit():
+        raise ConfigurationError(key, f"{shown!r} has a database {database!r} that is not a number")
+    return url
+
+
+@cache
+def celery_options() -> dict[str, Option]:
+    """Celery's own settings, by lowercase name, with their types and defaults."""
+    return dict(flatten(NAMESPACES))
+
+
+def _cast(key: str, value: Any, option: Option) -> Any:
+    """Cast a setting to the type Celery declares for it; strings come from the environment."""
+    kind: str = option.type or "string"
+    try:
+        if kind in ("int", "float"):
+            if isinstance(value, timedelta):  # Celery takes durations as timedeltas too
+                return value
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise TypeError
+            return float(value) if kind == "float" else int(value)
+        if not isinstance(value, str) or kind in ("string", "any"):
+            return value
+        if kind == "bool":
+            return bool(strtobool(value))
+        return json.loads(value)
+    except (TypeError, ValueError):
+        expected = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+        raise ConfigurationError(
+            key, f"expected {expected.get(kind, f'a JSON {kind}')}, got {value!r}"
+        ) from None
+
+
+@contextmanager
+def exit_on_configuration_error() -> Iterator[None]:
+    """Turn a `ConfigurationError` at start-up into one line on stderr and exit status 1.
+
+    For the entry points: servers and the Celery command line print a full traceback for an
+    error raised while importing the app, which buries the one fact the user needs.
+    """
+    try:
+        yield
+    except ConfigurationError as error:
+        raise SystemExit(f"configuration error: {error}") from None

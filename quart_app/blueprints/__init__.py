@@ -1,0 +1,1 @@
+"""The app's controllers, one blueprint per concern."""
