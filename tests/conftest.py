@@ -1,0 +1,61 @@
+"""Fixtures for the whole suite: an environment of the tests' own, the app, a clean Redis.
+
+The tests use Redis databases of their own (`TEST_REDIS_DB`, default 13, and the one after it)
+on the server at `REDIS_URL`, and flush only those.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+from quart import Quart
+
+from factories.application import create_application
+from factories.configuration import DEFAULT_REDIS_URL
+
+
+def _database_url(url: str, database: int) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_url() -> Iterator[str]:
+    """The tests' own Redis database, made the environment's `REDIS_URL` for the session.
+
+    Celery reads `CELERY_BROKER_URL` and `CELERY_RESULT_BACKEND` from the environment ahead of
+    its settings, so a developer's own are kept out of the tests, and out of the processes the
+    tests start.
+    """
+    database = int(os.environ.get("TEST_REDIS_DB", "13"))
+    url = _database_url(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), database)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in os.environ:
+            if name.startswith("CELERY_"):
+                patch.delenv(name)
+        patch.setenv("REDIS_URL", url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def other_redis_url(redis_url: str) -> str:
+    """A second database of the tests' own, for tests that need two."""
+    return _database_url(redis_url, int(urlsplit(redis_url).path.strip("/")) + 1)
+
+
+@pytest.fixture
+def app() -> Quart:
+    """The app as `asgi.py` builds it, in testing mode; the placeholder Celery is bound to it."""
+    return create_application({"TESTING": True})
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the tests' database, flushed before the test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()

@@ -1,0 +1,145 @@
+"""The Celery factory: the placeholder configured from an app's config, and the task base class.
+
+These tests make no connection: configuring Celery only records its settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+import pytest
+from celery import Celery
+from quart import Quart
+
+from factories.application import create_application
+from factories.celery import ContextTask, configure_celery
+from factories.configuration import ConfigurationError
+from quart_app import extensions
+from quart_app.tasks import async_task, failing_task, progress_task, simple_task
+
+
+def test_configures_and_returns_the_placeholder(app: Quart) -> None:
+    celery = configure_celery(app)
+    assert celery is extensions.celery
+    assert app.extensions["celery"] is celery
+    assert celery.Task.web_app is app
+
+
+def test_configuring_twice_is_harmless(app: Quart) -> None:
+    celery = configure_celery(app)
+    settings = dict(celery.conf)
+    assert configure_celery(app) is celery
+    assert dict(celery.conf) == settings
+    assert simple_task("again") == "again"
+
+
+def test_every_task_derives_from_the_context_task() -> None:
+    for task in (simple_task, progress_task, async_task, failing_task):
+        assert isinstance(task, ContextTask)
+
+
+def test_task_names_are_the_function_names(app: Quart) -> None:
+    names = {"simple_task", "progress_task", "async_task", "failing_task"}
+    assert names <= set(configure_celery(app).tasks)
+
+
+def test_broker_and_backend_default_to_redis_url() -> None:
+    celery = configure_celery(create_application({"REDIS_URL": "redis://cache:6379/4"}))
+    assert celery.conf.broker_url == "redis://cache:6379/4"
+    assert celery.conf.result_backend == "redis://cache:6379/4"
+
+
+def test_broker_and_backend_are_each_configurable() -> None:
+    celery = configure_celery(
+        create_application(
+            {
+                "REDIS_URL": "redis://cache:6379/4",
+                "CELERY_BROKER_URL": "redis://broker:6379/5",
+                "CELERY_RESULT_BACKEND": "redis://results:6379/6",
+            }
+        )
+    )
+    assert celery.conf.broker_url == "redis://broker:6379/5"
+    assert celery.conf.result_backend == "redis://results:6379/6"
+
+
+def test_any_celery_setting_in_the_namespace_is_read() -> None:
+    celery = configure_celery(
+        create_application(
+            {
+                "CELERY_TASK_DEFAULT_QUEUE": "jobs",
+                "CELERY_WORKER_PREFETCH_MULTIPLIER": "1",
+                "CELERY_RESULT_EXPIRES": 60,
+            }
+        )
+    )
+    assert celery.conf.task_default_queue == "jobs"
+    assert celery.conf.worker_prefetch_multiplier == 1
+    assert celery.conf.result_expires == 60
+
+
+def test_a_setting_dropped_from_the_config_returns_to_its_default() -> None:
+    celery = configure_celery(create_application({"CELERY_TASK_DEFAULT_QUEUE": "jobs"}))
+    configure_celery(create_application())
+    assert celery.conf.task_default_queue == "celery"
+
+
+def test_defaults_json_only_started_tracked_results_expire(app: Quart) -> None:
+    conf = configure_celery(app).conf
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert conf.accept_content == conf.result_accept_content == ["json"]
+    assert conf.task_track_started is True
+    assert conf.result_expires == 24 * 60 * 60
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("CELERY_ACCEPT_CONTENT", ["json", "pickle"]),
+        ("CELERY_RESULT_ACCEPT_CONTENT", ["pickle"]),
+        ("CELERY_TASK_SERIALIZER", "pickle"),
+        ("CELERY_RESULT_SERIALIZER", "yaml"),
+    ],
+)
+def test_pickle_and_other_serializers_are_refused(key: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^{key}: must be .*only JSON"):
+        create_application({key: value})
+
+
+def test_an_unknown_celery_setting_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"^CELERY_TASK_TRACK_STARTD: is not a Celery"):
+        create_application({"CELERY_TASK_TRACK_STARTD": True})
+
+
+def test_a_malformed_url_in_the_app_config_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"^CELERY_BROKER_URL: .* port"):
+        create_application({"CELERY_BROKER_URL": "redis://localhost:port/0"})
+
+
+def test_a_flask_app_configured_the_same_way_works() -> None:
+    flask_app = flask.Flask("flask_app")
+    flask_app.config.update(
+        CELERY_BROKER_URL="redis://broker:6379/5",
+        CELERY_RESULT_BACKEND="redis://results:6379/6",
+        CELERY_TASK_DEFAULT_QUEUE="jobs",
+    )
+    celery = configure_celery(flask_app)
+    assert celery is extensions.celery
+    assert flask_app.extensions["celery"] is celery
+    assert celery.conf.broker_url == "redis://broker:6379/5"
+    assert celery.conf.result_backend == "redis://results:6379/6"
+    assert celery.conf.task_default_queue == "jobs"
+    assert celery.conf.accept_content == ["json"]
+
+
+def test_a_task_of_an_unconfigured_app_says_so() -> None:
+    unconfigured = Celery("unconfigured", task_cls=ContextTask, set_as_current=False)
+
+    @unconfigured.task(name="lonely")
+    def lonely() -> None:
+        """Never runs."""
+
+    with pytest.raises(RuntimeError, match="before configure_celery"):
+        lonely()
+    unconfigured.close()

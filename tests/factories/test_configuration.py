@@ -1,0 +1,94 @@
+"""Settings from defaults and the environment, and the errors a wrong one raises."""
+
+from __future__ import annotations
+
+import pytest
+
+from factories.configuration import (
+    DEFAULT_REDIS_URL,
+    ConfigurationError,
+    exit_on_configuration_error,
+    get_config,
+)
+
+
+def test_defaults() -> None:
+    config = get_config({})
+    assert config["REDIS_URL"] == DEFAULT_REDIS_URL == "redis://127.0.0.1:6379/0"
+    assert config["CELERY_BROKER_URL"] is None
+    assert config["CELERY_RESULT_BACKEND"] is None
+    assert config["CELERY_RESULT_EXPIRES"] == 24 * 60 * 60
+
+
+def test_environment_overrides_the_urls() -> None:
+    config = get_config(
+        {
+            "REDIS_URL": "redis://cache:6379/1",
+            "CELERY_BROKER_URL": "amqp://guest:guest@rabbit:5672//",
+            "CELERY_RESULT_BACKEND": "rediss://results:6380/2",
+        }
+    )
+    assert config["REDIS_URL"] == "redis://cache:6379/1"
+    assert config["CELERY_BROKER_URL"] == "amqp://guest:guest@rabbit:5672//"
+    assert config["CELERY_RESULT_BACKEND"] == "rediss://results:6380/2"
+
+
+def test_celery_settings_from_the_environment_are_cast() -> None:
+    config = get_config(
+        {
+            "CELERY_RESULT_EXPIRES": "3600",
+            "CELERY_WORKER_PREFETCH_MULTIPLIER": "1",
+            "CELERY_TASK_ACKS_LATE": "true",
+            "CELERY_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 30}',
+            "CELERY_TASK_DEFAULT_QUEUE": "jobs",
+        }
+    )
+    assert config["CELERY_RESULT_EXPIRES"] == 3600
+    assert config["CELERY_WORKER_PREFETCH_MULTIPLIER"] == 1
+    assert config["CELERY_TASK_ACKS_LATE"] is True
+    assert config["CELERY_BROKER_TRANSPORT_OPTIONS"] == {"visibility_timeout": 30}
+    assert config["CELERY_TASK_DEFAULT_QUEUE"] == "jobs"
+
+
+def test_variables_of_celerys_command_line_are_not_settings() -> None:
+    config = get_config({"CELERY_CONFIG_MODULE": "x", "CELERY_RDB_PORT": "6899", "HOME": "/"})
+    assert "CELERY_CONFIG_MODULE" not in config
+    assert "CELERY_RDB_PORT" not in config
+    assert "HOME" not in config
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("CELERY_BROKER_URL", "redis://localhost:abc/0", "port that is not a number"),
+        ("CELERY_BROKER_URL", "localhost:6379", "not a URL of a known kind"),
+        ("CELERY_BROKER_URL", "carrier-pigeon://loft", "not a URL of a known kind"),
+        ("CELERY_RESULT_BACKEND", "redis://localhost/zero", "database 'zero' that is not a number"),
+        ("REDIS_URL", "http://localhost:6379", "not a URL of a known kind"),
+        ("CELERY_RESULT_EXPIRES", "soon", "expected a number, got 'soon'"),
+        ("CELERY_WORKER_PREFETCH_MULTIPLIER", "1.5", "expected a whole number, got '1.5'"),
+        ("CELERY_TASK_ACKS_LATE", "maybe", "expected true or false, got 'maybe'"),
+        ("CELERY_BROKER_TRANSPORT_OPTIONS", "{visibility", "expected a JSON dict"),
+    ],
+)
+def test_a_malformed_setting_is_named(name: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        get_config({name: value})
+    assert raised.value.setting == name
+    assert str(raised.value).startswith(f"{name}: ")
+    assert problem in str(raised.value)
+
+
+def test_a_password_in_a_malformed_url_is_not_shown() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        get_config({"CELERY_BROKER_URL": "redis://:hunter2@localhost:abc/0"})
+    assert "hunter2" not in str(raised.value)
+    assert "redis://:**@localhost:abc/0" in str(raised.value)
+
+
+def test_start_up_stops_with_one_line_naming_the_setting() -> None:
+    with pytest.raises(SystemExit) as raised, exit_on_configuration_error():
+        get_config({"CELERY_RESULT_EXPIRES": "soon"})
+    message = str(raised.value.code)
+    assert message == "configuration error: CELERY_RESULT_EXPIRES: expected a number, got 'soon'"
+    assert raised.value.__cause__ is None

@@ -1,0 +1,108 @@
+"""Real workers against the real Redis: in a thread of the test process, or as processes.
+
+Every worker a test starts is stopped when the test ends, whether it passed or not.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from celery.worker import WorkController
+from quart import Quart
+
+from factories.celery import configure_celery
+from tests.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_START_TIMEOUT = 60.0
+WORKER_STOP_TIMEOUT = 20.0
+
+ThreadWorker = Callable[..., AbstractContextManager[WorkController]]
+ProcessWorker = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def celery(app: Quart, redis_client: redis.Redis) -> Celery:
+    """The placeholder Celery, configured from the test app, its Redis database flushed."""
+    return configure_celery(app)
+
+
+@pytest.fixture
+def thread_worker() -> ThreadWorker:
+    """Start a real worker in a thread of this process: `with thread_worker(celery, pool=...)`."""
+
+    @contextmanager
+    def start(celery: Celery, pool: str = "solo", concurrency: int = 1) -> Iterator[WorkController]:
+        with start_worker(
+            celery,
+            pool=pool,
+            concurrency=concurrency,
+            perform_ping_check=False,
+            shutdown_timeout=WORKER_STOP_TIMEOUT,
+        ) as worker:
+            yield worker
+
+    return start
+
+
+@pytest.fixture
+def process_worker(celery: Celery, redis_url: str, tmp_path: Path) -> Iterator[ProcessWorker]:
+    """Start `celery -A worker worker` as a process, ready to take tasks when returned."""
+    with ExitStack() as cleanup:
+
+        def start(pool: str = "solo", concurrency: int = 1) -> subprocess.Popen[bytes]:
+            name = f"test-{pool}-{uuid.uuid4().hex[:8]}@%h"
+            log = (tmp_path / f"worker-{pool}.log").open("wb")
+            cleanup.callback(log.close)
+            process = subprocess.Popen(
+                [
+                    *[sys.executable, "-m", "celery", "-A", "worker", "worker"],
+                    *["--pool", pool, "--concurrency", str(concurrency), "--hostname", name],
+                    *["--include", "tests.worker_tasks", "--loglevel", "INFO"],
+                    *["--without-gossip", "--without-mingle"],
+                ],
+                cwd=ROOT,
+                env={**os.environ, "REDIS_URL": redis_url},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            cleanup.callback(stop_process_group, process)
+            hostname = name.replace("%h", os.uname().nodename)
+
+            def ready() -> bool:
+                if process.poll() is not None:
+                    log.flush()
+                    output = Path(log.name).read_text(errors="replace")
+                    raise RuntimeError(f"the worker exited with {process.returncode}:\n{output}")
+                return bool(celery.control.ping(destination=[hostname], timeout=0.5))
+
+            wait_for(ready, WORKER_START_TIMEOUT, f"worker {hostname} to answer a ping")
+            return process
+
+        yield start
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process the tests started, and what it started: warm shutdown, then kill.
+
+    The process leads a session of its own (`start_new_session`), so its group holds only it
+    and its children: the pool processes of a prefork worker.
+    """
+    process.terminate()
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(WORKER_STOP_TIMEOUT)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -1,0 +1,89 @@
+"""`celery -A worker worker` as a real process, under each pool, running the app's tasks."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+
+import pytest
+import redis
+from celery import Celery
+
+from quart_app.tasks import async_task, failing_task, progress_task, simple_task
+from tests.integration.conftest import ProcessWorker
+from tests.waiting import wait_for
+from tests.worker_tasks import cached_client
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 30.0
+POOLS = [("solo", 1), ("prefork", 2), ("threads", 2)]
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), POOLS)
+def test_the_worker_runs_all_four_tasks(
+    celery: Celery, process_worker: ProcessWorker, pool: str, concurrency: int
+) -> None:
+    process_worker(pool, concurrency)
+    assert simple_task.delay("hello").get(timeout=TIMEOUT) == "hello"
+    assert progress_task.delay(3, 0.01).get(timeout=TIMEOUT) == {"steps": 3}
+    greeting = async_task.delay("hi", 0.01).get(timeout=TIMEOUT)
+    assert greeting == {"message": "hi", "app": "quart_app"}
+    failed = failing_task.delay("boom")
+    with pytest.raises(ValueError, match=r"^boom$"):
+        failed.get(timeout=TIMEOUT)
+    assert failed.state == "FAILURE"
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), POOLS)
+def test_an_async_client_cached_across_tasks_keeps_working(
+    celery: Celery,
+    process_worker: ProcessWorker,
+    redis_client: redis.Redis,
+    pool: str,
+    concurrency: int,
+) -> None:
+    process_worker(pool, concurrency)
+    key = f"count-{uuid.uuid4().hex}"
+    runs = [cached_client.delay(key) for _ in range(4 * concurrency)]
+    reports = [run.get(timeout=TIMEOUT) for run in runs]
+
+    assert sorted(report["count"] for report in reports) == list(range(1, len(runs) + 1))
+    by_thread: defaultdict[tuple[int, int], list[dict[str, int]]] = defaultdict(list)
+    for report in reports:
+        by_thread[report["pid"], report["thread"]].append(report)
+    # More tasks than the pool has threads: some thread ran several, on one loop and one client.
+    assert len(by_thread) <= concurrency < len(runs)
+    for same_thread in by_thread.values():
+        assert len({report["loop"] for report in same_thread}) == 1
+        assert len({report["client"] for report in same_thread}) == 1
+
+
+def test_progress_task_records_started_each_step_and_success(
+    celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
+) -> None:
+    process_worker()
+    task_id = str(uuid.uuid4())
+    # redis-py leaves pubsub() unannotated.
+    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
+        # Subscribe before sending, so no state is published before anyone listens.
+        pubsub.subscribe(f"celery-task-meta-{task_id}")
+        progress_task.apply_async((3, 0.01), task_id=task_id)
+        states: list[tuple[str, object]] = []
+
+        def finished() -> bool:
+            message = pubsub.get_message(timeout=0.1)
+            if message is not None:
+                meta = json.loads(message["data"])
+                states.append((meta["status"], meta["result"]))
+            return bool(states) and states[-1][0] == "SUCCESS"
+
+        wait_for(finished, TIMEOUT, "progress_task to succeed")
+    assert [state for state, _ in states] == ["STARTED", *["PROGRESS"] * 3, "SUCCESS"]
+    assert [result for _, result in states[1:]] == [
+        {"current": 1, "total": 3},
+        {"current": 2, "total": 3},
+        {"current": 3, "total": 3},
+        {"steps": 3},
+    ]

@@ -1,0 +1,71 @@
+"""The example tasks called as functions: each runs in the app's context, sync or async."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from quart import Quart
+
+from quart_app.tasks import async_task, failing_task, progress_task, simple_task
+from tests.worker_tasks import calls_a_task_directly, quart_app_name, runs_its_own_loop
+
+
+def test_simple_task_returns_its_message(app: Quart) -> None:
+    assert simple_task("hello") == "hello"
+
+
+def test_progress_task_returns_its_steps(app: Quart) -> None:
+    assert progress_task(3, delay=0) == {"steps": 3}
+
+
+def test_async_task_is_awaited_in_the_app_context(app: Quart) -> None:
+    assert async_task("hello") == {"message": "hello", "app": "quart_app"}
+
+
+def test_failing_task_raises_its_message(app: Quart) -> None:
+    with pytest.raises(ValueError, match=r"^boom$"):
+        failing_task("boom")
+
+
+def test_a_sync_task_sees_current_app(app: Quart) -> None:
+    assert quart_app_name() == app.name
+
+
+def test_a_sync_task_may_run_an_event_loop_of_its_own(app: Quart) -> None:
+    assert runs_its_own_loop() == app.name
+
+
+async def test_a_task_called_inside_a_running_loop_runs_beside_it(app: Quart) -> None:
+    assert async_task("from a loop") == {"message": "from a loop", "app": "quart_app"}
+    assert quart_app_name() == app.name
+
+
+async def test_an_async_task_may_call_another_directly(app: Quart) -> None:
+    assert calls_a_task_directly() == {"message": "inner", "app": "quart_app"}
+
+
+def test_teardown_handlers_run_after_each_task_with_its_error(app: Quart) -> None:
+    seen: list[tuple[str, BaseException | None]] = []
+
+    @app.teardown_appcontext
+    async def record(error: BaseException | None) -> None:
+        from quart import current_app
+
+        seen.append((current_app.name, error))
+
+    simple_task("one")
+    async_task("two")
+    with pytest.raises(ValueError):
+        failing_task("three")
+    assert [name for name, _ in seen] == ["quart_app"] * 3
+    assert seen[0][1] is None
+    assert seen[1][1] is None
+    assert isinstance(seen[2][1], ValueError)
+
+
+def test_sync_teardown_handlers_run_too(app: Quart) -> None:
+    threads: list[int] = []
+    app.teardown_appcontext(lambda error: threads.append(threading.get_ident()))
+    simple_task("one")
+    assert len(threads) == 1

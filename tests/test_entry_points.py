@@ -1,0 +1,99 @@
+"""The entry points as users run them: `hypercorn asgi:app` and `celery -A worker worker`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import stop_process_group
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+
+CELERY = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo"]
+HYPERCORN = [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", "127.0.0.1:0"]
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a server the test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server_url(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """`hypercorn asgi:app` on a free port, answering when returned; stopped after the test."""
+    port = free_port()
+    with (tmp_path / "hypercorn.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+            cwd=ROOT,
+            env={**os.environ, "REDIS_URL": redis_url},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def answers() -> bool:
+                assert process.poll() is None, (tmp_path / "hypercorn.log").read_text()
+                try:
+                    with urllib.request.urlopen(url, timeout=1):
+                        return True
+                except (urllib.error.URLError, ConnectionError):
+                    return False
+
+            wait_for(answers, START_TIMEOUT, "hypercorn to answer")
+            yield url
+        finally:
+            stop_process_group(process)
+
+
+def test_hypercorn_serves_the_app(server_url: str) -> None:
+    with urllib.request.urlopen(f"{server_url}/", timeout=5) as response:
+        assert response.status == 200
+        assert "quart_app is running" in response.read().decode()
+
+
+@pytest.mark.parametrize("command", [CELERY, HYPERCORN], ids=["celery", "hypercorn"])
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("CELERY_BROKER_URL", "redis://:secret@localhost:abc/0", "has a port that is not a number"),
+        ("REDIS_URL", "localhost", "is not a URL of a known kind"),
+        ("CELERY_RESULT_EXPIRES", "one day", "expected a number, got 'one day'"),
+    ],
+)
+def test_a_wrong_setting_stops_start_up_with_one_line(
+    command: list[str], name: str, value: str, problem: str
+) -> None:
+    completed = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**os.environ, name: value},
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    lines = (completed.stdout + completed.stderr).splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"configuration error: {name}: ")
+    assert problem in lines[0]
+    assert "secret" not in lines[0]
+    if command is CELERY:
+        # hypercorn 0.18 exits 0 even when its worker process fails: it drops the exit code.
+        assert completed.returncode == 1
