@@ -56,7 +56,7 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "run":
         with reachable_redis(redis_url):
             return serve(args.host, args.port)
-    failed = [command[0] for command in LINTERS if call(command) != 0]
+    failed = [name for name, command in LINTERS.items() if call(command) != 0]
     with reachable_redis(redis_url):
         status = call([str(BIN / "pytest"), *args.pytest_args])
     if failed:
@@ -64,11 +64,11 @@ def main(argv: Sequence[str]) -> int:
     return status or int(bool(failed))
 
 
-LINTERS = [
-    [str(BIN / "ruff"), "check", "."],
-    [str(BIN / "ruff"), "format", "--check", "."],
-    [str(BIN / "mypy")],
-]
+LINTERS = {
+    "ruff check": [str(BIN / "ruff"), "check", "."],
+    "ruff format": [str(BIN / "ruff"), "format", "--check", "."],
+    "mypy": [str(BIN / "mypy")],
+}
 
 
 def enter_virtualenv(argv: Sequence[str], extras: list[str]) -> None:
