@@ -51,7 +51,6 @@ class ContextTask(Task[Any, Any]):
     call `asyncio.run` as usual. Teardown handlers run after every task, with its exception.
     """
 
-    abstract = True
     #: The app whose context tasks run in; `configure_celery` sets it.
     web_app: ClassVar[WebApp | None] = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from quart import Quart
+from quart import Quart, current_app
 
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
 from tests.worker_tasks import calls_a_task_directly, quart_app_name, runs_its_own_loop
@@ -50,8 +50,6 @@ def test_teardown_handlers_run_after_each_task_with_its_error(app: Quart) -> Non
 
     @app.teardown_appcontext
     async def record(error: BaseException | None) -> None:
-        from quart import current_app
-
         seen.append((current_app.name, error))
 
     simple_task("one")

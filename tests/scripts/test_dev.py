@@ -1,0 +1,126 @@
+"""The README's run command: `python3 scripts/dev.py run` brings the whole system up.
+
+Given a `REDIS_URL` where no Redis answers, it starts one there, then a worker and hypercorn;
+told to stop, it stops all three.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.test_entry_points import free_port
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+
+ROUND_TRIP = """
+from factories.application import create_application
+from quart_app.tasks import async_task
+create_application()
+print(async_task.delay("round trip").get(timeout=30)["message"])
+"""
+
+
+@dataclass
+class System:
+    """What the run command brought up."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    redis_url: str
+    log: Path
+
+
+def children_of(pid: int) -> set[int]:
+    """The PIDs of the processes `pid` started (read from /proc, to stop only ours)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[System]:
+    """`scripts/dev.py run` on free ports, with no Redis at its `REDIS_URL`; stopped after."""
+    port, redis_port = free_port(), free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    log = tmp_path / "run.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "scripts/dev.py", "run", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "REDIS_URL": redis_url},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        started: set[int] = set()
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def answers() -> bool:
+                assert process.poll() is None, log.read_text()
+                started.update(children_of(process.pid))
+                try:
+                    with urllib.request.urlopen(url, timeout=1):
+                        return True
+                except (urllib.error.URLError, ConnectionError):
+                    return False
+
+            wait_for(answers, START_TIMEOUT, "the run command to serve")
+            yield System(process, url, redis_url, log)
+        finally:
+            started.update(children_of(process.pid))
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT)
+            finally:
+                for pid in started:  # only if the run command failed to stop what it started
+                    with suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+
+
+def test_the_run_command_brings_everything_up_and_down(system: System) -> None:
+    started = children_of(system.process.pid)
+    assert len(started) == 3, system.log.read_text()  # redis-server, the worker, hypercorn
+
+    with urllib.request.urlopen(f"{system.url}/", timeout=5) as response:
+        assert response.status == 200
+    round_trip = subprocess.run(
+        [sys.executable, "-c", ROUND_TRIP],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": system.redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert round_trip.stdout.strip() == "round trip", round_trip.stderr
+
+    system.process.send_signal(signal.SIGTERM)
+    assert system.process.wait(STOP_TIMEOUT) == 0
+    assert not [pid for pid in started if alive(pid)]
