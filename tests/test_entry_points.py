@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import stop_process_group
+from tests.processes import answers_http, free_port, stop_process_group
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -23,14 +21,6 @@ START_TIMEOUT = 30.0
 
 CELERY = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo"]
 HYPERCORN = [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", "127.0.0.1:0"]
-
-
-def free_port() -> int:
-    """A port nothing listens on now, for a server the test starts."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -51,11 +41,7 @@ def server_url(redis_url: str, tmp_path: Path) -> Iterator[str]:
 
             def answers() -> bool:
                 assert process.poll() is None, (tmp_path / "hypercorn.log").read_text()
-                try:
-                    with urllib.request.urlopen(url, timeout=1):
-                        return True
-                except (urllib.error.URLError, ConnectionError):
-                    return False
+                return answers_http(url)
 
             wait_for(answers, START_TIMEOUT, "hypercorn to answer")
             yield url

@@ -6,12 +6,11 @@ Every worker a test starts is stopped when the test ends, whether it passed or n
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,11 @@ from celery.worker import WorkController
 from quart import Quart
 
 from factories.celery import configure_celery
+from tests.processes import STOP_TIMEOUT, stop_process_group
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_START_TIMEOUT = 60.0
-WORKER_STOP_TIMEOUT = 20.0
 
 ThreadWorker = Callable[..., AbstractContextManager[WorkController]]
 ProcessWorker = Callable[..., subprocess.Popen[bytes]]
@@ -49,7 +48,7 @@ def thread_worker() -> ThreadWorker:
             pool=pool,
             concurrency=concurrency,
             perform_ping_check=False,
-            shutdown_timeout=WORKER_STOP_TIMEOUT,
+            shutdown_timeout=STOP_TIMEOUT,
         ) as worker:
             yield worker
 
@@ -92,17 +91,3 @@ def process_worker(celery: Celery, redis_url: str, tmp_path: Path) -> Iterator[P
             return process
 
         yield start
-
-
-def stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    """Stop a process the tests started, and what it started: warm shutdown, then kill.
-
-    The process leads a session of its own (`start_new_session`), so its group holds only it
-    and its children: the pool processes of a prefork worker.
-    """
-    process.terminate()
-    with suppress(subprocess.TimeoutExpired):
-        process.wait(WORKER_STOP_TIMEOUT)
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()

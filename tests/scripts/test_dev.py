@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import suppress
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_entry_points import free_port
+from tests.processes import answers_http, free_port
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -86,11 +85,7 @@ def system(tmp_path: Path) -> Iterator[System]:
             def answers() -> bool:
                 assert process.poll() is None, log.read_text()
                 started.update(children_of(process.pid))
-                try:
-                    with urllib.request.urlopen(url, timeout=1):
-                        return True
-                except (urllib.error.URLError, ConnectionError):
-                    return False
+                return answers_http(url)
 
             wait_for(answers, START_TIMEOUT, "the run command to serve")
             yield System(process, url, redis_url, log)
