@@ -4,6 +4,8 @@ The Quart app is not bound to a name here: `celery -A worker` would take an attr
 `app` for the Celery instance.
 """
 
+from __future__ import annotations
+
 from factories.application import create_application
 from factories.celery import configure_celery
 from factories.configuration import exit_on_configuration_error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -26,8 +27,9 @@ from factories.configuration import (
     ConfigurationError,
     celery_name,
     check_setting,
+    redact,
 )
-from factories.event_loops import call_outside_loop, close_event_loops, thread_runner
+from factories.event_loops import call_outside_loop, close_event_loops, run_coroutine
 from quart_app.extensions import celery
 
 WebApp: TypeAlias = Quart | Flask
@@ -53,6 +55,11 @@ class ContextTask(Task[Any, Any]):
 
     #: The app whose context tasks run in; `configure_celery` sets it.
     web_app: ClassVar[WebApp | None] = None
+    #: Set here, not only in the settings: Celery copies a setting onto a task when the task is
+    #: first used, which may be before `configure_celery` runs.
+    track_started = True
+    #: The options this task takes from the settings, not from its own declaration.
+    options_from_settings: ClassVar[tuple[str, ...]] = ()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         app = self.web_app
@@ -60,7 +67,48 @@ class ContextTask(Task[Any, Any]):
             raise RuntimeError(
                 f"task {self.name!r} was called before configure_celery(app) bound it to an app"
             )
-        return call_outside_loop(partial(_call_in_app_context, app, self.run, args, kwargs))
+        request = self.request_stack.top
+        return call_outside_loop(partial(self._call_with_request, app, request, args, kwargs))
+
+    @classmethod
+    def bind(cls, app: Celery) -> Celery:
+        """Bind the task to `app`, noting which options it leaves to the settings.
+
+        Celery copies those settings (`task_acks_late`, ...) onto the task once, when it is
+        first used; `take_settings_again` copies them anew after `configure_celery`.
+        """
+        if "options_from_settings" not in vars(cls):
+            cls.options_from_settings = tuple(
+                attribute
+                for attribute, _ in cls.from_config
+                if getattr(cls, attribute, None) is None
+            )
+        return super().bind(app)
+
+    @classmethod
+    def take_settings_again(cls, app: Celery) -> None:
+        """Copy `app`'s current settings onto the options the task leaves to them."""
+        for attribute in cls.options_from_settings:
+            setattr(cls, attribute, None)
+        cls.bind(app)
+
+    def _call_with_request(
+        self, app: WebApp, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run the body with the caller's request, also when it runs on the helper thread.
+
+        Celery keeps the current request per thread: an eager call from async code, moved to
+        the helper thread, must still see its id and retries in `self.request`.
+        """
+        stack = self.request_stack
+        carried = request is not None and stack.top is not request
+        if carried:
+            stack.push(request)
+        try:
+            return _call_in_app_context(app, self.run, args, kwargs)
+        finally:
+            if carried:
+                stack.pop()
 
 
 def configure_celery(app: WebApp) -> Celery:
@@ -80,6 +128,9 @@ def configure_celery(app: WebApp) -> Celery:
     if configured and any(celery.conf.get(key) != value for key, value in settings.items()):
         _drop_connections(celery)
     celery.config_from_object(settings, force=True)
+    for task in celery.tasks.values():
+        if isinstance(task, ContextTask):
+            type(task).take_settings_again(celery)
     task_cls.web_app = app
     app.extensions["celery"] = celery
     for signal in (signals.worker_process_shutdown, signals.worker_shutdown):
@@ -108,6 +159,16 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         if not names or not names <= _JSON_NAMES:
             key = CELERY_PREFIX + name.upper()
             raise ConfigurationError(key, f"must be {required!r}: only JSON is accepted")
+    for name in ("broker_url", "result_backend"):
+        # Celery reads these two from the environment ahead of its settings.
+        key = CELERY_PREFIX + name.upper()
+        from_environment = os.environ.get(key)
+        if from_environment and from_environment != settings[name]:
+            raise ConfigurationError(
+                key,
+                f"the environment says {redact(from_environment)!r} but the app's config says "
+                f"{redact(settings[name])!r}; Celery would take the environment's",
+            )
     return settings
 
 
@@ -120,7 +181,7 @@ def _call_in_app_context(
     try:
         result = context.run(function, *args, **kwargs)
         if inspect.isawaitable(result):
-            result = thread_runner().run(_as_coroutine(result), context=context)
+            result = run_coroutine(_as_coroutine(result), context)
     except BaseException as error:
         pop_app_context(error)
         raise
@@ -137,16 +198,16 @@ def _push_app_context(
     must happen in the same `contextvars.Context` as the task body for `current_app` to work.
     """
     if isinstance(app, Quart):
-        runner = thread_runner()
         quart_context = app.app_context()
-        runner.run(quart_context.push(), context=context)
-        return lambda error: runner.run(quart_context.pop(error), context=context)
+        run_coroutine(quart_context.push(), context)
+        return lambda error: run_coroutine(quart_context.pop(error), context)
     flask_context = app.app_context()
     context.run(flask_context.push)
     return lambda error: context.run(flask_context.pop, error)
 
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
+    """Wrap any awaitable a task returned in the coroutine a loop can run."""
     return await awaitable
 
 
@@ -171,6 +232,7 @@ def _drop_connections(instance: Celery) -> None:
 
 
 def _close_event_loops(**_: Any) -> None:
+    """Close the worker's event loops when it shuts down (a Celery signal receiver)."""
     close_event_loops()
 
 

@@ -8,6 +8,7 @@ checked, and every problem is raised as a `ConfigurationError`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -88,11 +89,30 @@ def check_setting(key: str, value: Any) -> Any:
 
 
 def check_url(key: str, url: Any, schemes: frozenset[str]) -> str:
-    """Return `url` if it is a well-formed URL with one of `schemes`; else raise."""
+    """Return `url` if it is a well-formed URL with one of `schemes`; else raise.
+
+    Several URLs joined by ";" (kombu's broker failover list) are checked one by one.
+    """
     if not isinstance(url, str):
         raise ConfigurationError(key, f"expected a URL, got {url!r}")
+    for one_url in url.split(";"):
+        _check_one_url(key, one_url.strip(), schemes)
+    return url
+
+
+def redact(url: str) -> str:
+    """`url` with its password, if any, masked: for messages and logs."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return url
+    return url.replace(f":{password}@", ":**@") if password else url
+
+
+def _check_one_url(key: str, url: str, schemes: frozenset[str]) -> None:
+    """Raise `ConfigurationError` unless `url` is well-formed with one of `schemes`."""
     parts = urlsplit(url)
-    shown = url.replace(f":{parts.password}@", ":**@") if parts.password else url
+    shown = redact(url)
     # The Celery backend scheme "cache+memory" names the backend before the "+".
     scheme = parts.scheme.split("+", 1)[0]
     if "://" not in url or scheme not in schemes:
@@ -101,11 +121,10 @@ def check_url(key: str, url: Any, schemes: frozenset[str]) -> str:
     try:
         parts.port  # noqa: B018 -- reading the port is what validates it
     except ValueError:
-        raise ConfigurationError(key, f"{shown!r} has a port that is not a number") from None
+        raise ConfigurationError(key, f"{shown!r} has a port that is not from 0 to 65535") from None
     database = parts.path.strip("/")
     if scheme in REDIS_SCHEMES and scheme != "unix" and database and not database.isdigit():
         raise ConfigurationError(key, f"{shown!r} has a database {database!r} that is not a number")
-    return url
 
 
 @cache
@@ -123,14 +142,24 @@ def _cast(key: str, value: Any, option: Option) -> Any:
                 return value
             if isinstance(value, bool) or not isinstance(value, int | float | str):
                 raise TypeError
-            return float(value) if kind == "float" else int(value)
-        if not isinstance(value, str) or kind in ("string", "any"):
+            number = float(value) if kind == "float" else int(value)
+            # Every number Celery takes is a count, a size or a duration.
+            if not 0 <= number < math.inf:
+                raise ValueError
+            return number
+        if not isinstance(value, str) or kind in ("string", "str", "any"):
             return value
+        if kind == "bytes":
+            return value.encode()
         if kind == "bool":
             return bool(strtobool(value))
         return json.loads(value)
     except (TypeError, ValueError):
-        expected = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+        expected = {
+            "int": "a whole number from 0 up",
+            "float": "a number from 0 up",
+            "bool": "true or false",
+        }
         raise ConfigurationError(
             key, f"expected {expected.get(kind, f'a JSON {kind}')}, got {value!r}"
         ) from None

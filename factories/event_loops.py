@@ -10,12 +10,13 @@ parent); and the worker closes them all when it shuts down.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -43,15 +44,36 @@ def thread_runner() -> asyncio.Runner:
     return runner
 
 
+def run_coroutine(coroutine: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
+    """Run `coroutine` to its end on this thread's loop, in `context`.
+
+    Unlike `asyncio.Runner.run`, this cancels the coroutine, and waits for it to unwind, when
+    an exception is raised into the loop from outside (Celery's soft time limit arrives as a
+    signal): otherwise the task would go on running under the next task on the same loop.
+    """
+    loop = thread_runner().get_loop()
+    task = loop.create_task(coroutine, context=context)
+    try:
+        return loop.run_until_complete(task)
+    except BaseException:
+        if not task.done():
+            task.cancel()
+            with suppress(BaseException):
+                loop.run_until_complete(task)
+        raise
+
+
 def close_event_loops() -> None:
-    """Close every thread's loop that is not running now: the worker is shutting down."""
+    """Close every thread's loop that is idle now: the worker is shutting down.
+
+    A loop still running a task on another thread is left to that thread: closing it from here
+    would cancel the task under it. It goes with the process.
+    """
     with _lock:
-        runners = list(_open_runners)
-        _open_runners.clear()
-    for runner in runners:
-        # One still running a task on another thread ends with the process.
-        with suppress(RuntimeError):
-            runner.close()
+        idle = [runner for runner in _open_runners if not runner.get_loop().is_running()]
+        _open_runners.difference_update(idle)
+    for runner in idle:
+        runner.close()
 
 
 def call_outside_loop(function: Callable[[], T]) -> T:
@@ -64,6 +86,11 @@ def call_outside_loop(function: Callable[[], T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        in_a_loop = False
+    else:
+        in_a_loop = True
+    # Called outside the `except`, so that the task's own errors are not chained to this one.
+    if not in_a_loop:
         return function()
     if _state.is_helper:
         # A task called from inside a task already on the helper: a thread just for this call.
@@ -82,10 +109,12 @@ def _helper_executor() -> ThreadPoolExecutor:
 
 
 def _mark_helper() -> None:
+    """Initialise the helper thread: calls from it that meet a running loop need another."""
     _state.is_helper = True
 
 
 def _call_then_close_loop(function: Callable[[], T]) -> T:
+    """Call `function` on a thread made for this one call, closing the loop it made."""
     try:
         return function()
     finally:

@@ -5,6 +5,8 @@ placeholder that tasks can bind to without connecting anywhere, which is what le
 import tasks, and tasks import this module, with no import cycle and no code run at import.
 """
 
+from __future__ import annotations
+
 from celery import Celery
 
 # The base class is named, not imported: the factories stay out of this module's imports, and

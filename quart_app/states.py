@@ -1,5 +1,7 @@
 """The states a task goes through, as clients see them."""
 
+from __future__ import annotations
+
 from enum import StrEnum
 
 

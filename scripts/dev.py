@@ -47,10 +47,14 @@ def main(argv: Sequence[str]) -> int:
     run = commands.add_parser("run", help="serve the app with a worker (Ctrl-C stops)")
     run.add_argument("--host", default="127.0.0.1", help="address to serve on")
     run.add_argument("--port", type=int, default=8000, help="port to serve on")
-    test = commands.add_parser("test", help="run ruff, mypy and the test suite")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
-    args = parser.parse_args(argv)
+    commands.add_parser(
+        "test", help="run ruff, mypy and the test suite; other arguments go to pytest"
+    )
+    args, pytest_args = parser.parse_known_args(argv)
+    if pytest_args and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
 
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     enter_virtualenv(argv, extras=["dev"] if args.command == "test" else [])
     redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     if args.command == "run":
@@ -58,7 +62,7 @@ def main(argv: Sequence[str]) -> int:
             return serve(args.host, args.port)
     failed = [name for name, command in LINTERS.items() if call(command) != 0]
     with reachable_redis(redis_url):
-        status = call([str(BIN / "pytest"), *args.pytest_args])
+        status = call([str(BIN / "pytest"), *pytest_args])
     if failed:
         log(f"failed: {', '.join(failed)}")
     return status or int(bool(failed))
@@ -76,7 +80,11 @@ def enter_virtualenv(argv: Sequence[str], extras: list[str]) -> None:
     wanted = {"pyproject": digest(ROOT / "pyproject.toml"), "extras": sorted(extras)}
     if not (BIN / "python").exists():
         log("creating the virtual environment in .venv")
-        venv.create(VENV, with_pip=True)
+        try:
+            venv.create(VENV, with_pip=True)
+        except BaseException:
+            shutil.rmtree(VENV, ignore_errors=True)  # half a venv would pass for a whole one
+            raise
     installed = json.loads(STAMP.read_text()) if STAMP.exists() else {}
     if installed.get("pyproject") != wanted["pyproject"] or not set(extras) <= set(
         installed.get("extras", [])
@@ -156,7 +164,6 @@ def serve(host: str, port: int) -> int:
             start_new_session=True,
         ),
     ]
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     log(f"serving http://{host}:{port}/ with a Celery worker; Ctrl-C stops both")
     try:
         pid, _ = os.wait()
@@ -170,9 +177,14 @@ def serve(host: str, port: int) -> int:
             stop(process)
 
 
-def raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    """Make SIGTERM stop `serve` the way Ctrl-C does."""
+def stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """Make SIGTERM stop this script the way Ctrl-C does, so that it stops what it started."""
+    global terminated
+    terminated = True
     raise KeyboardInterrupt
+
+
+terminated = False
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -187,9 +199,31 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def call(command: list[str]) -> int:
-    """Run `command` in the project's root and return its exit status."""
+    """Run `command` in the project's root and return its exit status.
+
+    On Ctrl-C the command (in the same process group) has its own SIGINT and cleans up, e.g.
+    pytest stops the workers its tests started: wait for it rather than kill it. On SIGTERM,
+    which reaches only this script, pass it on as a SIGINT.
+    """
     log(" ".join(Path(command[0]).name if i == 0 else part for i, part in enumerate(command)))
-    return subprocess.run(command, cwd=ROOT).returncode
+    process = subprocess.Popen(command, cwd=ROOT, preexec_fn=hear_ctrl_c)
+    interrupted = False
+    while process.returncode is None:
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+            if terminated:
+                process.send_signal(signal.SIGINT)
+    if interrupted:
+        raise KeyboardInterrupt
+    return process.returncode
+
+
+def hear_ctrl_c() -> None:
+    """In a child, before it starts: let SIGINT through even if this script was started in
+    the background of a shell, which ignores it there (and the child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def digest(path: Path) -> str:
@@ -203,4 +237,8 @@ def log(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        log("interrupted")
+        sys.exit(130)

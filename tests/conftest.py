@@ -19,6 +19,7 @@ from factories.configuration import DEFAULT_REDIS_URL
 
 
 def _database_url(url: str, database: int) -> str:
+    """`url` with its database number replaced by `database`."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 

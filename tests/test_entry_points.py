@@ -59,9 +59,13 @@ def test_hypercorn_serves_the_app(server_url: str) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "problem"),
     [
-        ("CELERY_BROKER_URL", "redis://:secret@localhost:abc/0", "has a port that is not a number"),
+        (
+            "CELERY_BROKER_URL",
+            "redis://:secret@localhost:abc/0",
+            "has a port that is not from 0 to 65535",
+        ),
         ("REDIS_URL", "localhost", "is not a URL of a known kind"),
-        ("CELERY_RESULT_EXPIRES", "one day", "expected a number, got 'one day'"),
+        ("CELERY_RESULT_EXPIRES", "one day", "expected a number from 0 up, got 'one day'"),
     ],
 )
 def test_a_wrong_setting_stops_start_up_with_one_line(

@@ -37,6 +37,7 @@ if module.split(".")[0] == "quart_app" and factory_modules:
 
 
 def _modules() -> list[str]:
+    """The entry points and every module of the two packages."""
     names = ["asgi", "worker"]
     for package in (quart_app, factories):
         names.append(package.__name__)

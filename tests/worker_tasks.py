@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import flask
 import quart
+from celery import Task
 from redis.asyncio import Redis
 
 from quart_app.extensions import celery
@@ -60,6 +62,28 @@ async def cached_client(key: str) -> dict[str, int]:
         "client": id(client),
         "count": count,
     }
+
+
+@celery.task(name="tests.retried_once", bind=True)
+def retried_once(self: Task[Any, Any]) -> dict[str, Any]:
+    """Retry once, then report the request the task saw: its id, eagerness and retries."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=0, exc=RuntimeError("again"))
+    return {"id": self.request.id, "eager": self.request.is_eager, "retries": self.request.retries}
+
+
+@celery.task(name="tests.increment_later")
+async def increment_later(key: str, seconds: float) -> None:
+    """Wait, then count: shows whether a task stopped by its time limit really stopped."""
+    await asyncio.sleep(seconds)
+    client = Redis.from_url(quart.current_app.config["REDIS_URL"])
+    await client.incr(key)
+    await client.aclose()
+
+
+@celery.task(name="tests.acks_late_always", acks_late=True)
+def acks_late_always() -> None:
+    """A task that sets an option itself, which the settings must not override."""
 
 
 @celery.task(name="tests.flask_app_name")

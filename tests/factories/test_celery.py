@@ -17,6 +17,7 @@ from factories.celery import ContextTask, configure_celery
 from factories.configuration import ConfigurationError
 from quart_app import extensions
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
+from tests.worker_tasks import acks_late_always
 
 
 def test_configures_and_returns_the_placeholder(app: Quart) -> None:
@@ -143,3 +144,27 @@ def test_a_task_of_an_unconfigured_app_says_so() -> None:
     with pytest.raises(RuntimeError, match="before configure_celery"):
         lonely()
     unconfigured.close()
+
+
+def test_tasks_record_started_whenever_they_were_first_used() -> None:
+    assert ContextTask.track_started is True
+    assert progress_task.track_started is True
+
+
+def test_task_settings_follow_the_config_unless_a_task_sets_its_own() -> None:
+    create_application({"CELERY_TASK_ACKS_LATE": True})
+    assert simple_task.acks_late is True
+    assert acks_late_always.acks_late is True
+    create_application()
+    assert simple_task.acks_late is False
+    assert acks_late_always.acks_late is True
+
+
+def test_an_environment_that_contradicts_the_app_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://:secret@env:6379/0")
+    with pytest.raises(ConfigurationError, match=r"^CELERY_BROKER_URL: the environment says") as e:
+        create_application({"CELERY_BROKER_URL": "redis://config:6379/0"})
+    assert "secret" not in str(e.value)
+    assert create_application().config["CELERY_BROKER_URL"] == "redis://:secret@env:6379/0"

@@ -41,6 +41,8 @@ def test_celery_settings_from_the_environment_are_cast() -> None:
             "CELERY_TASK_ACKS_LATE": "true",
             "CELERY_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 30}',
             "CELERY_TASK_DEFAULT_QUEUE": "jobs",
+            "CELERY_RESULT_COMPRESSION": "gzip",
+            "CELERY_BROKER_URL": "redis://one:6379/0;redis://two:6379/0",
         }
     )
     assert config["CELERY_RESULT_EXPIRES"] == 3600
@@ -48,6 +50,8 @@ def test_celery_settings_from_the_environment_are_cast() -> None:
     assert config["CELERY_TASK_ACKS_LATE"] is True
     assert config["CELERY_BROKER_TRANSPORT_OPTIONS"] == {"visibility_timeout": 30}
     assert config["CELERY_TASK_DEFAULT_QUEUE"] == "jobs"
+    assert config["CELERY_RESULT_COMPRESSION"] == "gzip"
+    assert config["CELERY_BROKER_URL"] == "redis://one:6379/0;redis://two:6379/0"
 
 
 def test_variables_of_celerys_command_line_are_not_settings() -> None:
@@ -60,13 +64,17 @@ def test_variables_of_celerys_command_line_are_not_settings() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "problem"),
     [
-        ("CELERY_BROKER_URL", "redis://localhost:abc/0", "port that is not a number"),
+        ("CELERY_BROKER_URL", "redis://localhost:abc/0", "port that is not from 0 to 65535"),
+        ("CELERY_BROKER_URL", "redis://localhost:99999/0", "port that is not from 0 to 65535"),
+        ("CELERY_BROKER_URL", "redis://a:6379/0;redis://b:x/0", "'redis://b:x/0' has a port"),
         ("CELERY_BROKER_URL", "localhost:6379", "not a URL of a known kind"),
         ("CELERY_BROKER_URL", "carrier-pigeon://loft", "not a URL of a known kind"),
         ("CELERY_RESULT_BACKEND", "redis://localhost/zero", "database 'zero' that is not a number"),
         ("REDIS_URL", "http://localhost:6379", "not a URL of a known kind"),
-        ("CELERY_RESULT_EXPIRES", "soon", "expected a number, got 'soon'"),
-        ("CELERY_WORKER_PREFETCH_MULTIPLIER", "1.5", "expected a whole number, got '1.5'"),
+        ("CELERY_RESULT_EXPIRES", "soon", "expected a number from 0 up, got 'soon'"),
+        ("CELERY_RESULT_EXPIRES", "-1", "expected a number from 0 up, got '-1'"),
+        ("CELERY_RESULT_EXPIRES", "nan", "expected a number from 0 up, got 'nan'"),
+        ("CELERY_WORKER_PREFETCH_MULTIPLIER", "1.5", "expected a whole number from 0 up"),
         ("CELERY_TASK_ACKS_LATE", "maybe", "expected true or false, got 'maybe'"),
         ("CELERY_BROKER_TRANSPORT_OPTIONS", "{visibility", "expected a JSON dict"),
     ],
@@ -90,5 +98,6 @@ def test_start_up_stops_with_one_line_naming_the_setting() -> None:
     with pytest.raises(SystemExit) as raised, exit_on_configuration_error():
         get_config({"CELERY_RESULT_EXPIRES": "soon"})
     message = str(raised.value.code)
-    assert message == "configuration error: CELERY_RESULT_EXPIRES: expected a number, got 'soon'"
+    expected = "CELERY_RESULT_EXPIRES: expected a number from 0 up, got 'soon'"
+    assert message == f"configuration error: {expected}"
     assert raised.value.__cause__ is None

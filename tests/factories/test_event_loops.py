@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from celery import signals
 from quart import Quart
 
-from factories.event_loops import call_outside_loop, close_event_loops, thread_runner
+from factories.event_loops import (
+    call_outside_loop,
+    close_event_loops,
+    run_coroutine,
+    thread_runner,
+)
 
 
 def test_a_thread_keeps_its_loop_across_calls() -> None:
@@ -52,3 +58,26 @@ async def test_inside_a_loop_the_call_goes_to_a_helper_thread() -> None:
     helper = call_outside_loop(where)
     assert helper != here
     assert call_outside_loop(where) == helper  # the same helper, with the same loop, each time
+
+
+def test_closing_leaves_a_loop_that_is_running_a_task_alone() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    async def task() -> str:
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return "finished"
+
+    def run_task() -> tuple[str, asyncio.AbstractEventLoop]:
+        loop = thread_runner().get_loop()
+        return run_coroutine(task(), contextvars.copy_context()), loop
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_task)
+        assert started.wait(10)
+        close_event_loops()
+        release.set()
+        result, loop = running.result(timeout=10)
+    assert result == "finished"
+    assert not loop.is_closed()

@@ -9,11 +9,12 @@ from collections import defaultdict
 import pytest
 import redis
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
 from tests.integration.conftest import ProcessWorker
 from tests.waiting import wait_for
-from tests.worker_tasks import cached_client
+from tests.worker_tasks import cached_client, increment_later
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +88,17 @@ def test_progress_task_records_started_each_step_and_success(
         {"current": 3, "total": 3},
         {"steps": 3},
     ]
+
+
+def test_an_async_task_stopped_by_its_soft_time_limit_stops(
+    celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
+) -> None:
+    process_worker("prefork", 1)
+    key = f"late-{uuid.uuid4().hex}"
+    stopped = increment_later.apply_async((key, 2.0), soft_time_limit=1)
+    with pytest.raises(SoftTimeLimitExceeded):
+        stopped.get(timeout=TIMEOUT)
+    # The next task on the same loop outlives the first one's sleep: had the first gone on
+    # running, it would have counted by now.
+    assert async_task.delay("after", 2.0).get(timeout=TIMEOUT)["message"] == "after"
+    assert redis_client.get(key) is None

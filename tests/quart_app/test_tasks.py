@@ -7,8 +7,14 @@ import threading
 import pytest
 from quart import Quart, current_app
 
+from factories.application import create_application
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
-from tests.worker_tasks import calls_a_task_directly, quart_app_name, runs_its_own_loop
+from tests.worker_tasks import (
+    calls_a_task_directly,
+    quart_app_name,
+    retried_once,
+    runs_its_own_loop,
+)
 
 
 def test_simple_task_returns_its_message(app: Quart) -> None:
@@ -67,3 +73,16 @@ def test_sync_teardown_handlers_run_too(app: Quart) -> None:
     app.teardown_appcontext(lambda error: threads.append(threading.get_ident()))
     simple_task("one")
     assert len(threads) == 1
+
+
+async def test_an_eager_call_from_async_code_keeps_its_request() -> None:
+    create_application({"CELERY_TASK_ALWAYS_EAGER": True})
+    result = retried_once.delay()
+    assert result.get(timeout=10) == {"id": result.id, "eager": True, "retries": 1}
+
+
+def test_a_failing_task_raises_its_own_error_alone(app: Quart) -> None:
+    with pytest.raises(ValueError) as raised:
+        failing_task("boom")
+    assert raised.value.__context__ is None
+    assert raised.value.__cause__ is None

@@ -57,6 +57,7 @@ def children_of(pid: int) -> set[int]:
 
 
 def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, waiting to be reaped, does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
