@@ -20,6 +20,7 @@ from celery import Celery, Task, signals
 from flask import Flask
 from quart import Quart
 
+from factories.backends import BACKENDS
 from factories.configuration import (
     CELERY_PREFIX,
     DEFAULT_REDIS_URL,
@@ -43,6 +44,22 @@ JSON_ONLY: dict[str, Any] = {
     "result_accept_content": ["json"],
 }
 _JSON_NAMES = frozenset({"json", "application/json"})
+
+# A broker or backend that does not answer fails a call within seconds: with Celery's defaults
+# a publish to an unreachable broker retries for minutes, and one to a host that accepts but
+# never answers hangs for good. The web app answers 503 instead.
+BOUNDED_WAITS: dict[str, Any] = {
+    "broker_connection_timeout": 2,
+    "broker_transport_options": {"socket_connect_timeout": 2, "socket_timeout": 2},
+    "task_publish_retry_policy": {
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.2,
+    },
+    "redis_socket_connect_timeout": 2,
+    "redis_socket_timeout": 5,
+}
 
 
 class ContextTask(Task[Any, Any]):
@@ -148,11 +165,19 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "task_track_started": True,
         # Keep retrying the broker at start-up, as Celery 5 does, without its warning.
         "broker_connection_retry_on_startup": True,
+        # Read by Celery's loader, not a setting: result backends by URL scheme.
+        "override_backends": BACKENDS,
+        **BOUNDED_WAITS,
         **JSON_ONLY,
     }
     for key, value in config.items():
         if key.startswith(CELERY_PREFIX) and value is not None:
-            settings[celery_name(key)] = check_setting(key, value)
+            name, value = celery_name(key), check_setting(key, value)
+            default = settings.get(name)
+            # Options given for a transport add to ours rather than drop them.
+            if isinstance(default, dict) and isinstance(value, dict):
+                value = {**default, **value}
+            settings[name] = value
     for name, required in JSON_ONLY.items():
         value = settings[name]
         names = {value} if isinstance(value, str) else set(value or ())

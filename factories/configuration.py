@@ -27,6 +27,20 @@ DEFAULT_RESULT_EXPIRES = 24 * 60 * 60
 CELERY_PREFIX = "CELERY_"
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
+# The app's own settings, typed as Celery types its own (`minimum` defaults to 0).
+APP_OPTIONS: dict[str, Option] = {
+    # Signs the session cookie, and with it the CSRF token of the HTML form.
+    "SECRET_KEY": Option(None, type="string"),
+    # The largest request body accepted, in bytes (Quart's own setting).
+    "MAX_CONTENT_LENGTH": Option(64 * 1024, type="int", minimum=1),
+    # Threads for the blocking Celery calls of the web process (publish, look-up, ping).
+    "BLOCKING_POOL_SIZE": Option(16, type="int", minimum=1),
+    # Seconds a blocking call may take before the request is answered 503.
+    "BLOCKING_TIMEOUT": Option(5.0, type="float"),
+    # Seconds /readyz waits for a worker to answer a ping.
+    "READY_TIMEOUT": Option(1.0, type="float"),
+}
+
 # Settings whose values are URLs, and the schemes each accepts.
 _URL_SETTINGS = {
     "REDIS_URL": REDIS_SCHEMES,
@@ -52,16 +66,17 @@ def get_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     cast to the setting's type, with JSON for lists and mappings.
     """
     environ = os.environ if environ is None else environ
-    config: dict[str, Any] = {
-        "REDIS_URL": DEFAULT_REDIS_URL,
-        "CELERY_BROKER_URL": None,
-        "CELERY_RESULT_BACKEND": None,
-        "CELERY_RESULT_EXPIRES": DEFAULT_RESULT_EXPIRES,
-    }
+    config: dict[str, Any] = {key: option.default for key, option in APP_OPTIONS.items()}
+    config.update(
+        REDIS_URL=DEFAULT_REDIS_URL,
+        CELERY_BROKER_URL=None,
+        CELERY_RESULT_BACKEND=None,
+        CELERY_RESULT_EXPIRES=DEFAULT_RESULT_EXPIRES,
+    )
     for key, raw in environ.items():
         # Celery's command line reads some CELERY_* variables of its own (CELERY_CONFIG_MODULE,
         # CELERY_RDB_PORT, ...): only the names of settings are ours to read.
-        if key in _URL_SETTINGS or is_celery_setting(key):
+        if key in _URL_SETTINGS or key in APP_OPTIONS or is_celery_setting(key):
             config[key] = check_setting(key, raw)
     return config
 
@@ -80,6 +95,8 @@ def check_setting(key: str, value: Any) -> Any:
     """Return `value` cast to the type of setting `key`, or raise `ConfigurationError`."""
     if key in _URL_SETTINGS:
         return None if value is None else check_url(key, value, _URL_SETTINGS[key])
+    if key in APP_OPTIONS:
+        return None if value is None else _cast(key, value, APP_OPTIONS[key])
     if not key.startswith(CELERY_PREFIX):
         return value
     option = celery_options().get(celery_name(key))
@@ -144,7 +161,7 @@ def _cast(key: str, value: Any, option: Option) -> Any:
                 raise TypeError
             number = float(value) if kind == "float" else int(value)
             # Every number Celery takes is a count, a size or a duration.
-            if not 0 <= number < math.inf:
+            if not getattr(option, "minimum", 0) <= number < math.inf:
                 raise ValueError
             return number
         if not isinstance(value, str) or kind in ("string", "str", "any"):
@@ -155,9 +172,10 @@ def _cast(key: str, value: Any, option: Option) -> Any:
             return bool(strtobool(value))
         return json.loads(value)
     except (TypeError, ValueError):
+        minimum = getattr(option, "minimum", 0)
         expected = {
-            "int": "a whole number from 0 up",
-            "float": "a number from 0 up",
+            "int": f"a whole number from {minimum} up",
+            "float": f"a number from {minimum} up",
             "bool": "true or false",
         }
         raise ConfigurationError(

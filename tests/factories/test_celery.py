@@ -13,6 +13,7 @@ from celery import Celery
 from quart import Quart
 
 from factories.application import create_application
+from factories.backends import RedisBackend
 from factories.celery import ContextTask, configure_celery
 from factories.configuration import ConfigurationError
 from quart_app import extensions
@@ -168,3 +169,22 @@ def test_an_environment_that_contradicts_the_app_is_refused(
         create_application({"CELERY_BROKER_URL": "redis://config:6379/0"})
     assert "secret" not in str(e.value)
     assert create_application().config["CELERY_BROKER_URL"] == "redis://:secret@env:6379/0"
+
+
+def test_calls_to_an_unanswering_broker_or_backend_are_bounded(app: Quart) -> None:
+    conf = configure_celery(app).conf
+    assert conf.broker_connection_timeout <= 2
+    assert conf.broker_transport_options["socket_timeout"] <= 2
+    assert conf.task_publish_retry_policy["max_retries"] <= 1
+    assert conf.redis_socket_timeout <= 5
+
+
+def test_transport_options_given_add_to_the_bounded_ones() -> None:
+    options = {"visibility_timeout": 3600}
+    conf = configure_celery(create_application({"CELERY_BROKER_TRANSPORT_OPTIONS": options})).conf
+    assert conf.broker_transport_options["visibility_timeout"] == 3600
+    assert conf.broker_transport_options["socket_timeout"] == 2
+
+
+def test_the_result_backend_is_the_one_that_does_not_subscribe_on_send(app: Quart) -> None:
+    assert isinstance(configure_celery(app).backend, RedisBackend)
