@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
 from quart import Quart
+from quart_schema import QuartSchema
 
 from factories.celery import configure_celery
 from factories.configuration import get_config
-from quart_app.blueprints import pages
+from quart_app import blocking, task_records
+from quart_app.blueprints import api, health, pages
+from quart_app.errors import register_error_handlers
 
 
 def create_application(config: Mapping[str, Any] | None = None) -> Quart:
@@ -18,16 +22,41 @@ def create_application(config: Mapping[str, Any] | None = None) -> Quart:
     app.config.from_mapping(get_config())
     if config is not None:
         app.config.from_mapping(config)
+    ensure_secret_key(app)
     register_extensions(app)
     register_blueprints(app)
+    register_error_handlers(app)
     return app
 
 
+def ensure_secret_key(app: Quart) -> None:
+    """Sign sessions with `SECRET_KEY`; without one, with a random key and a warning.
+
+    A random key works for one process until it restarts; with several processes behind one
+    address each would refuse the others' CSRF tokens, so production sets `SECRET_KEY`.
+    """
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = secrets.token_hex(32)
+        app.logger.warning("SECRET_KEY is not set: using a random key for this process only")
+
+
 def register_extensions(app: Quart) -> None:
-    """Configure the placeholder extensions from the app's config."""
+    """Configure the placeholder extensions, and what opens when serving starts."""
     configure_celery(app)
+    blocking.init_app(app)
+    task_records.init_app(app)
+    QuartSchema(
+        app,
+        info={"title": "quart_app", "version": "0.1.0"},
+        openapi_path="/openapi.json",
+        swagger_ui_path="/docs",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+    )
 
 
 def register_blueprints(app: Quart) -> None:
     """Attach the controllers."""
     app.register_blueprint(pages.blueprint)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(health.blueprint)

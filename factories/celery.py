@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, ClassVar, TypeAlias
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, signals, states
+from celery.worker import state as worker_state
+from celery.worker.request import Request
 from flask import Flask
 from quart import Quart
 
@@ -152,6 +154,7 @@ def configure_celery(app: WebApp) -> Celery:
     app.extensions["celery"] = celery
     for signal in (signals.worker_process_shutdown, signals.worker_shutdown):
         signal.connect(_close_event_loops, weak=False, dispatch_uid=__name__)
+    signals.task_received.connect(_skip_if_revoked, weak=False, dispatch_uid=__name__)
     return celery
 
 
@@ -254,6 +257,21 @@ def _drop_connections(instance: Celery) -> None:
             client.connection_pool.disconnect()
     state["_backend_cache"] = None
     state["_local"] = threading.local()
+
+
+def _skip_if_revoked(request: Request, **_: Any) -> None:
+    """Skip a received task that the result backend says was revoked (a signal receiver).
+
+    Workers keep the revocations they hear in memory only: one that restarted, or started after
+    the revoke, would run the task. The web app marks a task it revokes before it starts as
+    REVOKED in the result backend; a task the worker counts as revoked is acknowledged and
+    recorded as REVOKED, never run.
+    """
+    if (
+        request.id not in worker_state.revoked
+        and request.task.backend.get_state(request.id) == states.REVOKED
+    ):
+        worker_state.revoked.add(request.id)
 
 
 def _close_event_loops(**_: Any) -> None:

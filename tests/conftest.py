@@ -7,15 +7,18 @@ on the server at `REDIS_URL`, and flush only those.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 from quart import Quart
+from quart.typing import TestClientProtocol as Client
 
 from factories.application import create_application
 from factories.configuration import DEFAULT_REDIS_URL
+
+pytest_plugins = ["tests.workers"]
 
 
 def _database_url(url: str, database: int) -> str:
@@ -60,3 +63,10 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture
+async def client(app: Quart, redis_client: redis.Redis) -> AsyncIterator[Client]:
+    """A test client of the app while it serves (its thread pool and Redis client open)."""
+    async with app.test_app() as test_app:
+        yield test_app.test_client()

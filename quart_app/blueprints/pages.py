@@ -1,13 +1,56 @@
-"""The HTML pages."""
+"""The HTML pages: a form that submits `simple_task`, and a task's result page."""
 
 from __future__ import annotations
 
-from quart import Blueprint
+from uuid import UUID
+
+from quart import Blueprint, current_app, render_template, request, url_for
+from quart_schema import hide
+
+from quart_app import celery_calls, task_records
+from quart_app.blocking import run_blocking
+from quart_app.forms import message_form
+from quart_app.submissions import submit
+from quart_app.tasks import simple_task
 
 blueprint = Blueprint("pages", __name__)
 
 
 @blueprint.get("/")
+@hide
 async def index() -> str:
-    """The front page: for now, proof that the server answers."""
-    return "<!doctype html><title>quart_app</title><p>quart_app is running.</p>"
+    """The form."""
+    return await render_template("index.html", form=message_form())
+
+
+@blueprint.post("/")
+@hide
+async def submit_message() -> tuple[str, int]:
+    """Submit `simple_task` with the message; show the form again with the new task's id."""
+    form = message_form(await request.form)
+    if not form.validate():
+        return await render_template("index.html", form=form), 400
+    task_id = await submit(simple_task, {"message": form.message.data})
+    return await render_template(
+        "index.html",
+        form=message_form(),
+        task_id=task_id,
+        result_url=url_for("pages.result", task_id=task_id),
+    ), 200
+
+
+@blueprint.get("/result/<task_id>")
+@hide
+async def result(task_id: str) -> tuple[str, int]:
+    """The task's state and result; a 404 page for an id never submitted."""
+    try:
+        uuid = UUID(task_id)
+    except ValueError:
+        uuid = None
+    name = None if uuid is None else await task_records.name_of(uuid)
+    if uuid is None or name is None:
+        return await render_template("not_found.html", task_id=task_id), 404
+    task = await run_blocking(
+        "the result backend", celery_calls.snapshot, uuid, name, current_app.debug
+    )
+    return await render_template("task_result.html", task=task), 200

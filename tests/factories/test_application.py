@@ -36,4 +36,4 @@ async def test_the_front_page_answers(app: Quart) -> None:
     async with app.test_app() as test_app:
         response = await test_app.test_client().get("/")
         assert response.status_code == 200
-        assert "quart_app is running" in await response.get_data(as_text=True)
+        assert "<form" in await response.get_data(as_text=True)

@@ -9,7 +9,7 @@ from celery import Celery
 from factories.application import create_application
 from factories.celery import configure_celery
 from quart_app.tasks import simple_task
-from tests.integration.conftest import ThreadWorker
+from tests.workers import ThreadWorker
 
 pytestmark = pytest.mark.integration
 

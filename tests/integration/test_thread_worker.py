@@ -14,8 +14,8 @@ from quart import Quart
 
 from factories.celery import configure_celery
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
-from tests.integration.conftest import ThreadWorker
 from tests.worker_tasks import flask_app_name, flask_app_name_async, quart_app_name
+from tests.workers import ThreadWorker
 
 pytestmark = pytest.mark.integration
 

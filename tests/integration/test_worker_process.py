@@ -12,9 +12,9 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
-from tests.integration.conftest import ProcessWorker
 from tests.waiting import wait_for
 from tests.worker_tasks import cached_client, increment_later
+from tests.workers import ProcessWorker
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,7 @@
-"""Real workers against the real Redis: in a thread of the test process, or as processes.
+"""Fixtures for real workers against the real Redis: in a thread of the test process, or as
+processes. Every worker a test starts is stopped when the test ends, whether it passed or not.
 
-Every worker a test starts is stopped when the test ends, whether it passed or not.
+Loaded as a plugin by `tests/conftest.py`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from factories.celery import configure_celery
 from tests.processes import STOP_TIMEOUT, stop_process_group
 from tests.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 WORKER_START_TIMEOUT = 60.0
 
 ThreadWorker = Callable[..., AbstractContextManager[WorkController]]

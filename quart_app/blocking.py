@@ -1,0 +1,64 @@
+"""The app's own thread pool, for the Celery calls that block.
+
+Publishing a task, looking up its state, revoking it and pinging workers all block on the
+network. They run here, never on the event loop, and not in the loop's default executor either:
+that one has only `cpus + 4` threads and is shared by everything that calls `run_sync`, so a
+slow broker would stall unrelated requests. The pool is made when serving starts and shut down
+when it stops; a call that takes longer than `BLOCKING_TIMEOUT` is answered 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from kombu.exceptions import OperationalError
+from quart import Quart, current_app
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from quart_app.errors import APIError
+
+T = TypeVar("T")
+EXTENSION = "blocking_pool"
+
+# What a broker or backend that cannot be reached raises.
+UNREACHABLE = (OperationalError, RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def init_app(app: Quart) -> None:
+    """Make the pool when serving starts, and shut it down when serving stops."""
+
+    @app.before_serving
+    async def start_pool() -> None:
+        app.extensions[EXTENSION] = ThreadPoolExecutor(
+            app.config["BLOCKING_POOL_SIZE"], thread_name_prefix="blocking"
+        )
+
+    @app.after_serving
+    async def stop_pool() -> None:
+        pool: ThreadPoolExecutor = app.extensions.pop(EXTENSION)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def run_blocking(what: str, function: Callable[..., T], /, *args: Any) -> T:
+    """Run `function(*args)` in the app's pool; 503 if `what` cannot be reached in time.
+
+    `what` names the service the call needs, for the error message ("the broker").
+    """
+    pool: ThreadPoolExecutor = current_app.extensions[EXTENSION]
+    timeout = current_app.config["BLOCKING_TIMEOUT"]
+    call = asyncio.get_running_loop().run_in_executor(pool, partial(function, *args))
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except TimeoutError:
+        raise APIError(
+            503, "service_unavailable", f"{what.capitalize()} did not answer within {timeout} s."
+        ) from None
+    except UNREACHABLE as error:
+        raise APIError(
+            503, "service_unavailable", f"{what.capitalize()} cannot be reached: {error}"
+        ) from None

@@ -1,0 +1,92 @@
+"""The Celery calls of the web app. Each blocks, so each runs in the app's thread pool.
+
+See `quart_app.blocking`: call these through `run_blocking`, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from uuid import UUID
+
+from celery import Task, states
+
+from quart_app.errors import APIError
+from quart_app.extensions import celery
+from quart_app.schemas import DebugTaskFailure, Progress, TaskFailure, TaskSnapshot
+from quart_app.states import TaskState
+
+# Revoking these stops them before they run; a task already running runs to its end.
+NOT_STARTED = frozenset({states.PENDING, states.RETRY})
+
+
+def send(task: Task[Any, Any], kwargs: dict[str, Any], task_id: UUID) -> None:
+    """Publish one run of `task` with `kwargs` under `task_id`."""
+    task.apply_async(kwargs=kwargs, task_id=str(task_id))
+
+
+def snapshot(task_id: UUID, name: str, debug: bool = False) -> TaskSnapshot:
+    """The task's state as the result backend has it, with progress, result or error."""
+    meta = celery.backend.get_task_meta(str(task_id))
+    state, result = meta["status"], meta["result"]
+    error: TaskFailure | None = None
+    if state == states.FAILURE:
+        failure = {"type": type(result).__name__, "message": str(result)}
+        error = (
+            DebugTaskFailure(**failure, traceback=meta.get("traceback"))
+            if debug
+            else TaskFailure(**failure)
+        )
+    progress = None
+    if state == TaskState.PROGRESS and isinstance(result, dict):
+        progress = Progress(current=result.get("current", 0), total=result.get("total", 0))
+    return TaskSnapshot(
+        id=str(task_id),
+        name=name,
+        state=TaskState(state),
+        progress=progress,
+        result=result if state == states.SUCCESS else None,
+        error=error,
+    )
+
+
+def revoke(task_id: UUID, name: str) -> TaskSnapshot:
+    """Revoke the task: one not started yet will never run; one running runs to its end.
+
+    Workers keep the revocations they hear in memory only, so a task not started yet is also
+    marked REVOKED in the result backend, where every worker checks before running a task
+    (see `factories.celery`): a worker that restarts, or starts later, skips it too.
+    """
+    current = snapshot(task_id, name)
+    if current.state in states.READY_STATES:
+        raise APIError(
+            409,
+            "task_finished",
+            f"Task {task_id} already ended in {current.state}; nothing was revoked.",
+        )
+    celery.control.revoke(str(task_id))
+    if current.state in NOT_STARTED:
+        celery.backend.mark_as_revoked(str(task_id), reason="revoked")
+    return snapshot(task_id, name)
+
+
+def readiness(ping_timeout: float) -> dict[str, str]:
+    """Whether the broker, the result backend and the workers answer: "ok ..." or why not."""
+    checks: dict[str, str] = {}
+    try:
+        with celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=math.ceil(ping_timeout))
+        checks["broker"] = "ok"
+    except Exception as error:
+        checks["broker"] = f"unreachable: {error}"
+    try:
+        celery.backend.get_task_meta("readiness-probe")
+        checks["result_backend"] = "ok"
+    except Exception as error:
+        checks["result_backend"] = f"unreachable: {error}"
+    if checks["broker"] == "ok":
+        replies = celery.control.ping(timeout=ping_timeout)
+        checks["workers"] = f"ok, {len(replies)} answered" if replies else "none answered"
+    else:
+        checks["workers"] = "not asked: the broker is unreachable"
+    return checks

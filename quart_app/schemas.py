@@ -1,0 +1,127 @@
+"""The JSON the API takes and gives, declared once for validation and for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, SerializeAsAny, model_validator
+
+from quart_app.states import TaskState
+
+#: At most this many seconds of planned work per task (steps * delay).
+MAX_PLANNED_SECONDS = 600
+Message = Annotated[str, Field(min_length=1, max_length=1000)]
+Delay = Annotated[float, Field(ge=0, le=10, description="seconds")]
+
+
+class Strict(BaseModel):
+    """Types as declared (no "5" for 5) and no field that is not declared."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class SimpleTaskKwargs(Strict):
+    message: Message
+
+
+class ProgressTaskKwargs(Strict):
+    steps: Annotated[int, Field(ge=1, le=1000)]
+    delay: Delay = 0.1
+
+    @model_validator(mode="after")
+    def bounded_work(self) -> ProgressTaskKwargs:
+        """Refuse more than ten minutes of planned work."""
+        if self.steps * self.delay > MAX_PLANNED_SECONDS:
+            raise ValueError(
+                f"steps * delay is {self.steps * self.delay:g} s of work; "
+                f"at most {MAX_PLANNED_SECONDS} s are allowed"
+            )
+        return self
+
+
+class AsyncTaskKwargs(Strict):
+    message: Message
+    delay: Delay = 0.0
+
+
+class FailingTaskKwargs(Strict):
+    message: Message
+
+
+class SimpleTaskRequest(Strict):
+    name: Literal["simple_task"]
+    kwargs: SimpleTaskKwargs
+
+
+class ProgressTaskRequest(Strict):
+    name: Literal["progress_task"]
+    kwargs: ProgressTaskKwargs
+
+
+class AsyncTaskRequest(Strict):
+    name: Literal["async_task"]
+    kwargs: AsyncTaskKwargs
+
+
+class FailingTaskRequest(Strict):
+    name: Literal["failing_task"]
+    kwargs: FailingTaskKwargs
+
+
+class TaskRequest(RootModel[Any]):
+    """A task to run: its name, and its keyword arguments as that task declares them."""
+
+    root: Annotated[
+        SimpleTaskRequest | ProgressTaskRequest | AsyncTaskRequest | FailingTaskRequest,
+        Field(discriminator="name"),
+    ]
+
+
+class TaskAccepted(BaseModel):
+    """A task accepted to run: where to follow it."""
+
+    id: str
+    name: str
+    state: TaskState
+    url: str
+    websocket: str
+
+
+class Progress(BaseModel):
+    current: int
+    total: int
+
+
+class TaskFailure(BaseModel):
+    """Why a task failed: the type and message of the exception it raised."""
+
+    type: str
+    message: str
+
+
+class DebugTaskFailure(TaskFailure):
+    """A failure with its traceback: only in debug mode."""
+
+    traceback: str | None
+
+
+class TaskSnapshot(BaseModel):
+    """A task as it stands: its state, and its progress, result or error where it has one."""
+
+    id: str
+    name: str
+    state: TaskState
+    progress: Progress | None
+    result: Any
+    error: SerializeAsAny[TaskFailure] | None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail

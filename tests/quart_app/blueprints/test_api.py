@@ -1,0 +1,318 @@
+"""The JSON API through Quart's test client, against the real Redis and, where a task must run,
+a real worker in a thread."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
+
+from quart_app.blueprints.api import EXPOSED
+from tests.waiting import wait_for_async
+from tests.workers import ThreadWorker
+
+TIMEOUT = 20.0
+
+
+async def submit(client: Client, name: str, **kwargs: Any) -> dict[str, Any]:
+    """POST a task; return the accepted body."""
+    response = await client.post("/api/tasks", json={"name": name, "kwargs": kwargs})
+    assert response.status_code == 202, await response.get_data(as_text=True)
+    body: dict[str, Any] = await response.get_json()
+    return body
+
+
+async def snapshot(client: Client, task_id: str) -> dict[str, Any]:
+    """GET a task's snapshot."""
+    response = await client.get(f"/api/tasks/{task_id}")
+    assert response.status_code == 200
+    body: dict[str, Any] = await response.get_json()
+    return body
+
+
+async def finished(client: Client, task_id: str) -> dict[str, Any]:
+    """The snapshot once the task has ended."""
+
+    async def ended() -> dict[str, Any] | None:
+        body = await snapshot(client, task_id)
+        return body if body["state"] in ("SUCCESS", "FAILURE", "REVOKED") else None
+
+    return await wait_for_async(ended, TIMEOUT, f"task {task_id} to end")
+
+
+async def error_of(response: Any) -> dict[str, str]:
+    """The error of an error answer, checking its shape."""
+    body = await response.get_json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    error: dict[str, str] = body["error"]
+    return error
+
+
+async def test_submitting_answers_202_with_where_to_follow_the_task(
+    client: Client,
+) -> None:
+    response = await client.post(
+        "/api/tasks", json={"name": "simple_task", "kwargs": {"message": "hi"}}
+    )
+    assert response.status_code == 202
+    body = await response.get_json()
+    task_id = body["id"]
+    assert uuid.UUID(task_id)
+    assert body == {
+        "id": task_id,
+        "name": "simple_task",
+        "state": "PENDING",
+        "url": f"/api/tasks/{task_id}",
+        "websocket": f"/ws/tasks/{task_id}",
+    }
+    assert response.headers["Location"] == f"/api/tasks/{task_id}"
+
+
+async def test_a_queued_task_is_pending(client: Client) -> None:
+    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    assert await snapshot(client, task_id) == {
+        "id": task_id,
+        "name": "simple_task",
+        "state": "PENDING",
+        "progress": None,
+        "result": None,
+        "error": None,
+    }
+
+
+async def test_each_exposed_task_runs_to_its_end(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    with thread_worker(celery):
+        simple = await submit(client, "simple_task", message="hi")
+        progress = await submit(client, "progress_task", steps=2, delay=0)
+        asynchronous = await submit(client, "async_task", message="hey")
+        failing = await submit(client, "failing_task", message="boom")
+
+        assert (await finished(client, simple["id"]))["result"] == "hi"
+        assert (await finished(client, progress["id"]))["result"] == {"steps": 2}
+        done = await finished(client, asynchronous["id"])
+        assert done["result"] == {"message": "hey", "app": "quart_app"}
+        failed = await finished(client, failing["id"])
+    assert failed["state"] == "FAILURE"
+    assert failed["result"] is None
+    assert failed["error"] == {"type": "ValueError", "message": "boom"}
+
+
+async def test_progress_shows_while_the_task_runs(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    with thread_worker(celery):
+        task_id = (await submit(client, "progress_task", steps=20, delay=0.05))["id"]
+
+        async def in_progress() -> dict[str, Any] | None:
+            body = await snapshot(client, task_id)
+            return body if body["state"] == "PROGRESS" else None
+
+        body = await wait_for_async(in_progress, TIMEOUT, "progress")
+        assert body["progress"]["total"] == 20
+        assert 1 <= body["progress"]["current"] <= 20
+        assert body["result"] is None
+        await finished(client, task_id)
+
+
+async def test_a_failure_has_its_traceback_only_in_debug_mode(
+    app: Quart, client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    with thread_worker(celery):
+        task_id = (await submit(client, "failing_task", message="boom"))["id"]
+        assert "traceback" not in (await finished(client, task_id))["error"]
+        app.debug = True
+        error = (await snapshot(client, task_id))["error"]
+    assert error["type"] == "ValueError"
+    assert "raise ValueError(message)" in error["traceback"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        ({"name": "nope", "kwargs": {}}, "unknown_task", "There is no task 'nope'"),
+        ({"name": "celery.ping", "kwargs": {}}, "unknown_task", "There is no task"),
+        ({"name": "tests.quart_app_name", "kwargs": {}}, "unknown_task", "There is no task"),
+        ({"kwargs": {}}, "invalid_request", "name: Field required"),
+        ({"name": "simple_task"}, "invalid_request", "kwargs: Field required"),
+        (
+            {"name": "simple_task", "kwargs": {}},
+            "invalid_request",
+            "kwargs.message: Field required",
+        ),
+        ({"name": "simple_task", "kwargs": {"message": ""}}, "invalid_request", "kwargs.message"),
+        (
+            {"name": "simple_task", "kwargs": {"message": "x" * 1001}},
+            "invalid_request",
+            "at most 1000",
+        ),
+        ({"name": "simple_task", "kwargs": {"message": 5}}, "invalid_request", "kwargs.message"),
+        (
+            {"name": "simple_task", "kwargs": {"message": "x", "y": 1}},
+            "invalid_request",
+            "kwargs.y",
+        ),
+        ({"name": "progress_task", "kwargs": {"steps": 0}}, "invalid_request", "kwargs.steps"),
+        ({"name": "progress_task", "kwargs": {"steps": 1001}}, "invalid_request", "kwargs.steps"),
+        ({"name": "progress_task", "kwargs": {"steps": "5"}}, "invalid_request", "kwargs.steps"),
+        (
+            {"name": "progress_task", "kwargs": {"steps": 5, "delay": 11}},
+            "invalid_request",
+            "kwargs.delay",
+        ),
+        (
+            {"name": "progress_task", "kwargs": {"steps": 5, "delay": -1}},
+            "invalid_request",
+            "kwargs.delay",
+        ),
+        (
+            {"name": "progress_task", "kwargs": {"steps": 1000, "delay": 1}},
+            "invalid_request",
+            "at most 600 s",
+        ),
+        (
+            {"name": "async_task", "kwargs": {"message": "x", "delay": 10.5}},
+            "invalid_request",
+            "kwargs.delay",
+        ),
+        ([], "invalid_request", "body"),
+        ("simple_task", "invalid_request", "body"),
+    ],
+)
+async def test_an_invalid_task_is_422_naming_the_field(
+    client: Client, redis_client: redis.Redis, body: Any, code: str, message: str
+) -> None:
+    response = await client.post("/api/tasks", json=body)
+    assert response.status_code == 422
+    error = await error_of(response)
+    assert error["code"] == code
+    assert message in error["message"]
+    assert redis_client.llen("celery") == 0  # nothing was sent
+
+
+async def test_malformed_json_is_400(client: Client) -> None:
+    response = await client.post(
+        "/api/tasks", data='{"name": ', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert (await error_of(response))["code"] == "invalid_json"
+
+
+async def test_a_body_that_is_not_json_is_400(client: Client) -> None:
+    response = await client.post("/api/tasks", form={"name": "simple_task"})
+    assert response.status_code == 400
+    error = await error_of(response)
+    assert error["code"] == "invalid_content_type"
+    assert "application/json" in error["message"]
+
+
+async def test_a_body_over_the_limit_is_413(app: Quart, client: Client) -> None:
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    assert limit == 64 * 1024
+    message = "x" * limit
+    response = await client.post(
+        "/api/tasks", json={"name": "simple_task", "kwargs": {"message": message}}
+    )
+    assert response.status_code == 413
+    assert (await error_of(response))["code"] == "request_entity_too_large"
+
+
+async def test_unknown_route_is_404_and_wrong_method_405(client: Client) -> None:
+    response = await client.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert (await error_of(response))["code"] == "not_found"
+    response = await client.put("/api/tasks")
+    assert response.status_code == 405
+    assert (await error_of(response))["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+
+
+async def test_an_unexpected_error_is_500_without_a_traceback(app: Quart) -> None:
+    @app.get("/fails")
+    async def fails() -> str:
+        raise RuntimeError("secret detail")
+
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/fails")
+    assert response.status_code == 500
+    error = await error_of(response)
+    assert error["code"] == "internal_error"
+    assert "secret detail" not in error["message"]
+    assert "Traceback" not in await response.get_data(as_text=True)
+
+
+async def test_an_id_never_submitted_is_404(client: Client) -> None:
+    for method in (client.get, client.delete):
+        response = await method(f"/api/tasks/{uuid.uuid4()}")
+        assert response.status_code == 404
+        assert (await error_of(response))["code"] == "task_not_found"
+
+
+async def test_a_malformed_id_is_404(client: Client) -> None:
+    for task_id in ("not-a-uuid", "*", "celery-task-meta-*"):
+        response = await client.get(f"/api/tasks/{task_id}")
+        assert response.status_code == 404
+        assert (await error_of(response))["code"] == "not_found"
+
+
+async def test_a_record_lasts_as_long_as_results(
+    app: Quart, client: Client, redis_client: redis.Redis
+) -> None:
+    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    ttl = redis_client.ttl(f"quart_app:task:{task_id}")
+    assert 0 < ttl <= app.config["CELERY_RESULT_EXPIRES"]
+    redis_client.delete(f"quart_app:task:{task_id}")  # as when it expires
+    assert (await client.get(f"/api/tasks/{task_id}")).status_code == 404
+
+
+async def test_revoking_a_queued_task_means_it_never_runs(
+    client: Client,
+    celery: Celery,
+    thread_worker: ThreadWorker,
+    redis_client: redis.Redis,
+) -> None:
+    revoked = (await submit(client, "simple_task", message="never"))["id"]
+    response = await client.delete(f"/api/tasks/{revoked}")
+    assert response.status_code == 202
+    assert (await response.get_json())["state"] == "REVOKED"
+    # A worker that starts only after the revoke never heard it: it still skips the task.
+    with thread_worker(celery):
+        after = (await submit(client, "simple_task", message="after"))["id"]
+        assert (await finished(client, after))["state"] == "SUCCESS"
+    assert (await snapshot(client, revoked))["state"] == "REVOKED"
+    assert redis_client.llen("celery") == 0  # acknowledged, not left to come back
+
+
+async def test_revoking_a_task_that_ended_changes_nothing_and_says_so(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    with thread_worker(celery):
+        task_id = (await submit(client, "simple_task", message="done"))["id"]
+        await finished(client, task_id)
+    response = await client.delete(f"/api/tasks/{task_id}")
+    assert response.status_code == 409
+    error = await error_of(response)
+    assert error["code"] == "task_finished"
+    assert "SUCCESS" in error["message"]
+    assert (await snapshot(client, task_id))["state"] == "SUCCESS"
+
+
+async def test_sending_leaves_no_subscription_behind(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    ids = [(await submit(client, "simple_task", message=str(n)))["id"] for n in range(50)]
+    channels = [f"celery-task-meta-{task_id}" for task_id in ids]
+    subscribers = redis_client.pubsub_numsub(*channels)
+    assert [count for _, count in subscribers] == [0] * len(ids)
+
+
+def test_the_allow_list_names_each_task_by_its_registered_name() -> None:
+    assert {name: task.name for name, task in EXPOSED.items()} == {name: name for name in EXPOSED}
+    assert set(EXPOSED) == {"simple_task", "progress_task", "async_task", "failing_task"}
