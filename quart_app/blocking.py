@@ -44,13 +44,16 @@ def init_app(app: Quart) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def run_blocking(what: str, function: Callable[..., T], /, *args: Any) -> T:
+async def run_blocking(
+    what: str, function: Callable[..., T], /, *args: Any, timeout: float | None = None
+) -> T:
     """Run `function(*args)` in the app's pool; 503 if `what` cannot be reached in time.
 
-    `what` names the service the call needs, for the error message ("the broker").
+    `what` names the service the call needs, for the error message ("the broker"); `timeout`
+    defaults to `BLOCKING_TIMEOUT`.
     """
     pool: ThreadPoolExecutor = current_app.extensions[EXTENSION]
-    timeout = current_app.config["BLOCKING_TIMEOUT"]
+    timeout = current_app.config["BLOCKING_TIMEOUT"] if timeout is None else timeout
     call = asyncio.get_running_loop().run_in_executor(pool, partial(function, *args))
     try:
         return await asyncio.wait_for(call, timeout)

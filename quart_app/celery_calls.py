@@ -70,23 +70,17 @@ def revoke(task_id: UUID, name: str) -> TaskSnapshot:
     return snapshot(task_id, name)
 
 
-def readiness(ping_timeout: float) -> dict[str, str]:
-    """Whether the broker, the result backend and the workers answer: "ok ..." or why not."""
-    checks: dict[str, str] = {}
-    try:
-        with celery.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=math.ceil(ping_timeout))
-        checks["broker"] = "ok"
-    except Exception as error:
-        checks["broker"] = f"unreachable: {error}"
-    try:
-        celery.backend.get_task_meta("readiness-probe")
-        checks["result_backend"] = "ok"
-    except Exception as error:
-        checks["result_backend"] = f"unreachable: {error}"
-    if checks["broker"] == "ok":
-        replies = celery.control.ping(timeout=ping_timeout)
-        checks["workers"] = f"ok, {len(replies)} answered" if replies else "none answered"
-    else:
-        checks["workers"] = "not asked: the broker is unreachable"
-    return checks
+def check_broker(timeout: float) -> None:
+    """Connect to the broker; raise if it does not answer."""
+    with celery.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=math.ceil(timeout))
+
+
+def check_result_backend() -> None:
+    """Read from the result backend; raise if it does not answer."""
+    celery.backend.get_task_meta("readiness-probe")
+
+
+def count_workers(timeout: float) -> int:
+    """How many workers answer a ping within `timeout` seconds."""
+    return len(celery.control.ping(timeout=timeout) or [])

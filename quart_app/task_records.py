@@ -31,7 +31,7 @@ def init_app(app: Quart) -> None:
             max_connections=64,
             timeout=app.config["BLOCKING_TIMEOUT"],
             socket_connect_timeout=2,
-            socket_timeout=app.config["BLOCKING_TIMEOUT"],
+            socket_timeout=2,
         )
         app.extensions[EXTENSION] = Redis(connection_pool=pool)
 

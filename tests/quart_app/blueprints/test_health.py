@@ -46,9 +46,10 @@ async def test_readyz_is_503_when_the_broker_and_backend_are_unreachable() -> No
     async with app.test_app() as test_app:
         response = await test_app.test_client().get("/readyz")
     assert response.status_code == 503
-    message = (await response.get_json())["error"]["message"]
-    assert "broker: unreachable" in message
-    assert "result_backend: unreachable" in message
+    body = await response.get_json()
+    assert "broker: unreachable" in body["error"]["message"]
+    assert "result_backend: unreachable" in body["error"]["message"]
+    assert body["checks"]["workers"] == "not asked"
 
 
 async def test_slow_look_ups_do_not_hold_up_other_requests(redis_url: str, app: Quart) -> None:

@@ -1,0 +1,85 @@
+"""A broker or backend that cannot be reached: 503 in under 5 seconds, never a hang.
+
+Two kinds of unreachable: a port where nothing listens (refused at once), and a server that
+accepts connections but never answers (only a timeout ends the wait).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from quart import Quart
+
+from factories.application import create_application
+
+DEADLINE = 5.0
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        yield listener.getsockname()[1]
+
+
+def closed_port() -> int:
+    """A port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture(params=["refused", "silent"])
+def unreachable_app(request: pytest.FixtureRequest, silent_server: int) -> Quart:
+    port = closed_port() if request.param == "refused" else silent_server
+    return create_application({"TESTING": True, "REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/tasks", {"name": "simple_task", "kwargs": {"message": "hi"}}),
+        ("GET", f"/api/tasks/{uuid.uuid4()}", None),
+        ("DELETE", f"/api/tasks/{uuid.uuid4()}", None),
+        ("GET", "/readyz", None),
+    ],
+)
+async def test_unreachable_redis_is_503_within_the_deadline(
+    unreachable_app: Quart, method: str, path: str, body: object
+) -> None:
+    async with unreachable_app.test_app() as test_app:
+        started = time.monotonic()
+        response = await test_app.test_client().open(path, method=method, json=body)
+        elapsed = time.monotonic() - started
+        healthz = await test_app.test_client().get("/healthz")
+    assert response.status_code == 503
+    answer = await response.get_json()
+    assert answer["error"]["code"] in ("service_unavailable", "not_ready")
+    assert elapsed < DEADLINE
+    assert healthz.status_code == 200  # and the server is still up
+
+
+async def test_a_broker_that_cannot_take_the_task_leaves_no_record(
+    redis_client: redis.Redis, silent_server: int
+) -> None:
+    app = create_application(
+        {"TESTING": True, "CELERY_BROKER_URL": f"redis://127.0.0.1:{silent_server}/0"}
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        started = time.monotonic()
+        response = await client.post(
+            "/api/tasks", json={"name": "simple_task", "kwargs": {"message": "hi"}}
+        )
+        assert time.monotonic() - started < DEADLINE
+        assert response.status_code == 503
+        assert "broker" in (await response.get_json())["error"]["message"]
+    assert redis_client.keys("quart_app:task:*") == []
