@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.processes import answers_http, free_port, stop_process_group
 from tests.waiting import wait_for
+from tests.workers import ProcessWorker
 
 pytestmark = pytest.mark.e2e
 
@@ -87,3 +92,39 @@ def test_a_wrong_setting_stops_start_up_with_one_line(
     if command is CELERY:
         # hypercorn 0.18 exits 0 even when its worker process fails: it drops the exit code.
         assert completed.returncode == 1
+
+
+def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
+    """One request over real HTTP; the status and the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_api_over_real_http_with_a_real_worker(
+    server_url: str, process_worker: ProcessWorker
+) -> None:
+    process_worker()
+    api = f"{server_url}/api/tasks"
+    status, accepted = http(
+        "POST", api, {"name": "progress_task", "kwargs": {"steps": 3, "delay": 0.01}}
+    )
+    assert status == 202
+    task_url = f"{server_url}{accepted['url']}"
+
+    def done() -> dict[str, Any] | None:
+        status, task = http("GET", task_url)
+        assert status == 200
+        return task if task["state"] == "SUCCESS" else None
+
+    assert wait_for(done, 30, "the task to succeed")["result"] == {"steps": 3}
+    assert http("DELETE", task_url)[0] == 409
+    assert http("GET", f"{api}/{uuid.uuid4()}")[0] == 404
+    assert http("POST", api, {"name": "progress_task", "kwargs": {"steps": 0}})[0] == 422
+    assert http("GET", f"{server_url}/readyz")[0] == 200
+    assert http("GET", f"{server_url}/healthz") == (200, {"status": "ok"})

@@ -10,7 +10,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str) -> T:
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str) -> T:
     """Return the first truthy value of `condition()`; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
