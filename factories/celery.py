@@ -33,6 +33,7 @@ from factories.configuration import (
     redact,
 )
 from factories.event_loops import call_outside_loop, close_event_loops, run_coroutine
+from factories.transport import TRANSPORT
 from quart_app.extensions import celery
 
 WebApp: TypeAlias = Quart | Flask
@@ -181,6 +182,8 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(default, dict) and isinstance(value, dict):
                 value = {**default, **value}
             settings[name] = value
+    if "broker_transport" not in settings and _is_redis(settings["broker_url"]):
+        settings["broker_transport"] = TRANSPORT
     for name, required in JSON_ONLY.items():
         value = settings[name]
         names = {value} if isinstance(value, str) else set(value or ())
@@ -198,6 +201,11 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
                 f"{redact(settings[name])!r}; Celery would take the environment's",
             )
     return settings
+
+
+def _is_redis(url: str) -> bool:
+    """Whether every URL in a (";"-separated) broker URL names a Redis server."""
+    return all(one.strip().split("://", 1)[0] in ("redis", "rediss") for one in url.split(";"))
 
 
 def _call_in_app_context(

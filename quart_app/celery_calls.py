@@ -10,7 +10,9 @@ from typing import Any
 from uuid import UUID
 
 from celery import Task, states
+from redis import Redis
 
+from quart_app import task_records
 from quart_app.errors import APIError
 from quart_app.extensions import celery
 from quart_app.schemas import DebugTaskFailure, Progress, TaskFailure, TaskSnapshot
@@ -20,9 +22,32 @@ from quart_app.states import TaskState
 NOT_STARTED = frozenset({states.PENDING, states.RETRY})
 
 
-def send(task: Task[Any, Any], kwargs: dict[str, Any], task_id: UUID) -> None:
-    """Publish one run of `task` with `kwargs` under `task_id`."""
-    task.apply_async(kwargs=kwargs, task_id=str(task_id))
+def accept(
+    redis: Redis, expires: int, task: Task[Any, Any], kwargs: dict[str, Any], task_id: UUID
+) -> None:
+    """Record the task, then publish it; if it cannot be published, drop the record again.
+
+    Recorded first, so that a look-up right after the answer finds it.
+    """
+    task_records.remember(redis, task_id, task.name, expires)
+    try:
+        task.apply_async(kwargs=kwargs, task_id=str(task_id))
+    except BaseException:
+        task_records.forget(redis, task_id)
+        raise
+
+
+def accepted_name(redis: Redis, task_id: UUID) -> str:
+    """The name of an accepted task; 404 for an id the app never accepted (or forgot)."""
+    name = task_records.name_of(redis, task_id)
+    if name is None:
+        raise APIError(404, "task_not_found", f"No task {task_id} was submitted here.")
+    return name
+
+
+def look_up(redis: Redis, task_id: UUID, debug: bool) -> TaskSnapshot:
+    """The snapshot of an accepted task; 404 for any other id."""
+    return snapshot(task_id, accepted_name(redis, task_id), debug)
 
 
 def snapshot(task_id: UUID, name: str, debug: bool = False) -> TaskSnapshot:
@@ -50,13 +75,14 @@ def snapshot(task_id: UUID, name: str, debug: bool = False) -> TaskSnapshot:
     )
 
 
-def revoke(task_id: UUID, name: str) -> TaskSnapshot:
+def revoke(redis: Redis, task_id: UUID) -> TaskSnapshot:
     """Revoke the task: one not started yet will never run; one running runs to its end.
 
     Workers keep the revocations they hear in memory only, so a task not started yet is also
     marked REVOKED in the result backend, where every worker checks before running a task
     (see `factories.celery`): a worker that restarts, or starts later, skips it too.
     """
+    name = accepted_name(redis, task_id)
     current = snapshot(task_id, name)
     if current.state in states.READY_STATES:
         raise APIError(

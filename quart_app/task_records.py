@@ -3,32 +3,31 @@
 Celery reports PENDING for any id it has never seen, so by itself it cannot tell a task still
 in the queue from an id nobody ever submitted. The app records every id it accepts, for as long
 as results are kept, and answers 404 for the others.
+
+The functions here block: they run in the app's thread pool, next to the Celery calls they go
+with, so that accepting a task costs one trip to the pool.
 """
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from quart import Quart, current_app
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
-
-from quart_app.errors import APIError
+from redis import BlockingConnectionPool, Redis
 
 EXTENSION = "redis"
 KEY = "quart_app:task:{}"
 
 
 def init_app(app: Quart) -> None:
-    """Open an async Redis client when serving starts; close it when serving stops."""
+    """Open a Redis client when serving starts; close it when serving stops."""
 
     @app.before_serving
     async def open_client() -> None:
         # A blocking pool makes a burst of requests wait for a connection, not fail for one.
         pool = BlockingConnectionPool.from_url(
             app.config["REDIS_URL"],
-            max_connections=64,
+            max_connections=app.config["BLOCKING_POOL_SIZE"],
             timeout=app.config["BLOCKING_TIMEOUT"],
             socket_connect_timeout=2,
             socket_timeout=2,
@@ -37,31 +36,26 @@ def init_app(app: Quart) -> None:
 
     @app.after_serving
     async def close_client() -> None:
-        client: Redis = app.extensions.pop(EXTENSION)
-        await client.aclose(close_connection_pool=True)
+        app.extensions.pop(EXTENSION).close()
 
 
-async def remember(task_id: UUID, name: str) -> None:
-    """Record that the app accepted task `task_id`, a run of `name`."""
-    expires = int(current_app.config["CELERY_RESULT_EXPIRES"])
-    await _call(lambda redis: redis.set(KEY.format(task_id), name, ex=expires))
+def client() -> Redis:
+    """The app's Redis client (to hand to the functions below, in the thread pool)."""
+    redis: Redis = current_app.extensions[EXTENSION]
+    return redis
 
 
-async def forget(task_id: UUID) -> None:
+def remember(redis: Redis, task_id: UUID, name: str, expires: int) -> None:
+    """Record that the app accepted task `task_id`, a run of `name`, for `expires` seconds."""
+    redis.set(KEY.format(task_id), name, ex=expires)
+
+
+def forget(redis: Redis, task_id: UUID) -> None:
     """Drop the record of a task that could not be sent after all."""
-    await _call(lambda redis: redis.delete(KEY.format(task_id)))
+    redis.delete(KEY.format(task_id))
 
 
-async def name_of(task_id: UUID) -> str | None:
+def name_of(redis: Redis, task_id: UUID) -> str | None:
     """The name of the task the app accepted as `task_id`, or None if it never did."""
-    name = await _call(lambda redis: redis.get(KEY.format(task_id)))
+    name = redis.get(KEY.format(task_id))
     return name.decode() if isinstance(name, bytes) else None
-
-
-async def _call(command: Any) -> Any:
-    """Run a Redis command with the app's client; 503 if Redis cannot be reached."""
-    client: Redis = current_app.extensions[EXTENSION]
-    try:
-        return await command(client)
-    except RedisError as error:
-        raise APIError(503, "service_unavailable", f"Redis cannot be reached: {error}") from None

@@ -9,12 +9,12 @@ from celery import Task
 from quart import Blueprint, current_app, request, url_for
 from quart_schema import tag, validate_request, validate_response
 
-from quart_app import celery_calls
+from quart_app import celery_calls, task_records
 from quart_app.blocking import run_blocking
 from quart_app.errors import APIError
 from quart_app.schemas import ErrorBody, TaskAccepted, TaskRequest, TaskSnapshot
 from quart_app.states import TaskState
-from quart_app.submissions import accepted_name, submit
+from quart_app.submissions import submit
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
@@ -67,9 +67,12 @@ async def submit_task(data: TaskRequest) -> tuple[TaskAccepted, int, dict[str, s
 @validate_response(ErrorBody, 404)
 async def get_task(task_id: UUID) -> TaskSnapshot:
     """The task's state, and its progress, result or error where it has one."""
-    name = await accepted_name(task_id)
     return await run_blocking(
-        "the result backend", celery_calls.snapshot, task_id, name, current_app.debug
+        "the result backend",
+        celery_calls.look_up,
+        task_records.client(),
+        task_id,
+        current_app.debug,
     )
 
 
@@ -80,5 +83,5 @@ async def get_task(task_id: UUID) -> TaskSnapshot:
 @validate_response(ErrorBody, 409)
 async def revoke_task(task_id: UUID) -> tuple[TaskSnapshot, int]:
     """Revoke the task: if it has not started, it never will; 409 if it already ended."""
-    name = await accepted_name(task_id)
-    return await run_blocking("the broker", celery_calls.revoke, task_id, name), 202
+    revoked = await run_blocking("the broker", celery_calls.revoke, task_records.client(), task_id)
+    return revoked, 202

@@ -9,6 +9,7 @@ from quart_schema import hide
 
 from quart_app import celery_calls, task_records
 from quart_app.blocking import run_blocking
+from quart_app.errors import APIError
 from quart_app.forms import message_form
 from quart_app.submissions import submit
 from quart_app.tasks import simple_task
@@ -44,13 +45,15 @@ async def submit_message() -> tuple[str, int]:
 async def result(task_id: str) -> tuple[str, int]:
     """The task's state and result; a 404 page for an id never submitted."""
     try:
-        uuid = UUID(task_id)
-    except ValueError:
-        uuid = None
-    name = None if uuid is None else await task_records.name_of(uuid)
-    if uuid is None or name is None:
+        task = await run_blocking(
+            "the result backend",
+            celery_calls.look_up,
+            task_records.client(),
+            UUID(task_id),
+            current_app.debug,
+        )
+    except (ValueError, APIError) as error:
+        if isinstance(error, APIError) and error.status != 404:
+            raise
         return await render_template("not_found.html", task_id=task_id), 404
-    task = await run_blocking(
-        "the result backend", celery_calls.snapshot, uuid, name, current_app.debug
-    )
     return await render_template("task_result.html", task=task), 200
