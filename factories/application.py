@@ -11,7 +11,7 @@ from quart_schema import QuartSchema
 
 from factories.celery import configure_celery
 from factories.configuration import get_config
-from quart_app import blocking, task_records
+from quart_app import blocking, submissions, task_records
 from quart_app.blueprints import api, health, pages
 from quart_app.errors import register_error_handlers
 
@@ -45,6 +45,7 @@ def register_extensions(app: Quart) -> None:
     configure_celery(app)
     blocking.init_app(app)
     task_records.init_app(app)
+    submissions.init_app(app)
     QuartSchema(
         app,
         info={"title": "quart_app", "version": "0.1.0"},

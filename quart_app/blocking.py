@@ -62,6 +62,12 @@ async def run_blocking(
             503, "service_unavailable", f"{what.capitalize()} did not answer within {timeout} s."
         ) from None
     except UNREACHABLE as error:
-        raise APIError(
-            503, "service_unavailable", f"{what.capitalize()} cannot be reached: {error}"
-        ) from None
+        raise as_api_error(what, error) from None
+
+
+def as_api_error(what: str, error: Exception) -> Exception:
+    """A 503 for the error of a service that cannot be reached; any other error as it is."""
+    if isinstance(error, UNREACHABLE):
+        message = f"{what.capitalize()} cannot be reached: {error}"
+        return APIError(503, "service_unavailable", message)
+    return error

@@ -22,19 +22,29 @@ from quart_app.states import TaskState
 NOT_STARTED = frozenset({states.PENDING, states.RETRY})
 
 
-def accept(
-    redis: Redis, expires: int, task: Task[Any, Any], kwargs: dict[str, Any], task_id: UUID
-) -> None:
-    """Record the task, then publish it; if it cannot be published, drop the record again.
+#: A task to send: the task, its keyword arguments and the id it is sent under.
+Submission = tuple[Task[Any, Any], dict[str, Any], UUID]
 
-    Recorded first, so that a look-up right after the answer finds it.
+
+def accept(redis: Redis, expires: int, batch: list[Submission]) -> list[Exception | None]:
+    """Record a batch of tasks, then publish each; return each one's error, or None if sent.
+
+    Recorded first, all in one round trip, so that a look-up right after the answer finds
+    them; a task that cannot be published has its record dropped again. One producer sends
+    the whole batch.
     """
-    task_records.remember(redis, task_id, task.name, expires)
-    try:
-        task.apply_async(kwargs=kwargs, task_id=str(task_id))
-    except BaseException:
-        task_records.forget(redis, task_id)
-        raise
+    task_records.remember(redis, [(task_id, task.name) for task, _, task_id in batch], expires)
+    errors: list[Exception | None] = []
+    with celery.producer_or_acquire() as producer:
+        for task, kwargs, task_id in batch:
+            try:
+                task.apply_async(kwargs=kwargs, task_id=str(task_id), producer=producer)
+            except Exception as error:
+                task_records.forget(redis, task_id)
+                errors.append(error)
+            else:
+                errors.append(None)
+    return errors
 
 
 def accepted_name(redis: Redis, task_id: UUID) -> str:

@@ -45,9 +45,12 @@ def client() -> Redis:
     return redis
 
 
-def remember(redis: Redis, task_id: UUID, name: str, expires: int) -> None:
-    """Record that the app accepted task `task_id`, a run of `name`, for `expires` seconds."""
-    redis.set(KEY.format(task_id), name, ex=expires)
+def remember(redis: Redis, tasks: list[tuple[UUID, str]], expires: int) -> None:
+    """Record that the app accepted each task (id, name), for `expires` seconds."""
+    with redis.pipeline(transaction=False) as pipeline:
+        for task_id, name in tasks:
+            pipeline.set(KEY.format(task_id), name, ex=expires)
+        pipeline.execute()
 
 
 def forget(redis: Redis, task_id: UUID) -> None:

@@ -3,6 +3,7 @@ a real worker in a thread."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -316,3 +317,15 @@ async def test_sending_leaves_no_subscription_behind(
 def test_the_allow_list_names_each_task_by_its_registered_name() -> None:
     assert {name: task.name for name, task in EXPOSED.items()} == {name: name for name in EXPOSED}
     assert set(EXPOSED) == {"simple_task", "progress_task", "async_task", "failing_task"}
+
+
+async def test_tasks_submitted_at_once_are_each_accepted_and_sent(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    body = {"name": "simple_task", "kwargs": {"message": "together"}}
+    responses = await asyncio.gather(*(client.post("/api/tasks", json=body) for _ in range(40)))
+    assert [response.status_code for response in responses] == [202] * 40
+    ids = {(await response.get_json())["id"] for response in responses}
+    assert len(ids) == 40
+    assert redis_client.llen("celery") == 40
+    assert all(redis_client.exists(f"quart_app:task:{task_id}") for task_id in ids)
