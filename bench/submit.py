@@ -160,7 +160,8 @@ def start_profiler(pid: int, output: str) -> subprocess.Popen[bytes]:
     """py-spy, recording the server's worker process for the next few seconds."""
     return subprocess.Popen(
         [
-            *["py-spy", "record", "--pid", str(pid), "--subprocesses", "--duration", "5"],
+            *[str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid)],
+            *["--subprocesses", "--duration", "5"],
             *["--format", "raw" if output.endswith(".txt") else "flamegraph", "-o", output],
         ],
         stdout=subprocess.DEVNULL,
