@@ -35,10 +35,10 @@ APP_OPTIONS: dict[str, Option] = {
     "MAX_CONTENT_LENGTH": Option(64 * 1024, type="int", minimum=1),
     # Threads for the blocking Celery calls of the web process (publish, look-up, ping).
     "BLOCKING_POOL_SIZE": Option(16, type="int", minimum=1),
-    # Seconds a blocking call may take before the request is answered 503.
-    "BLOCKING_TIMEOUT": Option(5.0, type="float"),
-    # Seconds /readyz waits for a worker to answer a ping.
-    "READY_TIMEOUT": Option(1.0, type="float"),
+    # Seconds a blocking call may take before the request is answered 503 (under five).
+    "BLOCKING_TIMEOUT": Option(4.5, type="float", minimum=0.1),
+    # Seconds /readyz waits for a worker to answer a ping (it answers within three of them).
+    "READY_TIMEOUT": Option(1.0, type="float", minimum=0.1),
 }
 
 # Settings whose values are URLs, and the schemes each accepts.

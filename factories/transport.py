@@ -24,6 +24,11 @@ class Channel(redis.Channel):
         """One client over the channel's connection pool, made on first use."""
         return self._create_client()  # type: ignore[attr-defined]  # missing from the stubs
 
+    def _disconnect_pools(self) -> None:
+        """Forget the client with the pools it fronts (after fork, on close)."""
+        self.__dict__.pop("_publishing_client", None)
+        super()._disconnect_pools()  # type: ignore[misc]  # missing from the stubs
+
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         """The client given, else the channel's own (kombu makes a new one each time)."""

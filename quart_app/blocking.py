@@ -10,7 +10,7 @@ when it stops; a call that takes longer than `BLOCKING_TIMEOUT` is answered 503.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -32,16 +32,13 @@ UNREACHABLE = (OperationalError, RedisConnectionError, RedisTimeoutError, OSErro
 def init_app(app: Quart) -> None:
     """Make the pool when serving starts, and shut it down when serving stops."""
 
-    @app.before_serving
-    async def start_pool() -> None:
+    @app.while_serving
+    async def pool() -> AsyncGenerator[None, None]:
         app.extensions[EXTENSION] = ThreadPoolExecutor(
             app.config["BLOCKING_POOL_SIZE"], thread_name_prefix="blocking"
         )
-
-    @app.after_serving
-    async def stop_pool() -> None:
-        pool: ThreadPoolExecutor = app.extensions.pop(EXTENSION)
-        pool.shutdown(wait=False, cancel_futures=True)
+        yield
+        app.extensions.pop(EXTENSION).shutdown(wait=False, cancel_futures=True)
 
 
 async def run_blocking(

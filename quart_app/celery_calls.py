@@ -6,13 +6,20 @@ See `quart_app.blocking`: call these through `run_blocking`, never on the event 
 from __future__ import annotations
 
 import math
+import time
+from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from celery import Task, states
+from celery.backends.redis import RedisBackend
+from celery.exceptions import TaskRevokedError
 from redis import Redis
+from redis.exceptions import RedisError, WatchError
 
 from quart_app import task_records
+from quart_app.blocking import UNREACHABLE
 from quart_app.errors import APIError
 from quart_app.extensions import celery
 from quart_app.schemas import DebugTaskFailure, Progress, TaskFailure, TaskSnapshot
@@ -26,25 +33,51 @@ NOT_STARTED = frozenset({states.PENDING, states.RETRY})
 Submission = tuple[Task[Any, Any], dict[str, Any], UUID]
 
 
-def accept(redis: Redis, expires: int, batch: list[Submission]) -> list[Exception | None]:
+def accept(
+    redis: Redis, expires: int, batch: list[Submission], deadline: float
+) -> list[Exception | None]:
     """Record a batch of tasks, then publish each; return each one's error, or None if sent.
 
     Recorded first, all in one round trip, so that a look-up right after the answer finds
-    them; a task that cannot be published has its record dropped again. One producer sends
-    the whole batch.
+    them. One producer sends the whole batch. Once the broker proves unreachable, or the
+    `deadline` (a `time.monotonic()` value) passes, the rest is not tried: their clients are
+    answered 503, and a task sent after that answer would run unasked, or twice if retried.
+    Every task not sent has its record dropped again.
     """
     task_records.remember(redis, [(task_id, task.name) for task, _, task_id in batch], expires)
     errors: list[Exception | None] = []
-    with celery.producer_or_acquire() as producer:
-        for task, kwargs, task_id in batch:
-            try:
-                task.apply_async(kwargs=kwargs, task_id=str(task_id), producer=producer)
-            except Exception as error:
-                task_records.forget(redis, task_id)
-                errors.append(error)
-            else:
-                errors.append(None)
+    try:
+        with celery.producer_or_acquire() as producer:
+            for task, kwargs, task_id in batch:
+                errors.append(_send(producer, task, kwargs, task_id, errors, deadline))
+    except Exception as error:  # no producer: nothing more is sent
+        errors += [error] * (len(batch) - len(errors))
+    unsent = [task_id for (_, _, task_id), error in zip(batch, errors, strict=True) if error]
+    if unsent:
+        with suppress(RedisError):  # the records expire anyway
+            task_records.forget(redis, unsent)
     return errors
+
+
+def _send(
+    producer: Any,
+    task: Task[Any, Any],
+    kwargs: dict[str, Any],
+    task_id: UUID,
+    earlier: list[Exception | None],
+    deadline: float,
+) -> Exception | None:
+    """Publish one task of a batch, unless an earlier one found the broker gone or time is up."""
+    gone = next((error for error in earlier if isinstance(error, UNREACHABLE)), None)
+    if gone is not None:
+        return gone
+    if time.monotonic() > deadline:
+        return TimeoutError("the batch ran out of time")
+    try:
+        task.apply_async(kwargs=kwargs, task_id=str(task_id), producer=producer)
+    except Exception as error:
+        return error
+    return None
 
 
 def accepted_name(redis: Redis, task_id: UUID) -> str:
@@ -90,20 +123,58 @@ def revoke(redis: Redis, task_id: UUID) -> TaskSnapshot:
 
     Workers keep the revocations they hear in memory only, so a task not started yet is also
     marked REVOKED in the result backend, where every worker checks before running a task
-    (see `factories.celery`): a worker that restarts, or starts later, skips it too.
+    (see `factories.celery`): a worker that restarts, or starts later, skips it too. 409 if
+    the task already ended: revoking it changes nothing.
     """
     name = accepted_name(redis, task_id)
-    current = snapshot(task_id, name)
-    if current.state in states.READY_STATES:
-        raise APIError(
-            409,
-            "task_finished",
-            f"Task {task_id} already ended in {current.state}; nothing was revoked.",
-        )
+    if not _mark_revoked_unless_started(task_id):
+        current = snapshot(task_id, name)
+        if current.state in states.READY_STATES:
+            raise APIError(
+                409,
+                "task_finished",
+                f"Task {task_id} already ended in {current.state}; nothing was revoked.",
+            )
     celery.control.revoke(str(task_id))
-    if current.state in NOT_STARTED:
-        celery.backend.mark_as_revoked(str(task_id), reason="revoked")
     return snapshot(task_id, name)
+
+
+def _mark_revoked_unless_started(task_id: UUID) -> bool:
+    """Store REVOKED for the task, only if it has not started; whether it did.
+
+    Read and write are one transaction (WATCH): a task that starts, or ends, in between keeps
+    its state, where Celery's own `mark_as_revoked` would overwrite it.
+    """
+    backend = celery.backend
+    if not isinstance(backend, RedisBackend):
+        raise RuntimeError("revoking needs the Redis result backend")
+    key = backend.get_key_for_task(str(task_id))
+    revoked = backend.encode(
+        {
+            "status": states.REVOKED,
+            "result": backend.prepare_exception(TaskRevokedError("revoked")),
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat(),
+            "task_id": str(task_id),
+        }
+    )
+    with backend.client.pipeline() as pipeline:
+        while True:
+            try:
+                pipeline.watch(key)
+                stored = pipeline.get(key)
+                state = backend.decode(stored)["status"] if stored else states.PENDING
+                if state not in NOT_STARTED:
+                    return False
+                pipeline.multi()
+                # `expires` (seconds, from result_expires) is missing from the stubs.
+                pipeline.set(key, revoked, ex=int(backend.expires))  # type: ignore[attr-defined]
+                pipeline.publish(key, revoked)  # as Celery publishes every state it stores
+                pipeline.execute()
+                return True
+            except WatchError:
+                continue
 
 
 def check_broker(timeout: float) -> None:

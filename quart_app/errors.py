@@ -29,6 +29,13 @@ class APIError(Exception):
 class JSONErrorsRequest(Request):
     """Quart's request, whose malformed JSON body raises our error rather than a bare 400."""
 
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        """The parsed body; 400 also for bytes that are not text, or nesting too deep to parse."""
+        try:
+            return await super().get_json(force, silent, cache)
+        except (UnicodeError, LookupError, RecursionError) as error:
+            self.on_json_loading_failed(error)
+
     def on_json_loading_failed(self, error: Exception) -> Any:
         """Answer 400 with what the JSON parser said."""
         raise APIError(400, "invalid_json", f"The request body is not valid JSON: {error}.")
@@ -49,6 +56,7 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
 
 
 async def _api_error(error: APIError) -> tuple[Response, int]:
+    """Our own errors, as they say."""
     return error_response(error.status, error.code, error.message)
 
 

@@ -125,3 +125,22 @@ class ErrorBody(BaseModel):
     """The body of every error answer."""
 
     error: ErrorDetail
+
+
+class Healthy(BaseModel):
+    """The process is up."""
+
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    """Everything the app needs answers; `checks` says how each part answered."""
+
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+class NotReady(ErrorBody):
+    """Something the app needs does not answer; `checks` says which."""
+
+    checks: dict[str, str]

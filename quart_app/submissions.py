@@ -10,6 +10,9 @@ a lone task at once.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncGenerator
+from contextlib import suppress
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -19,6 +22,7 @@ from redis import Redis
 
 from quart_app import celery_calls, task_records
 from quart_app.blocking import as_api_error, run_blocking
+from quart_app.errors import APIError
 
 EXTENSION = "submitter"
 
@@ -43,20 +47,41 @@ class Submitter:
         return task_id
 
     async def send_waiting(self) -> None:
-        """Send batches until none waits (a task of its own, outliving any one request)."""
+        """Send batches until none waits (a task of its own, outliving any one request).
+
+        If it is cancelled, as when serving stops, every task not yet answered gets a 503:
+        no request waits for good.
+        """
+        batch: list[tuple[celery_calls.Submission, asyncio.Future[None]]] = []
         try:
             while self.waiting:
                 batch, self.waiting = self.waiting, []
                 await self.send(batch)
         finally:
             self.sending = None
+            unanswered, self.waiting = batch + self.waiting, []
+            for _, sent in unanswered:
+                if not sent.done():
+                    sent.set_exception(
+                        APIError(503, "service_unavailable", "The server is shutting down.")
+                    )
+
+    async def close(self) -> None:
+        """Stop sending: cancel the batch in hand, answering its tasks 503."""
+        if self.sending is not None:
+            self.sending.cancel()
+            with suppress(asyncio.CancelledError):
+                await self.sending
 
     async def send(self, batch: list[tuple[celery_calls.Submission, asyncio.Future[None]]]) -> None:
         """Send one batch in one trip to the pool, and settle each task's future."""
         submissions = [submission for submission, _ in batch]
+        timeout = current_app.config["BLOCKING_TIMEOUT"]
+        # The thread stops sending a little before the request is answered 503.
+        deadline = time.monotonic() + 0.8 * timeout
         try:
             errors = await run_blocking(
-                "the broker", celery_calls.accept, self.redis, self.expires, submissions
+                "the broker", celery_calls.accept, self.redis, self.expires, submissions, deadline
             )
         except Exception as failure:
             errors = [failure] * len(batch)
@@ -70,12 +95,14 @@ class Submitter:
 
 
 def init_app(app: Quart) -> None:
-    """Make the app's submitter when serving starts."""
+    """Make the app's submitter when serving starts; stop it when serving stops."""
 
-    @app.before_serving
-    async def make_submitter() -> None:
+    @app.while_serving
+    async def submitter() -> AsyncGenerator[None, None]:
         expires = int(app.config["CELERY_RESULT_EXPIRES"])
         app.extensions[EXTENSION] = Submitter(task_records.client(), expires)
+        yield
+        await app.extensions.pop(EXTENSION).close()
 
 
 async def submit(task: Task[Any, Any], kwargs: dict[str, Any]) -> UUID:

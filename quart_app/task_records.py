@@ -10,6 +10,7 @@ with, so that accepting a task costs one trip to the pool.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from uuid import UUID
 
 from quart import Quart, current_app
@@ -22,8 +23,8 @@ KEY = "quart_app:task:{}"
 def init_app(app: Quart) -> None:
     """Open a Redis client when serving starts; close it when serving stops."""
 
-    @app.before_serving
-    async def open_client() -> None:
+    @app.while_serving
+    async def redis_client() -> AsyncGenerator[None, None]:
         # A blocking pool makes a burst of requests wait for a connection, not fail for one.
         pool = BlockingConnectionPool.from_url(
             app.config["REDIS_URL"],
@@ -33,9 +34,7 @@ def init_app(app: Quart) -> None:
             socket_timeout=2,
         )
         app.extensions[EXTENSION] = Redis(connection_pool=pool)
-
-    @app.after_serving
-    async def close_client() -> None:
+        yield
         app.extensions.pop(EXTENSION).close()
 
 
@@ -53,9 +52,9 @@ def remember(redis: Redis, tasks: list[tuple[UUID, str]], expires: int) -> None:
         pipeline.execute()
 
 
-def forget(redis: Redis, task_id: UUID) -> None:
-    """Drop the record of a task that could not be sent after all."""
-    redis.delete(KEY.format(task_id))
+def forget(redis: Redis, task_ids: list[UUID]) -> None:
+    """Drop the records of tasks that could not be sent after all."""
+    redis.delete(*(KEY.format(task_id) for task_id in task_ids))
 
 
 def name_of(redis: Redis, task_id: UUID) -> str | None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 from celery import Task
 from quart import Blueprint, current_app, request, url_for
-from quart_schema import tag, validate_request, validate_response
+from quart_schema import document_response, tag, validate_request, validate_response
 
 from quart_app import celery_calls, task_records
 from quart_app.blocking import run_blocking
@@ -18,6 +19,7 @@ from quart_app.submissions import submit
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
+View = TypeVar("View", bound=Callable[..., Any])
 
 #: The tasks clients may start over HTTP: an allow-list, never "any registered task". Keyed by
 #: name as written (reading `task.name` here would build the tasks at import time).
@@ -27,6 +29,17 @@ EXPOSED: dict[str, Task[Any, Any]] = {
     "async_task": async_task,
     "failing_task": failing_task,
 }
+
+
+def document_errors(*statuses: int) -> Callable[[View], View]:
+    """Add the error body to the OpenAPI document for each of `statuses`."""
+
+    def decorate(view: View) -> View:
+        for status in statuses:
+            view = document_response(ErrorBody, status)(view)
+        return view
+
+    return decorate
 
 
 @blueprint.before_request
@@ -44,8 +57,7 @@ async def require_json() -> None:
 @tag(["tasks"])
 @validate_request(TaskRequest)
 @validate_response(TaskAccepted, 202)
-@validate_response(ErrorBody, 422)
-@validate_response(ErrorBody, 503)
+@document_errors(400, 413, 422, 503)
 async def submit_task(data: TaskRequest) -> tuple[TaskAccepted, int, dict[str, str]]:
     """Run one of the exposed tasks; follow it at `url` or through `websocket`."""
     name = data.root.name
@@ -64,7 +76,7 @@ async def submit_task(data: TaskRequest) -> tuple[TaskAccepted, int, dict[str, s
 @blueprint.get("/tasks/<uuid:task_id>")
 @tag(["tasks"])
 @validate_response(TaskSnapshot, 200)
-@validate_response(ErrorBody, 404)
+@document_errors(404, 503)
 async def get_task(task_id: UUID) -> TaskSnapshot:
     """The task's state, and its progress, result or error where it has one."""
     return await run_blocking(
@@ -79,8 +91,7 @@ async def get_task(task_id: UUID) -> TaskSnapshot:
 @blueprint.delete("/tasks/<uuid:task_id>")
 @tag(["tasks"])
 @validate_response(TaskSnapshot, 202)
-@validate_response(ErrorBody, 404)
-@validate_response(ErrorBody, 409)
+@document_errors(404, 409, 503)
 async def revoke_task(task_id: UUID) -> tuple[TaskSnapshot, int]:
     """Revoke the task: if it has not started, it never will; 409 if it already ended."""
     revoked = await run_blocking("the broker", celery_calls.revoke, task_records.client(), task_id)

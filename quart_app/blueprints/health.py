@@ -7,17 +7,19 @@ from collections.abc import Callable
 from typing import Any
 
 from quart import Blueprint, current_app
-from quart_schema import tag
+from quart_schema import document_response, tag
 
-from quart_app import celery_calls
+from quart_app import celery_calls, task_records
 from quart_app.blocking import run_blocking
 from quart_app.errors import APIError
+from quart_app.schemas import Healthy, NotReady, Ready
 
 blueprint = Blueprint("health", __name__)
 
 
 @blueprint.get("/healthz")
 @tag(["health"])
+@document_response(Healthy, 200)
 async def healthz() -> dict[str, str]:
     """The process is up: it answers without touching Redis or Celery."""
     return {"status": "ok"}
@@ -25,23 +27,28 @@ async def healthz() -> dict[str, str]:
 
 @blueprint.get("/readyz")
 @tag(["health"])
+@document_response(Ready, 200)
+@document_response(NotReady, 503)
 async def readyz() -> tuple[dict[str, Any], int]:
-    """200 when the broker and the result backend answer and a worker answers a ping; else 503.
+    """200 when Redis, the broker and the result backend answer and a worker answers a ping.
 
-    The broker and the backend are asked at once, each for at most three ping timeouts, and
-    the workers only if the broker answers: the answer comes within five seconds.
+    Else 503, naming what failed. The three services are asked at once, the workers after
+    (only if the broker answers), each for at most 1.5 times `READY_TIMEOUT`: the answer comes
+    within three of those.
     """
     timeout = current_app.config["READY_TIMEOUT"]
-    broker, backend = await asyncio.gather(
-        _check("the broker", celery_calls.check_broker, timeout, timeout=3 * timeout),
-        _check("the result backend", celery_calls.check_result_backend, timeout=3 * timeout),
+    redis = task_records.client()
+    redis_check, broker, backend = await asyncio.gather(
+        _check("Redis", redis.ping, timeout=1.5 * timeout),
+        _check("the broker", celery_calls.check_broker, timeout, timeout=1.5 * timeout),
+        _check("the result backend", celery_calls.check_result_backend, timeout=1.5 * timeout),
     )
-    checks = {"broker": broker, "result_backend": backend, "workers": "not asked"}
+    checks = {"redis": redis_check, "broker": broker, "result_backend": backend}
+    checks["workers"] = "not asked: the broker does not answer"
     if broker == "ok":
-        workers = await run_blocking(
-            "the broker", celery_calls.count_workers, timeout, timeout=2 * timeout
+        checks["workers"] = await _check(
+            "the workers", celery_calls.count_workers, timeout, timeout=1.5 * timeout
         )
-        checks["workers"] = f"ok, {workers} answered" if workers else "none answered"
     failed = [f"{part}: {result}" for part, result in checks.items() if not result.startswith("ok")]
     if not failed:
         return {"status": "ready", "checks": checks}, 200
@@ -49,12 +56,14 @@ async def readyz() -> tuple[dict[str, Any], int]:
     return {"error": error, "checks": checks}, 503
 
 
-async def _check(what: str, function: Callable[..., None], *args: Any, timeout: float) -> str:
-    """ "ok" if `function(*args)` returns in time, else why not."""
+async def _check(what: str, function: Callable[..., Any], *args: Any, timeout: float) -> str:
+    """How `what` answered `function(*args)` in time: "ok..." or what went wrong."""
     try:
-        await run_blocking(what, function, *args, timeout=timeout)
+        answer = await run_blocking(what, function, *args, timeout=timeout)
     except APIError as error:
         return f"unreachable: {error.message}"
     except Exception as error:
         return f"unreachable: {error}"
+    if isinstance(answer, int) and not isinstance(answer, bool):  # workers that answered
+        return f"ok, {answer} answered" if answer else "none answered"
     return "ok"

@@ -45,15 +45,19 @@ async def submit_message() -> tuple[str, int]:
 async def result(task_id: str) -> tuple[str, int]:
     """The task's state and result; a 404 page for an id never submitted."""
     try:
+        uuid = UUID(task_id)
+    except ValueError:
+        return await render_template("not_found.html", task_id=task_id), 404
+    try:
         task = await run_blocking(
             "the result backend",
             celery_calls.look_up,
             task_records.client(),
-            UUID(task_id),
+            uuid,
             current_app.debug,
         )
-    except (ValueError, APIError) as error:
-        if isinstance(error, APIError) and error.status != 404:
+    except APIError as error:
+        if error.status != 404:
             raise
         return await render_template("not_found.html", task_id=task_id), 404
     return await render_template("task_result.html", task=task), 200

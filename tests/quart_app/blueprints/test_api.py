@@ -329,3 +329,40 @@ async def test_tasks_submitted_at_once_are_each_accepted_and_sent(
     assert len(ids) == 40
     assert redis_client.llen("celery") == 40
     assert all(redis_client.exists(f"quart_app:task:{task_id}") for task_id in ids)
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (b'{"name": "\xff\xfe"}', "application/json"),
+        ('{"name": "x"}'.encode("utf-16"), "application/json; charset=utf-16"),
+        (b"[" * 60_000, "application/json"),
+    ],
+    ids=["not-utf-8", "not-utf-16", "nested-too-deep"],
+)
+async def test_a_body_that_cannot_be_read_as_json_is_400(
+    client: Client, data: bytes, content_type: str
+) -> None:
+    response = await client.post("/api/tasks", data=data, headers={"Content-Type": content_type})
+    assert response.status_code == 400
+    assert (await error_of(response))["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("stored", "status", "state"),
+    [("mark_as_failure", 409, "FAILURE"), ("mark_as_started", 202, "STARTED")],
+)
+async def test_revoking_never_overwrites_a_started_or_ended_task(
+    client: Client, celery: Celery, stored: str, status: int, state: str
+) -> None:
+    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    if stored == "mark_as_failure":
+        celery.backend.mark_as_failure(task_id, ValueError("its own error"))
+    else:
+        celery.backend.mark_as_started(task_id)
+    response = await client.delete(f"/api/tasks/{task_id}")
+    assert response.status_code == status
+    after = await snapshot(client, task_id)
+    assert after["state"] == state
+    if state == "FAILURE":
+        assert after["error"] == {"type": "ValueError", "message": "its own error"}

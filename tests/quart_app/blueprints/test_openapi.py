@@ -16,7 +16,10 @@ async def test_the_openapi_document_describes_the_api(client: Client) -> None:
         "/readyz",
     }
     submit = document["paths"]["/api/tasks"]["post"]
-    assert {"202", "422", "503"} <= set(submit["responses"])
+    assert {"202", "400", "413", "422", "503"} <= set(submit["responses"])
+    revoke = document["paths"]["/api/tasks/{task_id}"]["delete"]
+    assert {"202", "404", "409", "503"} <= set(revoke["responses"])
+    assert {"200", "503"} <= set(document["paths"]["/readyz"]["get"]["responses"])
     schemas = document["components"]["schemas"]
     assert schemas["ProgressTaskKwargs"]["properties"]["steps"]["maximum"] == 1000
 

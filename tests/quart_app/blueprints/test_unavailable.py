@@ -6,6 +6,7 @@ accepts connections but never answers (only a timeout ends the wait).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import uuid
@@ -83,3 +84,36 @@ async def test_a_broker_that_cannot_take_the_task_leaves_no_record(
         assert response.status_code == 503
         assert "broker" in (await response.get_json())["error"]["message"]
     assert redis_client.keys("quart_app:task:*") == []
+
+
+async def test_a_burst_to_a_silent_broker_is_all_503_and_leaves_no_record(
+    redis_client: redis.Redis, silent_server: int
+) -> None:
+    app = create_application(
+        {"TESTING": True, "CELERY_BROKER_URL": f"redis://127.0.0.1:{silent_server}/0"}
+    )
+    body = {"name": "simple_task", "kwargs": {"message": "hi"}}
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        started = time.monotonic()
+        responses = await asyncio.gather(*(client.post("/api/tasks", json=body) for _ in range(20)))
+        assert time.monotonic() - started < DEADLINE
+        # Whatever was not sent has its record dropped before the answer.
+        assert redis_client.keys("quart_app:task:*") == []
+    assert [response.status_code for response in responses] == [503] * 20
+
+
+async def test_a_task_waiting_when_serving_stops_is_answered_503(
+    redis_client: redis.Redis, silent_server: int
+) -> None:
+    app = create_application(
+        {"TESTING": True, "CELERY_BROKER_URL": f"redis://127.0.0.1:{silent_server}/0"}
+    )
+    body = {"name": "simple_task", "kwargs": {"message": "hi"}}
+    async with app.test_app() as test_app:
+        waiting = asyncio.create_task(test_app.test_client().post("/api/tasks", json=body))
+        submitter = app.extensions["submitter"]
+        while submitter.sending is None:  # the batch is on its way to the silent broker
+            await asyncio.sleep(0.01)
+    response = await asyncio.wait_for(waiting, DEADLINE)
+    assert response.status_code == 503
