@@ -21,10 +21,14 @@ class Strict(BaseModel):
 
 
 class SimpleTaskKwargs(Strict):
+    """The arguments of `simple_task`."""
+
     message: Message
 
 
 class ProgressTaskKwargs(Strict):
+    """The arguments of `progress_task`."""
+
     steps: Annotated[int, Field(ge=1, le=1000)]
     delay: Delay = 0.1
 
@@ -40,30 +44,42 @@ class ProgressTaskKwargs(Strict):
 
 
 class AsyncTaskKwargs(Strict):
+    """The arguments of `async_task`."""
+
     message: Message
     delay: Delay = 0.0
 
 
 class FailingTaskKwargs(Strict):
+    """The arguments of `failing_task`."""
+
     message: Message
 
 
 class SimpleTaskRequest(Strict):
+    """A run of `simple_task`."""
+
     name: Literal["simple_task"]
     kwargs: SimpleTaskKwargs
 
 
 class ProgressTaskRequest(Strict):
+    """A run of `progress_task`."""
+
     name: Literal["progress_task"]
     kwargs: ProgressTaskKwargs
 
 
 class AsyncTaskRequest(Strict):
+    """A run of `async_task`."""
+
     name: Literal["async_task"]
     kwargs: AsyncTaskKwargs
 
 
 class FailingTaskRequest(Strict):
+    """A run of `failing_task`."""
+
     name: Literal["failing_task"]
     kwargs: FailingTaskKwargs
 
@@ -88,6 +104,8 @@ class TaskAccepted(BaseModel):
 
 
 class Progress(BaseModel):
+    """How far a task is: `current` steps done of `total`."""
+
     current: int
     total: int
 
@@ -117,6 +135,8 @@ class TaskSnapshot(BaseModel):
 
 
 class ErrorDetail(BaseModel):
+    """A stable code for programs, and a sentence for people."""
+
     code: str
     message: str
 

@@ -17,6 +17,7 @@ import redis
 from quart import Quart
 
 from factories.application import create_application
+from tests.processes import free_port
 
 DEADLINE = 5.0
 
@@ -30,17 +31,16 @@ def silent_server() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
-def closed_port() -> int:
-    """A port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+@pytest.fixture
+def silent_broker_app(silent_server: int) -> Quart:
+    """The app, with Redis answering but the broker a server that never answers."""
+    broker = f"redis://127.0.0.1:{silent_server}/0"
+    return create_application({"TESTING": True, "CELERY_BROKER_URL": broker})
 
 
 @pytest.fixture(params=["refused", "silent"])
 def unreachable_app(request: pytest.FixtureRequest, silent_server: int) -> Quart:
-    port = closed_port() if request.param == "refused" else silent_server
+    port = free_port() if request.param == "refused" else silent_server
     return create_application({"TESTING": True, "REDIS_URL": f"redis://127.0.0.1:{port}/0"})
 
 
@@ -69,12 +69,9 @@ async def test_unreachable_redis_is_503_within_the_deadline(
 
 
 async def test_a_broker_that_cannot_take_the_task_leaves_no_record(
-    redis_client: redis.Redis, silent_server: int
+    redis_client: redis.Redis, silent_broker_app: Quart
 ) -> None:
-    app = create_application(
-        {"TESTING": True, "CELERY_BROKER_URL": f"redis://127.0.0.1:{silent_server}/0"}
-    )
-    async with app.test_app() as test_app:
+    async with silent_broker_app.test_app() as test_app:
         client = test_app.test_client()
         started = time.monotonic()
         response = await client.post(
@@ -87,13 +84,10 @@ async def test_a_broker_that_cannot_take_the_task_leaves_no_record(
 
 
 async def test_a_burst_to_a_silent_broker_is_all_503_and_leaves_no_record(
-    redis_client: redis.Redis, silent_server: int
+    redis_client: redis.Redis, silent_broker_app: Quart
 ) -> None:
-    app = create_application(
-        {"TESTING": True, "CELERY_BROKER_URL": f"redis://127.0.0.1:{silent_server}/0"}
-    )
     body = {"name": "simple_task", "kwargs": {"message": "hi"}}
-    async with app.test_app() as test_app:
+    async with silent_broker_app.test_app() as test_app:
         client = test_app.test_client()
         started = time.monotonic()
         responses = await asyncio.gather(*(client.post("/api/tasks", json=body) for _ in range(20)))
@@ -104,15 +98,12 @@ async def test_a_burst_to_a_silent_broker_is_all_503_and_leaves_no_record(
 
 
 async def test_a_task_waiting_when_serving_stops_is_answered_503(
-    redis_client: redis.Redis, silent_server: int
+    redis_client: redis.Redis, silent_broker_app: Quart
 ) -> None:
-    app = create_application(
-        {"TESTING": True, "CELERY_BROKER_URL": f"redis://127.0.0.1:{silent_server}/0"}
-    )
     body = {"name": "simple_task", "kwargs": {"message": "hi"}}
-    async with app.test_app() as test_app:
+    async with silent_broker_app.test_app() as test_app:
         waiting = asyncio.create_task(test_app.test_client().post("/api/tasks", json=body))
-        submitter = app.extensions["submitter"]
+        submitter = silent_broker_app.extensions["submitter"]
         while submitter.sending is None:  # the batch is on its way to the silent broker
             await asyncio.sleep(0.01)
     response = await asyncio.wait_for(waiting, DEADLINE)

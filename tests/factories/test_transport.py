@@ -1,0 +1,35 @@
+"""kombu's Redis channel, publishing through one client instead of a new one per message."""
+
+from __future__ import annotations
+
+import redis
+from celery import Celery
+
+from factories.transport import Channel
+from quart_app.tasks import simple_task
+
+
+def test_a_channel_publishes_through_one_client(celery: Celery) -> None:
+    with celery.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, Channel)
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+
+
+def test_the_client_goes_with_the_pools_it_fronts(celery: Celery) -> None:
+    with celery.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, Channel)
+        with channel.conn_or_acquire() as before:
+            pass
+        channel._disconnect_pools()  # as after a fork
+        with channel.conn_or_acquire() as after:
+            assert after is not before
+            assert after.ping()
+
+
+def test_tasks_published_through_it_arrive(celery: Celery, redis_client: redis.Redis) -> None:
+    for number in range(3):
+        simple_task.delay(str(number))
+    assert redis_client.llen("celery") == 3
