@@ -22,8 +22,8 @@ from quart_app import task_records
 from quart_app.blocking import UNREACHABLE
 from quart_app.errors import APIError
 from quart_app.extensions import celery
-from quart_app.schemas import DebugTaskFailure, Progress, TaskFailure, TaskSnapshot
-from quart_app.states import TaskState
+from quart_app.schemas import TaskSnapshot
+from quart_app.snapshots import NO_META, snapshot_from_meta
 
 # Revoking these stops them before they run; a task already running runs to its end.
 NOT_STARTED = frozenset({states.PENDING, states.RETRY})
@@ -95,27 +95,17 @@ def look_up(redis: Redis, task_id: UUID, debug: bool) -> TaskSnapshot:
 
 def snapshot(task_id: UUID, name: str, debug: bool = False) -> TaskSnapshot:
     """The task's state as the result backend has it, with progress, result or error."""
-    meta = celery.backend.get_task_meta(str(task_id))
-    state, result = meta["status"], meta["result"]
-    error: TaskFailure | None = None
-    if state == states.FAILURE:
-        failure = {"type": type(result).__name__, "message": str(result)}
-        error = (
-            DebugTaskFailure(**failure, traceback=meta.get("traceback"))
-            if debug
-            else TaskFailure(**failure)
-        )
-    progress = None
-    if state == TaskState.PROGRESS and isinstance(result, dict):
-        progress = Progress(current=result.get("current", 0), total=result.get("total", 0))
-    return TaskSnapshot(
-        id=str(task_id),
-        name=name,
-        state=TaskState(state),
-        progress=progress,
-        result=result if state == states.SUCCESS else None,
-        error=error,
-    )
+    return snapshot_from_meta(task_id, name, stored_meta(task_id), debug)
+
+
+def stored_meta(task_id: UUID) -> dict[str, Any]:
+    """The meta the result backend stores for the task, as JSON (no exceptions rebuilt)."""
+    backend = celery.backend
+    stored = backend.get(backend.get_key_for_task(str(task_id)))  # type: ignore[attr-defined]
+    if not stored:
+        return NO_META
+    meta: dict[str, Any] = backend.decode(stored)
+    return meta
 
 
 def revoke(redis: Redis, task_id: UUID) -> TaskSnapshot:
