@@ -11,8 +11,8 @@ from quart_schema import QuartSchema
 
 from factories.celery import configure_celery
 from factories.configuration import get_config
-from quart_app import blocking, submissions, task_records
-from quart_app.blueprints import api, health, pages
+from quart_app import blocking, result_listener, submissions, task_records
+from quart_app.blueprints import api, health, pages, websockets
 from quart_app.errors import register_error_handlers
 
 
@@ -46,6 +46,7 @@ def register_extensions(app: Quart) -> None:
     blocking.init_app(app)
     task_records.init_app(app)
     submissions.init_app(app)
+    result_listener.init_app(app)
     QuartSchema(
         app,
         info={"title": "quart_app", "version": "0.1.0"},
@@ -61,3 +62,4 @@ def register_blueprints(app: Quart) -> None:
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(websockets.blueprint)

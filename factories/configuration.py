@@ -37,6 +37,10 @@ APP_OPTIONS: dict[str, Option] = {
     "BLOCKING_POOL_SIZE": Option(16, type="int", minimum=1),
     # Seconds a blocking call may take before the request is answered 503 (under five).
     "BLOCKING_TIMEOUT": Option(4.5, type="float", minimum=0.1),
+    # Tasks one websocket may watch at once.
+    "WS_MAX_TASKS": Option(1000, type="int", minimum=1),
+    # Updates that may wait for one websocket; a socket further behind is closed (1013).
+    "WS_QUEUE_SIZE": Option(256, type="int", minimum=1),
     # Seconds /readyz waits for a worker to answer a ping (it answers within three of them).
     "READY_TIMEOUT": Option(1.0, type="float", minimum=0.1),
 }

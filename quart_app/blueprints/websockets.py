@@ -1,0 +1,203 @@
+"""Websockets that push a task's every change of state as it happens.
+
+`/ws/tasks/<id>` follows one task: its snapshot on connect, then one message per change, then
+a close (1000) after the final state. `/ws/tasks` follows many: the client sends
+`{"subscribe": [ids]}` and `{"unsubscribe": [ids]}`, and every message carries its task's `id`.
+State messages are the snapshots of `GET /api/tasks/<id>`; error messages carry `error` and
+never `state`. Waiting costs no thread: the updates come from the process's one pub/sub
+listener (`quart_app.result_listener`); only reading a stored state uses the thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from celery import states
+from quart import Blueprint, current_app, websocket
+
+from quart_app import celery_calls, task_records
+from quart_app.blocking import run_blocking
+from quart_app.errors import APIError
+from quart_app.result_listener import EXTENSION, Inbox, ResultListener
+from quart_app.schemas import TaskSnapshot
+from quart_app.snapshots import snapshot_from_meta
+
+blueprint = Blueprint("websockets", __name__)
+
+NORMAL, TOO_SLOW, SERVER_ERROR, NOT_FOUND = 1000, 1013, 1011, 4404
+
+
+@dataclass
+class Watch:
+    """A task a socket watches, and the last snapshot it sent of it."""
+
+    name: str
+    last: TaskSnapshot | None = None
+
+
+class Watcher:
+    """The tasks one socket watches, and the updates for them, in the order they came."""
+
+    def __init__(self) -> None:
+        self.listener: ResultListener = current_app.extensions[EXTENSION]
+        self.inbox = Inbox(current_app.config["WS_QUEUE_SIZE"])
+        self.watches: dict[str, Watch] = {}
+        self.debug = current_app.debug
+
+    def add(self, task_id: str, name: str) -> None:
+        """Watch a task: updates from now on, then (queued behind them) its stored state."""
+        self.watches[task_id] = Watch(name)
+        self.listener.watch(task_id, self.inbox)
+        self.inbox.deliver((task_id, None))
+
+    def remove(self, task_id: str) -> None:
+        """Stop watching a task."""
+        self.watches.pop(task_id, None)
+        self.listener.unwatch(task_id, self.inbox)
+
+    def remove_all(self) -> None:
+        """Stop watching every task: the socket is gone, and leaves nothing behind."""
+        for task_id in list(self.watches):
+            self.remove(task_id)
+
+    async def next_change(self) -> TaskSnapshot:
+        """The next snapshot that differs from the last one sent for its task.
+
+        Raises `APIError` if the socket fell too far behind, or a stored state can't be read.
+        """
+        while True:
+            if self.inbox.overflowed.is_set():
+                raise APIError(TOO_SLOW, "too_slow", "The client fell too far behind.")
+            task_id, meta = await self.inbox.updates.get()
+            watch = self.watches.get(task_id)
+            if watch is None:  # unsubscribed meanwhile
+                continue
+            if meta is None:
+                snapshot = await run_blocking(
+                    "the result backend",
+                    celery_calls.snapshot,
+                    UUID(task_id),
+                    watch.name,
+                    self.debug,
+                )
+            else:
+                snapshot = snapshot_from_meta(task_id, watch.name, meta, self.debug)
+            if snapshot != watch.last:
+                watch.last = snapshot
+                return snapshot
+
+
+async def accepted_name(task_id: UUID) -> str | None:
+    """The name of a task the app accepted, or None."""
+    return await run_blocking("Redis", task_records.name_of, task_records.client(), task_id)
+
+
+@blueprint.websocket("/ws/tasks/<task_id>")
+async def watch_task(task_id: str) -> None:
+    """One task: its snapshot, then each change; closed (1000) after the final state."""
+    await websocket.accept()
+    watcher = Watcher()
+    try:
+        name = await accepted_name(UUID(task_id))
+        if name is None:
+            raise ValueError(task_id)
+    except ValueError:
+        await _send_error("not_found", f"No task {task_id} was submitted here.")
+        await websocket.close(NOT_FOUND)
+        return
+    watcher.add(task_id, name)
+    try:
+        while True:
+            snapshot = await watcher.next_change()
+            await websocket.send_json(snapshot.model_dump(mode="json"))
+            if snapshot.state in states.READY_STATES:
+                await websocket.close(NORMAL)
+                return
+    except APIError as error:
+        await _send_error(error.code, error.message)
+        await websocket.close(error.status if error.status == TOO_SLOW else SERVER_ERROR)
+    finally:
+        watcher.remove_all()
+
+
+@blueprint.websocket("/ws/tasks")
+async def watch_tasks() -> None:
+    """Many tasks on one socket, as the client subscribes and unsubscribes."""
+    await websocket.accept()
+    watcher = Watcher()
+    sender = asyncio.create_task(_send_changes(watcher))
+    try:
+        while True:
+            await _handle_request(watcher, await websocket.receive())
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        watcher.remove_all()
+
+
+async def _send_changes(watcher: Watcher) -> None:
+    """Send every change; drop a task after its final state."""
+    try:
+        while True:
+            snapshot = await watcher.next_change()
+            await websocket.send_json(snapshot.model_dump(mode="json"))
+            if snapshot.state in states.READY_STATES:
+                watcher.remove(snapshot.id)
+    except APIError as error:
+        await _send_error(error.code, error.message)
+        await websocket.close(error.status if error.status == TOO_SLOW else SERVER_ERROR)
+
+
+async def _handle_request(watcher: Watcher, raw: str | bytes) -> None:
+    """Apply one client message; answer a malformed one with an error, keeping the socket."""
+    try:
+        request = json.loads(raw)
+        if not isinstance(request, dict) or not set(request) <= {"subscribe", "unsubscribe"}:
+            raise ValueError
+        subscribe, unsubscribe = request.get("subscribe", []), request.get("unsubscribe", [])
+        if not all(isinstance(ids, list) for ids in (subscribe, unsubscribe)):
+            raise ValueError
+    except ValueError:
+        await _send_error(
+            "invalid_message",
+            'Send {"subscribe": ["<task id>", ...]} or {"unsubscribe": ["<task id>", ...]}.',
+        )
+        return
+    for task_id in unsubscribe:
+        if isinstance(task_id, str):
+            watcher.remove(task_id)
+    for task_id in subscribe:
+        await _subscribe(watcher, task_id)
+
+
+async def _subscribe(watcher: Watcher, task_id: Any) -> None:
+    """Start watching one task, or say why not."""
+    if task_id in watcher.watches:
+        return
+    limit = current_app.config["WS_MAX_TASKS"]
+    if len(watcher.watches) >= limit:
+        await _send_error("too_many_tasks", f"A socket may watch {limit} tasks at most.", task_id)
+        return
+    try:
+        name = await accepted_name(UUID(str(task_id)))
+    except ValueError:
+        name = None
+    except APIError as error:
+        await _send_error(error.code, error.message, task_id)
+        return
+    if name is None:
+        await _send_error("not_found", f"No task {task_id} was submitted here.", task_id)
+        return
+    watcher.add(str(task_id), name)
+
+
+async def _send_error(code: str, message: str, task_id: Any = None) -> None:
+    """An error message: `error`, with the task's `id` when it concerns one; never `state`."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if task_id is not None:
+        body = {"id": task_id, **body}
+    await websocket.send_json(body)

@@ -1,0 +1,173 @@
+"""Websockets through Quart's test client, with a real worker and the real pub/sub listener."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from quart import Quart
+from quart.testing.connections import WebsocketDisconnectError
+from quart.typing import TestClientProtocol as Client
+from quart.typing import TestWebsocketConnectionProtocol as Socket
+
+from factories.application import create_application
+from tests.quart_app.blueprints.test_api import finished, submit
+from tests.waiting import wait_for_async
+from tests.workers import ThreadWorker
+
+TIMEOUT = 20.0
+
+
+async def messages_until_closed(socket: Socket) -> tuple[list[dict[str, Any]], int]:
+    """Every message the server sends, and the code it closes with."""
+    received: list[dict[str, Any]] = []
+    while True:
+        try:
+            received.append(await socket.receive_json())
+        except WebsocketDisconnectError as closed:
+            return received, closed.args[0]
+
+
+async def test_a_task_is_followed_from_its_snapshot_to_its_end(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    task_id = (await submit(client, "progress_task", steps=3, delay=0.05))["id"]
+    with thread_worker(celery):
+        async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+            received, code = await messages_until_closed(socket)
+    assert code == 1000
+    assert received[0]["id"] == task_id
+    states = [message["state"] for message in received]
+    # The first is whatever the task was at connect; then every change, in order, once.
+    expected = ["PENDING", "STARTED", "PROGRESS", "PROGRESS", "PROGRESS", "SUCCESS"]
+    assert states == expected[expected.index(states[0]) :]
+    progress = [message["progress"] for message in received if message["state"] == "PROGRESS"]
+    assert progress == [{"current": n, "total": 3} for n in range(4 - len(progress), 4)]
+    assert received[-1]["result"] == {"steps": 3}
+    assert all(message["error"] is None for message in received)
+    assert all(a != b for a, b in itertools.pairwise(received))
+
+
+async def test_a_finished_task_gets_its_snapshot_and_a_close(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    with thread_worker(celery):
+        task_id = (await submit(client, "failing_task", message="boom"))["id"]
+        await finished(client, task_id)
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        received, code = await messages_until_closed(socket)
+    assert code == 1000
+    assert [message["state"] for message in received] == ["FAILURE"]
+    assert received[0]["error"] == {"type": "ValueError", "message": "boom"}
+
+
+@pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "not-an-id"])
+async def test_an_unknown_task_gets_one_error_and_4404(client: Client, task_id: str) -> None:
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        received, code = await messages_until_closed(socket)
+    assert code == 4404
+    assert len(received) == 1
+    assert received[0]["error"]["code"] == "not_found"
+    assert "state" not in received[0]
+
+
+async def test_one_socket_follows_many_tasks(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    first = (await submit(client, "simple_task", message="one"))["id"]
+    second = (await submit(client, "async_task", message="two"))["id"]
+    async with client.websocket("/ws/tasks") as socket:
+        await socket.send_json({"subscribe": [first, second]})
+        with thread_worker(celery):
+            ended: dict[str, dict[str, Any]] = {}
+            while len(ended) < 2:
+                message = await socket.receive_json()
+                assert message["id"] in (first, second)
+                assert message["error"] is None
+                if message["state"] == "SUCCESS":
+                    ended[message["id"]] = message
+        # Both dropped after their final state: the socket watches nothing now.
+        await socket.send_json({"subscribe": []})
+    assert ended[first]["result"] == "one"
+    assert ended[second]["result"] == {"message": "two", "app": "quart_app"}
+
+
+async def test_errors_on_the_many_tasks_socket_keep_it_open(client: Client) -> None:
+    known = (await submit(client, "simple_task", message="queued"))["id"]
+    unknown = str(uuid.uuid4())
+    async with client.websocket("/ws/tasks") as socket:
+        for malformed in ("not json", '["subscribe"]', '{"subscribe": "x"}', '{"other": []}'):
+            await socket.send(malformed)
+            error = await socket.receive_json()
+            assert error["error"]["code"] == "invalid_message"
+            assert "state" not in error
+        await socket.send_json({"subscribe": [unknown, "not-an-id", known]})
+        assert await socket.receive_json() == {
+            "id": unknown,
+            "error": {"code": "not_found", "message": f"No task {unknown} was submitted here."},
+        }
+        assert (await socket.receive_json())["id"] == "not-an-id"
+        snapshot = await socket.receive_json()
+        assert (snapshot["id"], snapshot["state"], snapshot["error"]) == (known, "PENDING", None)
+
+
+async def test_a_socket_watches_at_most_the_configured_number_of_tasks(
+    redis_client: redis.Redis,
+) -> None:
+    app = create_application({"TESTING": True, "WS_MAX_TASKS": 1})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        first = (await submit(client, "simple_task", message="1"))["id"]
+        second = (await submit(client, "simple_task", message="2"))["id"]
+        async with client.websocket("/ws/tasks") as socket:
+            await socket.send_json({"subscribe": [first, second]})
+            replies = [await socket.receive_json(), await socket.receive_json()]
+    errors = [reply for reply in replies if reply.get("error")]
+    assert [error["error"]["code"] for error in errors] == ["too_many_tasks"]
+    assert errors[0]["id"] == second
+
+
+async def test_a_socket_that_goes_leaves_nothing_behind(app: Quart, client: Client) -> None:
+    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    listener = app.extensions["result_listener"]
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        assert (await socket.receive_json())["state"] == "PENDING"
+        assert task_id in listener.watchers
+    async with client.websocket("/ws/tasks") as socket:
+        await socket.send_json({"subscribe": [task_id]})
+        assert (await socket.receive_json())["state"] == "PENDING"
+
+    async def forgotten() -> bool:
+        return not listener.watchers
+
+    await wait_for_async(forgotten, TIMEOUT, "the sockets' watches to go")
+
+
+async def test_after_the_listener_loses_redis_sockets_get_the_current_state(
+    app: Quart, client: Client, celery: Celery, redis_client: redis.Redis
+) -> None:
+    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    listener = app.extensions["result_listener"]
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        assert (await socket.receive_json())["state"] == "PENDING"
+        await wait_for_async(_is_set(listener.subscribed), TIMEOUT, "the listener to subscribe")
+        # Drop this listener's own connection, as a Redis restart would.
+        connections = redis_client.client_list()
+        ours = [c["id"] for c in connections if c["name"] == listener.client_name]
+        assert len(ours) == 1
+        redis_client.client_kill_filter(_id=ours[0])
+        celery.backend.mark_as_started(task_id)  # published while the listener may be away
+        message = await socket.receive_json()
+        assert message["state"] == "STARTED"
+    await wait_for_async(_is_set(listener.subscribed), TIMEOUT, "the listener to come back")
+
+
+def _is_set(event: Any) -> Any:
+    async def check() -> bool:
+        return bool(event.is_set())
+
+    return check
