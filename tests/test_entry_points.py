@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -9,11 +10,13 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 
 from tests.processes import answers_http, free_port, stop_process_group
 from tests.waiting import wait_for
@@ -28,30 +31,43 @@ CELERY = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "s
 HYPERCORN = [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", "127.0.0.1:0"]
 
 
+Server = Callable[[], str]
+
+
 @pytest.fixture
-def server_url(redis_url: str, tmp_path: Path) -> Iterator[str]:
-    """`hypercorn asgi:app` on a free port, answering when returned; stopped after the test."""
-    port = free_port()
-    with (tmp_path / "hypercorn.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
-            cwd=ROOT,
-            env={**os.environ, "REDIS_URL": redis_url},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
+def start_server(redis_url: str, tmp_path: Path) -> Iterator[Server]:
+    """Start `hypercorn asgi:app` on a free port: its URL, once it answers. Stopped after."""
+    with ExitStack() as cleanup:
+
+        def start() -> str:
+            port = free_port()
+            log_path = tmp_path / f"hypercorn-{port}.log"
+            log = cleanup.enter_context(log_path.open("wb"))
+            process = subprocess.Popen(
+                [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+                cwd=ROOT,
+                env={**os.environ, "REDIS_URL": redis_url},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            cleanup.callback(stop_process_group, process)
             url = f"http://127.0.0.1:{port}"
 
             def answers() -> bool:
-                assert process.poll() is None, (tmp_path / "hypercorn.log").read_text()
+                assert process.poll() is None, log_path.read_text()
                 return answers_http(url)
 
             wait_for(answers, START_TIMEOUT, "hypercorn to answer")
-            yield url
-        finally:
-            stop_process_group(process)
+            return url
+
+        yield start
+
+
+@pytest.fixture
+def server_url(start_server: Server) -> str:
+    """One `hypercorn asgi:app`, answering."""
+    return start_server()
 
 
 def test_hypercorn_serves_the_app(server_url: str) -> None:
@@ -128,3 +144,52 @@ def test_the_api_over_real_http_with_a_real_worker(
     assert http("POST", api, {"name": "progress_task", "kwargs": {"steps": 0}})[0] == 422
     assert http("GET", f"{server_url}/readyz")[0] == 200
     assert http("GET", f"{server_url}/healthz") == (200, {"status": "ok"})
+
+
+async def follow(url: str, start_worker: Callable[[], object]) -> tuple[list[Any], int | None]:
+    """Every message a real websocket client gets from `url`, and the close code.
+
+    The worker starts once the first message (the snapshot) is in, so that every change
+    after it is pushed, not already stored.
+    """
+    async with websockets.connect(url) as socket:
+        received = [json.loads(await socket.recv())]
+        start_worker()
+        async for message in socket:
+            received.append(json.loads(message))
+    return received, socket.close_code
+
+
+async def test_a_real_websocket_client_gets_every_state_in_order(
+    server_url: str, process_worker: ProcessWorker
+) -> None:
+    status, accepted = http(
+        "POST",
+        f"{server_url}/api/tasks",
+        {"name": "progress_task", "kwargs": {"steps": 3, "delay": 0.2}},
+    )
+    assert status == 202
+    socket_url = server_url.replace("http://", "ws://") + accepted["websocket"]
+    received, code = await asyncio.wait_for(follow(socket_url, process_worker), 60)
+    assert code == 1000
+    states = [message["state"] for message in received]
+    assert states == ["PENDING", "STARTED", "PROGRESS", "PROGRESS", "PROGRESS", "SUCCESS"]
+    assert [message["progress"] for message in received[2:5]] == [
+        {"current": n, "total": 3} for n in (1, 2, 3)
+    ]
+
+
+async def test_two_servers_share_one_redis(
+    start_server: Server, process_worker: ProcessWorker
+) -> None:
+    first, second = start_server(), start_server()
+    status, accepted = http(
+        "POST", f"{first}/api/tasks", {"name": "async_task", "kwargs": {"message": "across"}}
+    )
+    assert status == 202
+    # Submitted through the first, followed through the second.
+    socket_url = second.replace("http://", "ws://") + accepted["websocket"]
+    received, code = await asyncio.wait_for(follow(socket_url, process_worker), 60)
+    assert code == 1000
+    assert received[-1]["result"] == {"message": "across", "app": "quart_app"}
+    assert http("GET", f"{second}/api/tasks/{accepted['id']}")[1]["state"] == "SUCCESS"
