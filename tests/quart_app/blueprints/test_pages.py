@@ -45,7 +45,7 @@ async def test_posting_the_form_submits_simple_task_and_links_its_result(
         async def shows_result() -> str | None:
             result = await client.get(f"/result/{task_id.group(1)}")
             text = await result.get_data(as_text=True)
-            return text if "SUCCESS" in text else None
+            return text if '<dd id="state">SUCCESS</dd>' in text else None
 
         page = await wait_for_async(shows_result, 20, "the result page to show SUCCESS")
     assert "&#34;from the form&#34;" in page or '"from the form"' in page
@@ -75,3 +75,19 @@ async def test_an_unknown_or_malformed_task_id_is_a_404_page(client: Client) -> 
         assert response.status_code == 404
         assert response.mimetype == "text/html"
         assert "Not found" in await response.get_data(as_text=True)
+
+
+async def test_the_result_page_follows_its_task_live_and_works_without_scripts(
+    client: Client,
+) -> None:
+    token = await csrf_token(client)
+    page = await (await client.post("/", form={"message": "m", "csrf_token": token})).get_data(
+        as_text=True
+    )
+    task_id = re.search(r'href="/result/([0-9a-f-]{36})"', page)
+    assert task_id
+    page = await (await client.get(f"/result/{task_id.group(1)}")).get_data(as_text=True)
+    assert f"/ws/tasks/{task_id.group(1)}" in page  # the live feed
+    assert '<progress id="progress" max="100" value="0">' in page
+    assert '<dd id="state">PENDING</dd>' in page  # what shows without scripts
+    assert "<noscript>" in page
