@@ -1,0 +1,144 @@
+"""Delivery latency: from the worker storing a task's final state to a client receiving it.
+
+    .venv/bin/python bench/latency.py [--tasks 500] [--concurrency 25]
+
+Each task is watched at once by a websocket client and by a client polling
+`GET /api/tasks/<id>` every 100 ms, against one `hypercorn asgi:app` and one worker, in the
+same run. The store time is the `date_done` Celery records with the final state. Uses the
+Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 12, flushed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from submit import flush, free_port, percentile, wait_until_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE = 12
+POLL_INTERVAL = 0.1
+FINAL = ("SUCCESS", "FAILURE", "REVOKED")
+
+
+def main() -> None:
+    """Run the clients and print the latencies' percentiles."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=25, help="tasks in flight at once")
+    args = parser.parse_args()
+
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
+    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench"}
+    flush(redis_url)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_serving(port)
+        pushed, polled = asyncio.run(measure(port, redis_url, args.tasks, args.concurrency))
+        for label, latencies in (("websocket (push)", pushed), ("polling every 100 ms", polled)):
+            latencies.sort()
+            print(
+                f"{label:22} p50 {percentile(latencies, 50):6.1f} ms   "
+                f"p99 {percentile(latencies, 99):6.1f} ms   ({len(latencies)} tasks)"
+            )
+    finally:
+        for process in (worker, server):
+            process.terminate()
+            process.wait(30)
+        flush(redis_url)
+
+
+async def measure(
+    port: int, redis_url: str, tasks: int, concurrency: int
+) -> tuple[list[float], list[float]]:
+    """Run `tasks` tasks, `concurrency` at a time; the two clients' latencies, in ms."""
+    pushed: list[float] = []
+    polled: list[float] = []
+    store = redis.Redis.from_url(redis_url)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with slots:
+            accepted = await post(
+                port, {"name": "async_task", "kwargs": {"message": "x", "delay": 0.3}}
+            )
+            task_id = accepted["id"]
+            url = f"ws://127.0.0.1:{port}/ws/tasks/{task_id}"
+            pushed_at = 0.0
+            async with websockets.connect(url) as socket:
+                first = json.loads(await socket.recv())
+                assert first["state"] not in FINAL, "the task ended before the socket watched it"
+                poll = asyncio.create_task(poll_until_final(port, task_id))
+                async for message in socket:
+                    if json.loads(message)["state"] in FINAL:
+                        pushed_at = time.time()
+                polled_at = await poll
+            stored = json.loads(store.get(f"celery-task-meta-{task_id}") or b"{}")
+            done = datetime.fromisoformat(stored["date_done"]).timestamp()
+            pushed.append((pushed_at - done) * 1000)
+            polled.append((polled_at - done) * 1000)
+
+    await asyncio.gather(*(one() for _ in range(tasks)))
+    store.close()
+    return pushed, polled
+
+
+async def poll_until_final(port: int, task_id: str) -> float:
+    """Poll the task every 100 ms; the time its final state was first seen."""
+    while True:
+        if (await get(port, f"/api/tasks/{task_id}"))["state"] in FINAL:
+            return time.time()
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+async def post(port: int, body: dict[str, object]) -> dict[str, str]:
+    """POST JSON; the JSON answer."""
+    return await request(port, "POST", "/api/tasks", json.dumps(body).encode())
+
+
+async def get(port: int, path: str) -> dict[str, str]:
+    """GET; the JSON answer."""
+    return await request(port, "GET", path, b"")
+
+
+async def request(port: int, method: str, path: str, body: bytes) -> dict[str, str]:
+    """One HTTP/1.1 request on its own connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    writer.write(head.encode() + b"\r\n" + body)
+    response = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    answer: dict[str, str] = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    return answer
+
+
+if __name__ == "__main__":
+    main()
