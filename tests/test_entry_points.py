@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.processes import answers_http, free_port, stop_process_group
+from tests.processes import answers_http, free_port, start_process, stop_process_group
 from tests.waiting import wait_for
 from tests.workers import ProcessWorker
 
@@ -43,13 +43,10 @@ def start_server(redis_url: str, tmp_path: Path) -> Iterator[Server]:
             port = free_port()
             log_path = tmp_path / f"hypercorn-{port}.log"
             log = cleanup.enter_context(log_path.open("wb"))
-            process = subprocess.Popen(
+            process = start_process(
                 [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
-                cwd=ROOT,
-                env={**os.environ, "REDIS_URL": redis_url},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                redis_url,
+                log,
             )
             cleanup.callback(stop_process_group, process)
             url = f"http://127.0.0.1:{port}"

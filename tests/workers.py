@@ -22,7 +22,7 @@ from celery.worker import WorkController
 from quart import Quart
 
 from factories.celery import configure_celery
-from tests.processes import STOP_TIMEOUT, stop_process_group
+from tests.processes import STOP_TIMEOUT, start_process, stop_process_group
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,18 +65,15 @@ def process_worker(celery: Celery, redis_url: str, tmp_path: Path) -> Iterator[P
             name = f"test-{pool}-{uuid.uuid4().hex[:8]}@%h"
             log = (tmp_path / f"worker-{pool}.log").open("wb")
             cleanup.callback(log.close)
-            process = subprocess.Popen(
+            process = start_process(
                 [
                     *[sys.executable, "-m", "celery", "-A", "worker", "worker"],
                     *["--pool", pool, "--concurrency", str(concurrency), "--hostname", name],
                     *["--include", "tests.worker_tasks", "--loglevel", "INFO"],
                     *["--without-gossip", "--without-mingle"],
                 ],
-                cwd=ROOT,
-                env={**os.environ, "REDIS_URL": redis_url},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                redis_url,
+                log,
             )
             cleanup.callback(stop_process_group, process)
             hostname = name.replace("%h", os.uname().nodename)
