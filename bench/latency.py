@@ -4,8 +4,10 @@
 
 Each task is watched at once by a websocket client and by a client polling
 `GET /api/tasks/<id>` every 100 ms, against one `hypercorn asgi:app` and one worker, in the
-same run. The store time is the `date_done` Celery records with the final state. Uses the
-Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 12, flushed before and after.
+same run. As a floor, a Redis pub/sub subscriber in the benchmark's own event loop hears the
+worker's publishes directly: the websocket's latency less this one is what the server adds.
+The store time is the `date_done` Celery records with the final state. Uses the Redis at
+REDIS_URL (default redis://127.0.0.1:6379/0), database 12, flushed before and after.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import redis.asyncio as aioredis
 import websockets
+from redis.asyncio.client import PubSub
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from submit import flush, free_port, percentile, wait_until_serving
@@ -31,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 12
 POLL_INTERVAL = 0.1
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
+CHANNEL = "celery-task-meta-"
 
 
 def main() -> None:
@@ -59,8 +64,8 @@ def main() -> None:
     )
     try:
         wait_until_serving(port)
-        pushed, polled = asyncio.run(measure(port, redis_url, args.tasks, args.concurrency))
-        for label, latencies in (("websocket (push)", pushed), ("polling every 100 ms", polled)):
+        results = asyncio.run(measure(port, redis_url, args.tasks, args.concurrency))
+        for label, latencies in results.items():
             latencies.sort()
             print(
                 f"{label:22} p50 {percentile(latencies, 50):6.1f} ms   "
@@ -75,12 +80,15 @@ def main() -> None:
 
 async def measure(
     port: int, redis_url: str, tasks: int, concurrency: int
-) -> tuple[list[float], list[float]]:
-    """Run `tasks` tasks, `concurrency` at a time; the two clients' latencies, in ms."""
+) -> dict[str, list[float]]:
+    """Run `tasks` tasks, `concurrency` at a time; each client's latencies, in ms."""
     pushed: list[float] = []
     polled: list[float] = []
+    heard: dict[str, float] = {}
     store = redis.Redis.from_url(redis_url)
     slots = asyncio.Semaphore(concurrency)
+    subscriber = await subscribe(redis_url)
+    listening = asyncio.create_task(listen(subscriber, heard))
 
     async def one() -> None:
         async with slots:
@@ -98,14 +106,39 @@ async def measure(
                     if json.loads(message)["state"] in FINAL:
                         pushed_at = time.time()
                 polled_at = await poll
-            stored = json.loads(store.get(f"celery-task-meta-{task_id}") or b"{}")
+            stored = json.loads(store.get(f"{CHANNEL}{task_id}") or b"{}")
             done = datetime.fromisoformat(stored["date_done"]).timestamp()
             pushed.append((pushed_at - done) * 1000)
             polled.append((polled_at - done) * 1000)
 
     await asyncio.gather(*(one() for _ in range(tasks)))
+    listening.cancel()
+    await asyncio.gather(listening, return_exceptions=True)
+    await subscriber.aclose()
+    dones = {
+        task_id: datetime.fromisoformat(json.loads(meta or b"{}")["date_done"]).timestamp()
+        for task_id, meta in zip(heard, store.mget([f"{CHANNEL}{t}" for t in heard]), strict=True)
+    }
     store.close()
-    return pushed, polled
+    return {
+        "Redis pub/sub (floor)": [(heard[t] - done) * 1000 for t, done in dones.items()],
+        "websocket (push)": pushed,
+        "polling every 100 ms": polled,
+    }
+
+
+async def subscribe(redis_url: str) -> PubSub:
+    """A pub/sub connection that hears every result publish, subscribed before any task runs."""
+    subscriber = aioredis.Redis.from_url(redis_url).pubsub()
+    await subscriber.psubscribe(f"{CHANNEL}*")
+    return subscriber
+
+
+async def listen(subscriber: PubSub, heard: dict[str, float]) -> None:
+    """Note when each task's final state was published."""
+    async for message in subscriber.listen():
+        if message["type"] == "pmessage" and json.loads(message["data"])["status"] in FINAL:
+            heard[message["channel"].decode().removeprefix(CHANNEL)] = time.time()
 
 
 async def poll_until_final(port: int, task_id: str) -> float:

@@ -11,7 +11,7 @@ from quart_schema import QuartSchema
 
 from factories.celery import configure_celery
 from factories.configuration import get_config
-from quart_app import blocking, result_listener, submissions, task_records
+from quart_app import blocking, garbage, result_listener, submissions, task_records
 from quart_app.blueprints import api, health, pages, websockets
 from quart_app.errors import register_error_handlers
 
@@ -55,6 +55,7 @@ def register_extensions(app: Quart) -> None:
         redoc_ui_path=None,
         scalar_ui_path=None,
     )
+    garbage.init_app(app)  # last: it freezes what the others open
 
 
 def register_blueprints(app: Quart) -> None:

@@ -1,0 +1,241 @@
+"""Concurrent waiters: many websockets on one `hypercorn asgi:app`, each waiting on its own task.
+
+    .venv/bin/python bench/waiters.py [--waiters 100 1000]
+
+For each number of waiters, with and without permessage-deflate (which hypercorn accepts
+whenever a client asks, as browsers and the `websockets` client do by default), a fresh server:
+
+1. takes one request of each kind, so that its pools exist (the baseline),
+2. accepts one `simple_task` per waiter while no worker runs, and gets a websocket per task,
+   each of which receives its PENDING snapshot (memory is read here),
+3. then a worker starts, and every socket waits for its SUCCESS.
+
+Reported: the server's thread count (baseline and peak, sampled every 10 ms throughout); its
+memory (RSS) growth per socket (from all tasks accepted to all sockets waiting) and per waiter
+(from the baseline, so with the submission of its task); and the time from the last task's
+completion (the `date_done` the worker stores) to the last delivery. Uses the Redis at
+REDIS_URL (default redis://127.0.0.1:6379/0), database 12, flushed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import get, post
+from submit import flush, free_port, wait_until_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE = 12
+SAMPLE_INTERVAL = 0.01
+Compression = Literal["deflate"] | None
+
+
+@dataclass
+class Round:
+    """What one server did for one number of waiters."""
+
+    waiters: int
+    compression: Compression
+    baseline_threads: int
+    peak_threads: int
+    baseline_rss: int
+    submitted_rss: int
+    waiting_rss: int
+    delivered: int
+    last_delivery_after_last_completion: float
+
+    def __str__(self) -> str:
+        per_socket = (self.waiting_rss - self.submitted_rss) / self.waiters / 1024
+        per_waiter = (self.waiting_rss - self.baseline_rss) / self.waiters / 1024
+        return (
+            f"{self.waiters:5} waiters  {self.compression or 'none':7}  "
+            f"threads {self.baseline_threads:2} -> peak {self.peak_threads:2}  "
+            f"RSS per socket +{per_socket:5.1f} KiB, with its task +{per_waiter:5.1f} KiB  "
+            f"delivered {self.delivered}/{self.waiters}  "
+            f"last completion -> last delivery {self.last_delivery_after_last_completion:6.1f} ms"
+        )
+
+
+def main() -> None:
+    """Run every round and print one line for each."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--waiters", type=int, nargs="+", default=[100, 1000])
+    args = parser.parse_args()
+
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
+    for waiters in args.waiters:
+        for compression in ("deflate", None):
+            flush(redis_url)
+            try:
+                print(run_round(redis_url, waiters, compression), flush=True)
+            finally:
+                flush(redis_url)
+
+
+def run_round(redis_url: str, waiters: int, compression: Compression) -> Round:
+    """One fresh server and `waiters` sockets; a worker joins once they all wait."""
+    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench"}
+    port = free_port()
+    with started(
+        [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"], env
+    ) as server:
+        wait_until_serving(port)
+        pid = serving_process(server.pid)
+        with Sampler(pid) as sampler:
+            asyncio.run(warm_up(port))
+            baseline_threads, baseline_rss = threads_and_rss(pid)
+            waiting = asyncio.run(wait_on_tasks(port, waiters, compression, pid, env))
+        completions = stored_completions(redis_url, list(waiting.deliveries))
+        return Round(
+            waiters=waiters,
+            compression=compression,
+            baseline_threads=baseline_threads,
+            peak_threads=sampler.peak_threads,
+            baseline_rss=baseline_rss,
+            submitted_rss=waiting.submitted_rss,
+            waiting_rss=waiting.waiting_rss,
+            delivered=len([t for t in waiting.deliveries.values() if t is not None]),
+            last_delivery_after_last_completion=(
+                max(t or 0.0 for t in waiting.deliveries.values()) - max(completions)
+            )
+            * 1000,
+        )
+
+
+@dataclass
+class Waiting:
+    """The server's RSS once every task was accepted and once every socket waited, and when
+    each task's SUCCESS arrived."""
+
+    submitted_rss: int
+    waiting_rss: int
+    deliveries: dict[str, float | None]
+
+
+async def warm_up(port: int) -> None:
+    """One submission, look-up and websocket, so that the server's pools and clients exist."""
+    accepted = await post(port, {"name": "simple_task", "kwargs": {"message": "warm"}})
+    await get(port, f"/api/tasks/{accepted['id']}")
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws/tasks/{accepted['id']}") as socket:
+        await socket.recv()
+
+
+async def wait_on_tasks(
+    port: int, waiters: int, compression: Compression, pid: int, env: dict[str, str]
+) -> Waiting:
+    """Open a socket per task, read memory once all wait, then start a worker and wait."""
+    submitting = asyncio.Semaphore(50)
+
+    async def submit() -> str:
+        async with submitting:
+            accepted = await post(port, {"name": "simple_task", "kwargs": {"message": "x"}})
+            return accepted["id"]
+
+    task_ids = await asyncio.gather(*(submit() for _ in range(waiters)))
+    _, submitted_rss = threads_and_rss(pid)
+    deliveries: dict[str, float | None] = dict.fromkeys(task_ids)
+    all_waiting = asyncio.Barrier(waiters + 1)
+
+    async def wait(task_id: str) -> None:
+        url = f"ws://127.0.0.1:{port}/ws/tasks/{task_id}"
+        async with websockets.connect(url, compression=compression, open_timeout=60) as socket:
+            assert json.loads(await socket.recv())["state"] == "PENDING"
+            await all_waiting.wait()
+            async for message in socket:
+                if json.loads(message)["state"] == "SUCCESS":
+                    deliveries[task_id] = time.time()
+
+    waiting = [asyncio.create_task(wait(task_id)) for task_id in task_ids]
+    await all_waiting.wait()
+    _, waiting_rss = threads_and_rss(pid)
+    worker = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "WARNING"]
+    with started(worker, env):
+        await asyncio.wait_for(asyncio.gather(*waiting), 120)
+    return Waiting(submitted_rss, waiting_rss, deliveries)
+
+
+def stored_completions(redis_url: str, task_ids: list[str]) -> list[float]:
+    """When the worker stored each task's final state (its `date_done`), as Unix times."""
+    store = redis.Redis.from_url(redis_url)
+    try:
+        metas = store.mget([f"celery-task-meta-{task_id}" for task_id in task_ids])
+    finally:
+        store.close()
+    return [
+        datetime.fromisoformat(json.loads(meta or b"{}")["date_done"]).timestamp() for meta in metas
+    ]
+
+
+@contextmanager
+def started(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A process for the length of the block; stopped gracefully after."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def serving_process(pid: int) -> int:
+    """The process that serves: hypercorn runs its worker as a child of `pid`, spawned by
+    multiprocessing (beside multiprocessing's resource tracker)."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise RuntimeError(f"hypercorn ({pid}) has no worker process")
+
+
+def threads_and_rss(pid: int) -> tuple[int, int]:
+    """The process's thread count and resident memory in bytes, from /proc."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["Threads"]), int(fields["VmRSS"].split()[0]) * 1024
+
+
+class Sampler:
+    """Reads the server's thread count every 10 ms in a thread of its own; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_threads = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def sample(self) -> None:
+        while not self.stopping.wait(SAMPLE_INTERVAL):
+            self.peak_threads = max(self.peak_threads, threads_and_rss(self.pid)[0])
+
+
+if __name__ == "__main__":
+    main()
