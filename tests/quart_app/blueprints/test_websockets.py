@@ -15,8 +15,10 @@ from quart.typing import TestClientProtocol as Client
 from quart.typing import TestWebsocketConnectionProtocol as Socket
 
 from factories.application import create_application
+from quart_app import task_records
 from tests.quart_app.blueprints.test_api import finished, submit
 from tests.waiting import wait_for_async
+from tests.worker_tasks import retried_once
 from tests.workers import ThreadWorker
 
 TIMEOUT = 20.0
@@ -63,6 +65,34 @@ async def test_a_finished_task_gets_its_snapshot_and_a_close(
     assert code == 1000
     assert [message["state"] for message in received] == ["FAILURE"]
     assert received[0]["error"] == {"type": "ValueError", "message": "boom"}
+
+
+async def test_a_retried_task_sends_retry_and_starts_again(
+    client: Client, celery: Celery, redis_client: redis.Redis, thread_worker: ThreadWorker
+) -> None:
+    # Not a task the API offers: recorded as accepted, the way the API records its own.
+    task_id = uuid.uuid4()
+    task_records.remember(redis_client, [(task_id, retried_once.name)], 60)
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        assert (await socket.receive_json())["state"] == "PENDING"
+        retried_once.apply_async(task_id=str(task_id))
+        with thread_worker(celery):
+            received, code = await messages_until_closed(socket)
+    assert code == 1000
+    assert [message["state"] for message in received] == ["STARTED", "RETRY", "STARTED", "SUCCESS"]
+    assert all(message["error"] is None for message in received)
+    assert received[-1]["result"]["retries"] == 1
+
+
+async def test_a_task_revoked_while_watched_sends_revoked_and_closes(client: Client) -> None:
+    task_id = (await submit(client, "simple_task", message="never"))["id"]  # no worker runs
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        assert (await socket.receive_json())["state"] == "PENDING"
+        response = await client.delete(f"/api/tasks/{task_id}")
+        assert response.status_code == 202
+        received, code = await messages_until_closed(socket)
+    assert code == 1000
+    assert [message["state"] for message in received] == ["REVOKED"]
 
 
 @pytest.mark.parametrize("task_id", [str(uuid.uuid4()), "not-an-id"])
