@@ -11,7 +11,7 @@ from quart_schema import QuartSchema
 
 from factories.celery import configure_celery
 from factories.configuration import get_config
-from quart_app import blocking, garbage, result_listener, submissions, task_records
+from quart_app import access, blocking, garbage, result_listener, submissions, task_records
 from quart_app.blueprints import api, health, pages, websockets
 from quart_app.errors import register_error_handlers
 
@@ -43,6 +43,7 @@ def ensure_secret_key(app: Quart) -> None:
 def register_extensions(app: Quart) -> None:
     """Configure the placeholder extensions, and what opens when serving starts."""
     configure_celery(app)
+    access.init_app(app)
     blocking.init_app(app)
     task_records.init_app(app)
     submissions.init_app(app)

@@ -41,6 +41,15 @@ APP_OPTIONS: dict[str, Option] = {
     "WS_MAX_TASKS": Option(1000, type="int", minimum=1),
     # Updates that may wait for one websocket; a socket further behind is closed (1013).
     "WS_QUEUE_SIZE": Option(256, type="int", minimum=1),
+    # Bearer tokens the JSON API and the websockets require, comma-separated; none: open.
+    "API_TOKEN": Option(None, type="string"),
+    # Origins (scheme://host[:port]) besides the server's own whose pages may open websockets,
+    # comma-separated; "*" allows any.
+    "WS_ALLOWED_ORIGINS": Option(None, type="string"),
+    # Websockets one server process keeps open at once; more are refused (503).
+    "WS_MAX_SOCKETS": Option(5000, type="int", minimum=1),
+    # The largest message a client may send on a websocket, in bytes; larger closes it (1009).
+    "WS_MAX_MESSAGE_SIZE": Option(16 * 1024, type="int", minimum=1),
     # Seconds /readyz waits for a worker to answer a ping (it answers within three of them).
     "READY_TIMEOUT": Option(1.0, type="float", minimum=0.1),
 }

@@ -19,11 +19,14 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 class APIError(Exception):
     """An error answered with `status` and a JSON body carrying `code` and `message`."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 class JSONErrorsRequest(Request):
@@ -57,7 +60,9 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
 
 async def _api_error(error: APIError) -> tuple[Response, int]:
     """Our own errors, as they say."""
-    return error_response(error.status, error.code, error.message)
+    response, status = error_response(error.status, error.code, error.message)
+    response.headers.update(error.headers)
+    return response, status
 
 
 async def _invalid_request(error: RequestSchemaValidationError) -> tuple[Response, int]:

@@ -10,7 +10,7 @@ from celery import Task
 from quart import Blueprint, current_app, request, url_for
 from quart_schema import document_response, tag, validate_request, validate_response
 
-from quart_app import celery_calls, task_records
+from quart_app import access, celery_calls, task_records
 from quart_app.blocking import run_blocking
 from quart_app.errors import APIError
 from quart_app.schemas import ErrorBody, TaskAccepted, TaskRequest, TaskSnapshot
@@ -19,6 +19,7 @@ from quart_app.submissions import submit
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
+access.protect_api(blueprint)
 View = TypeVar("View", bound=Callable[..., Any])
 
 #: The tasks clients may start over HTTP: an allow-list, never "any registered task". Keyed by

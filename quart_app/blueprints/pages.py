@@ -7,7 +7,7 @@ from uuid import UUID
 from quart import Blueprint, current_app, render_template, request, url_for
 from quart_schema import hide
 
-from quart_app import celery_calls, task_records
+from quart_app import access, celery_calls, task_records
 from quart_app.blocking import run_blocking
 from quart_app.errors import APIError
 from quart_app.forms import message_form
@@ -60,4 +60,5 @@ async def result(task_id: str) -> tuple[str, int]:
         if error.status != 404:
             raise
         return await render_template("not_found.html", task_id=task_id), 404
-    return await render_template("task_result.html", task=task), 200
+    ticket = access.watch_ticket(task.id)
+    return await render_template("task_result.html", task=task, ticket=ticket), 200

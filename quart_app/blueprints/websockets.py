@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -19,7 +20,7 @@ from uuid import UUID
 from celery import states
 from quart import Blueprint, current_app, websocket
 
-from quart_app import celery_calls, task_records
+from quart_app import access, celery_calls, task_records
 from quart_app.blocking import run_blocking
 from quart_app.errors import APIError
 from quart_app.result_listener import EXTENSION, Inbox, ResultListener
@@ -27,8 +28,9 @@ from quart_app.schemas import TaskSnapshot
 from quart_app.snapshots import snapshot_from_meta
 
 blueprint = Blueprint("websockets", __name__)
+access.protect_websockets(blueprint)
 
-NORMAL, TOO_SLOW, SERVER_ERROR, NOT_FOUND = 1000, 1013, 1011, 4404
+NORMAL, TOO_BIG, SERVER_ERROR, TOO_SLOW, NOT_FOUND = 1000, 1009, 1011, 1013, 4404
 
 
 @dataclass
@@ -111,15 +113,9 @@ async def watch_task(task_id: str) -> None:
         return
     watcher.add(task_id, name)
     try:
-        while True:
-            snapshot = await watcher.next_change()
-            await websocket.send_json(snapshot.model_dump(mode="json"))
-            if snapshot.state in states.READY_STATES:
-                await websocket.close(NORMAL)
-                return
+        await _until_either_ends(_send_until_final(watcher), _ignore_messages())
     except APIError as error:
-        await _send_error(error.code, error.message)
-        await websocket.close(error.status if error.status == TOO_SLOW else SERVER_ERROR)
+        await _close_with(error)
     finally:
         watcher.remove_all()
 
@@ -129,27 +125,71 @@ async def watch_tasks() -> None:
     """Many tasks on one socket, as the client subscribes and unsubscribes."""
     await websocket.accept()
     watcher = Watcher()
-    sender = asyncio.create_task(_send_changes(watcher))
     try:
-        while True:
-            await _handle_request(watcher, await websocket.receive())
+        await _until_either_ends(_send_changes(watcher), _handle_requests(watcher))
+    except APIError as error:
+        await _close_with(error)
     finally:
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
         watcher.remove_all()
+
+
+async def _until_either_ends(sending: Awaitable[None], receiving: Awaitable[None]) -> None:
+    """Run both halves of a socket until one ends; stop the other; raise what it raised."""
+    halves = [asyncio.ensure_future(sending), asyncio.ensure_future(receiving)]
+    try:
+        done, _ = await asyncio.wait(halves, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for half in halves:
+            half.cancel()
+        await asyncio.gather(*halves, return_exceptions=True)
+    for half in done:
+        half.result()
+
+
+async def _send_until_final(watcher: Watcher) -> None:
+    """Send every change of the one task; close (1000) after its final state."""
+    while True:
+        snapshot = await watcher.next_change()
+        await websocket.send_json(snapshot.model_dump(mode="json"))
+        if snapshot.state in states.READY_STATES:
+            await websocket.close(NORMAL)
+            return
 
 
 async def _send_changes(watcher: Watcher) -> None:
     """Send every change; drop a task after its final state."""
-    try:
-        while True:
-            snapshot = await watcher.next_change()
-            await websocket.send_json(snapshot.model_dump(mode="json"))
-            if snapshot.state in states.READY_STATES:
-                watcher.remove(snapshot.id)
-    except APIError as error:
-        await _send_error(error.code, error.message)
-        await websocket.close(error.status if error.status == TOO_SLOW else SERVER_ERROR)
+    while True:
+        snapshot = await watcher.next_change()
+        await websocket.send_json(snapshot.model_dump(mode="json"))
+        if snapshot.state in states.READY_STATES:
+            watcher.remove(snapshot.id)
+
+
+async def _ignore_messages() -> None:
+    """Read and drop what a client sends where nothing is expected, so it cannot pile up."""
+    while True:
+        await _receive()
+
+
+async def _handle_requests(watcher: Watcher) -> None:
+    """Apply each message the client sends."""
+    while True:
+        await _handle_request(watcher, await _receive())
+
+
+async def _receive() -> str | bytes:
+    """The client's next message; `APIError` (closing with 1009) if it is too large."""
+    message = await websocket.receive()
+    limit = current_app.config["WS_MAX_MESSAGE_SIZE"]
+    if len(message) > limit:
+        raise APIError(TOO_BIG, "message_too_big", f"A message may be {limit} bytes at most.")
+    return message
+
+
+async def _close_with(error: APIError) -> None:
+    """Say what went wrong, then close with its code (1009, 1013), or 1011 for the rest."""
+    await _send_error(error.code, error.message)
+    await websocket.close(error.status if error.status in (TOO_BIG, TOO_SLOW) else SERVER_ERROR)
 
 
 async def _handle_request(watcher: Watcher, raw: str | bytes) -> None:

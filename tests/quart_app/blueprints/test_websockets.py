@@ -201,3 +201,22 @@ def _is_set(event: Any) -> Any:
         return bool(event.is_set())
 
     return check
+
+
+@pytest.mark.parametrize("path", ["/ws/tasks/{id}", "/ws/tasks"])
+async def test_a_message_over_the_size_limit_closes_the_socket_with_1009(
+    redis_client: redis.Redis, path: str
+) -> None:
+    app = create_application({"TESTING": True, "WS_MAX_MESSAGE_SIZE": 100})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        task_id = (await submit(client, "simple_task", message="hi"))["id"]
+        async with client.websocket(path.format(id=task_id)) as socket:
+            if "{id}" in path:
+                assert (await socket.receive_json())["state"] == "PENDING"
+                # Messages on the one-task socket are read and ignored, up to the limit.
+                await socket.send("x" * 100)
+            await socket.send("x" * 101)
+            received, code = await messages_until_closed(socket)
+    assert code == 1009
+    assert [message["error"]["code"] for message in received] == ["message_too_big"]

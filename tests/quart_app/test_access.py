@@ -1,0 +1,170 @@
+"""Who gets in: API tokens, watch tickets, websocket origins, and the socket limit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+from quart import Quart
+from quart.testing.connections import WebsocketResponseError
+from quart.typing import TestClientProtocol as Client
+
+from factories.application import create_application
+from quart_app.access import TICKET_SALT
+from tests.quart_app.blueprints.test_api import submit
+
+TOKENS = "first-token, second-token"
+TASK = {"name": "simple_task", "kwargs": {"message": "hi"}}
+
+
+@pytest.fixture
+async def guarded(redis_client: redis.Redis) -> AsyncIterator[Client]:
+    """A test client of an app that requires one of two tokens."""
+    app = create_application({"TESTING": True, "API_TOKEN": TOKENS})
+    async with app.test_app() as test_app:
+        yield test_app.test_client()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def refused(client: Client, path: str, **options: Any) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body a refused websocket handshake is answered with."""
+    with pytest.raises(WebsocketResponseError) as refusal:
+        async with client.websocket(path, **options) as socket:
+            await socket.receive()
+    response = refusal.value.response
+    return response.status_code, await response.get_json()
+
+
+def test_an_open_app_says_so_when_it_starts(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        create_application({"TESTING": True})
+    assert "API_TOKEN is not set" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        create_application({"TESTING": True, "API_TOKEN": TOKENS})
+    assert "API_TOKEN" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        bearer("wrong"),
+        bearer(""),
+        {"Authorization": "first-token"},
+        {"Authorization": "Basic Zmlyc3QtdG9rZW4="},
+    ],
+    ids=["none", "wrong", "empty", "no-scheme", "basic"],
+)
+async def test_the_api_needs_a_token(guarded: Client, headers: dict[str, str]) -> None:
+    for response in (
+        await guarded.post("/api/tasks", json=TASK, headers=headers),
+        await guarded.get("/api/tasks/3b241101-e2bb-4255-8caf-4136c566a962", headers=headers),
+    ):
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert (await response.get_json())["error"]["code"] == "unauthorized"
+
+
+async def test_either_token_opens_the_api(guarded: Client) -> None:
+    for token in ("first-token", "second-token"):
+        response = await guarded.post("/api/tasks", json=TASK, headers=bearer(token))
+        assert response.status_code == 202
+        task_url = (await response.get_json())["url"]
+        assert (await guarded.get(task_url, headers=bearer(token))).status_code == 200
+
+
+async def test_health_and_pages_need_no_token(guarded: Client) -> None:
+    assert (await guarded.get("/healthz")).status_code == 200
+    assert (await guarded.get("/")).status_code == 200
+    # The form is still protected by its CSRF token.
+    response = await guarded.post("/", form={"message": "hi"})
+    assert response.status_code == 400
+
+
+async def test_websockets_need_a_token_in_the_header_or_the_query(guarded: Client) -> None:
+    response = await guarded.post("/api/tasks", json=TASK, headers=bearer("first-token"))
+    task_id = (await response.get_json())["id"]
+    for path in (f"/ws/tasks/{task_id}", "/ws/tasks"):
+        status, body = await refused(guarded, path)
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        status, _ = await refused(guarded, path, query_string={"token": "wrong"})
+        assert status == 401
+    async with guarded.websocket(f"/ws/tasks/{task_id}", headers=bearer("second-token")) as ws:
+        assert (await ws.receive_json())["id"] == task_id
+    async with guarded.websocket(
+        f"/ws/tasks/{task_id}", query_string={"token": "first-token"}
+    ) as ws:
+        assert (await ws.receive_json())["id"] == task_id
+
+
+async def test_a_ticket_opens_its_own_task_and_no_other(guarded: Client) -> None:
+    first, second = [
+        (
+            await (
+                await guarded.post("/api/tasks", json=TASK, headers=bearer("first-token"))
+            ).get_json()
+        )["id"]
+        for _ in range(2)
+    ]
+    page = await (await guarded.get(f"/result/{first}")).get_data(as_text=True)
+    ticket = page.split("?ticket=", 1)[1].split("`", 1)[0]
+    async with guarded.websocket(f"/ws/tasks/{first}", query_string={"ticket": ticket}) as ws:
+        assert (await ws.receive_json())["id"] == first
+    assert (await refused(guarded, f"/ws/tasks/{second}", query_string={"ticket": ticket}))[
+        0
+    ] == 401
+    assert (await refused(guarded, "/ws/tasks", query_string={"ticket": ticket}))[0] == 401
+    forged = ticket[:-2] + ("AA" if not ticket.endswith("AA") else "BB")
+    assert (await refused(guarded, f"/ws/tasks/{first}", query_string={"ticket": forged}))[0] == 401
+    assert TICKET_SALT  # tickets are signed for this one purpose
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        (None, True),  # not a browser
+        ("http://localhost", True),  # the server's own pages
+        ("https://app.example", True),  # in WS_ALLOWED_ORIGINS
+        ("https://evil.example", False),
+        ("http://localhost.evil.example", False),
+        ("null", False),
+    ],
+)
+async def test_websockets_from_other_origins_are_refused(
+    redis_client: redis.Redis, origin: str | None, allowed: bool
+) -> None:
+    app = create_application({"TESTING": True, "WS_ALLOWED_ORIGINS": "https://app.example/"})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        task_id = (await submit(client, "simple_task", message="hi"))["id"]
+        headers = {} if origin is None else {"Origin": origin}
+        if allowed:
+            async with client.websocket(f"/ws/tasks/{task_id}", headers=headers) as socket:
+                assert (await socket.receive_json())["id"] == task_id
+        else:
+            status, body = await refused(client, f"/ws/tasks/{task_id}", headers=headers)
+            assert (status, body["error"]["code"]) == (403, "origin_not_allowed")
+
+
+async def test_a_process_keeps_at_most_the_configured_number_of_sockets(
+    redis_client: redis.Redis,
+) -> None:
+    app: Quart = create_application({"TESTING": True, "WS_MAX_SOCKETS": 2})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket("/ws/tasks") as first, client.websocket("/ws/tasks") as second:
+            await first.send_json({"subscribe": []})
+            await second.send_json({"subscribe": []})
+            status, body = await refused(client, "/ws/tasks")
+            assert (status, body["error"]["code"]) == (503, "too_many_sockets")
+        # Closed sockets free their places.
+        for _ in range(3):
+            async with client.websocket("/ws/tasks") as socket:
+                await socket.send_json({"unsubscribe": []})
