@@ -10,6 +10,7 @@ with, so that accepting a task costs one trip to the pool.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator
 from uuid import UUID
 
@@ -18,6 +19,9 @@ from redis import BlockingConnectionPool, Redis
 
 EXTENSION = "redis"
 KEY = "quart_app:task:{}"
+# The form Celery gives ids in, and the API's routes take (in either case): nothing else that
+# `UUID()` would read ("{...}", "urn:uuid:...", no hyphens) is a task id here.
+ID_FORM = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 def init_app(app: Quart) -> None:
@@ -55,6 +59,13 @@ def remember(redis: Redis, tasks: list[tuple[UUID, str]], expires: int) -> None:
 def forget(redis: Redis, task_ids: list[UUID]) -> None:
     """Drop the records of tasks that could not be sent after all."""
     redis.delete(*(KEY.format(task_id) for task_id in task_ids))
+
+
+def parse_id(value: object) -> UUID | None:
+    """The task id `value` is, if it is one (a string in the usual form); else None."""
+    if isinstance(value, str) and ID_FORM.fullmatch(value):
+        return UUID(value)
+    return None
 
 
 def name_of(redis: Redis, task_id: UUID) -> str | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from uuid import UUID
-
 from quart import Blueprint, current_app, render_template, request, url_for
 from quart_schema import hide
 
@@ -44,9 +42,8 @@ async def submit_message() -> tuple[str, int]:
 @hide
 async def result(task_id: str) -> tuple[str, int]:
     """The task's state and result; a 404 page for an id never submitted."""
-    try:
-        uuid = UUID(task_id)
-    except ValueError:
+    uuid = task_records.parse_id(task_id)
+    if uuid is None:
         return await render_template("not_found.html", task_id=task_id), 404
     try:
         task = await run_blocking(

@@ -93,9 +93,14 @@ class Watcher:
                 return snapshot
 
 
-async def accepted_name(task_id: UUID) -> str | None:
-    """The name of a task the app accepted, or None."""
-    return await run_blocking("Redis", task_records.name_of, task_records.client(), task_id)
+async def accepted_task(task_id: object) -> tuple[str, str] | None:
+    """The id (in its usual, lower-case form) and name of a task the app accepted as
+    `task_id`; None for any other, and for anything that is not a task id."""
+    uuid = task_records.parse_id(task_id)
+    if uuid is None:
+        return None
+    name = await run_blocking("Redis", task_records.name_of, task_records.client(), uuid)
+    return None if name is None else (str(uuid), name)
 
 
 @blueprint.websocket("/ws/tasks/<task_id>")
@@ -103,15 +108,12 @@ async def watch_task(task_id: str) -> None:
     """One task: its snapshot, then each change; closed (1000) after the final state."""
     await websocket.accept()
     watcher = Watcher()
-    try:
-        name = await accepted_name(UUID(task_id))
-        if name is None:
-            raise ValueError(task_id)
-    except ValueError:
+    accepted = await accepted_task(task_id)
+    if accepted is None:
         await _send_error("not_found", f"No task {task_id} was submitted here.")
         await websocket.close(NOT_FOUND)
         return
-    watcher.add(task_id, name)
+    watcher.add(*accepted)
     try:
         await _until_either_ends(_send_until_final(watcher), _ignore_messages())
     except APIError as error:
@@ -201,6 +203,8 @@ async def _handle_request(watcher: Watcher, raw: str | bytes) -> None:
         subscribe, unsubscribe = request.get("subscribe", []), request.get("unsubscribe", [])
         if not all(isinstance(ids, list) for ids in (subscribe, unsubscribe)):
             raise ValueError
+        if not all(isinstance(task_id, str) for task_id in [*subscribe, *unsubscribe]):
+            raise ValueError
     except ValueError:
         await _send_error(
             "invalid_message",
@@ -208,31 +212,31 @@ async def _handle_request(watcher: Watcher, raw: str | bytes) -> None:
         )
         return
     for task_id in unsubscribe:
-        if isinstance(task_id, str):
-            watcher.remove(task_id)
+        uuid = task_records.parse_id(task_id)
+        if uuid is not None:
+            watcher.remove(str(uuid))
     for task_id in subscribe:
         await _subscribe(watcher, task_id)
 
 
-async def _subscribe(watcher: Watcher, task_id: Any) -> None:
+async def _subscribe(watcher: Watcher, task_id: str) -> None:
     """Start watching one task, or say why not."""
-    if task_id in watcher.watches:
+    uuid = task_records.parse_id(task_id)
+    if uuid is not None and str(uuid) in watcher.watches:
         return
     limit = current_app.config["WS_MAX_TASKS"]
     if len(watcher.watches) >= limit:
         await _send_error("too_many_tasks", f"A socket may watch {limit} tasks at most.", task_id)
         return
     try:
-        name = await accepted_name(UUID(str(task_id)))
-    except ValueError:
-        name = None
+        accepted = await accepted_task(task_id)
     except APIError as error:
         await _send_error(error.code, error.message, task_id)
         return
-    if name is None:
+    if accepted is None:
         await _send_error("not_found", f"No task {task_id} was submitted here.", task_id)
         return
-    watcher.add(str(task_id), name)
+    watcher.add(*accepted)
 
 
 async def _send_error(code: str, message: str, task_id: Any = None) -> None:

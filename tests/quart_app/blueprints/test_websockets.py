@@ -220,3 +220,18 @@ async def test_a_message_over_the_size_limit_closes_the_socket_with_1009(
             received, code = await messages_until_closed(socket)
     assert code == 1009
     assert [message["error"]["code"] for message in received] == ["message_too_big"]
+
+
+async def test_an_id_in_capitals_is_followed_under_its_usual_form(client: Client) -> None:
+    task_id = (await submit(client, "simple_task", message="never"))["id"]  # no worker runs
+    async with client.websocket("/ws/tasks") as socket:
+        # Only the form task ids come in is one: not the others `uuid.UUID()` reads.
+        await socket.send_json({"subscribe": [task_id.upper(), f"{{{task_id}}}"]})
+        first, second = await socket.receive_json(), await socket.receive_json()
+        snapshot, error = (first, second) if "state" in first else (second, first)
+        assert (snapshot["id"], snapshot["state"]) == (task_id, "PENDING")
+        assert (error["id"], error["error"]["code"]) == (f"{{{task_id}}}", "not_found")
+        # Updates reach it: they are published under the usual form.
+        assert (await client.delete(f"/api/tasks/{task_id}")).status_code == 202
+        revoked = await socket.receive_json()
+        assert (revoked["id"], revoked["state"]) == (task_id, "REVOKED")
