@@ -24,6 +24,7 @@ from quart import Quart
 
 from factories.backends import BACKENDS
 from factories.configuration import (
+    APP_OPTIONS,
     CELERY_PREFIX,
     DEFAULT_REDIS_URL,
     DEFAULT_RESULT_EXPIRES,
@@ -62,6 +63,17 @@ BOUNDED_WAITS: dict[str, Any] = {
     },
     "redis_socket_connect_timeout": 2,
     "redis_socket_timeout": 5,
+}
+
+# No accepted task is lost to a worker that dies: a task is acknowledged when it ends, not when
+# it starts, so one whose worker is killed runs again (after `CELERY_VISIBILITY_TIMEOUT` with
+# Redis as the broker, at once for a killed pool process). A task that must not run twice opts
+# out with `@celery.task(acks_late=False)`. Each process takes one task ahead, not four, so
+# fewer tasks wait out the timeout behind a dead one.
+AT_LEAST_ONCE: dict[str, Any] = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
 }
 
 
@@ -172,9 +184,20 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         # Read by Celery's loader, not a setting: result backends by URL scheme.
         "override_backends": BACKENDS,
         **BOUNDED_WAITS,
+        **AT_LEAST_ONCE,
         **JSON_ONLY,
     }
+    visibility_timeout = check_setting(
+        "CELERY_VISIBILITY_TIMEOUT",
+        config.get("CELERY_VISIBILITY_TIMEOUT") or APP_OPTIONS["CELERY_VISIBILITY_TIMEOUT"].default,
+    )
+    settings["broker_transport_options"] = {
+        **settings["broker_transport_options"],
+        **redelivery_options(visibility_timeout),
+    }
     for key, value in config.items():
+        if key == "CELERY_VISIBILITY_TIMEOUT":
+            continue
         if key.startswith(CELERY_PREFIX) and value is not None:
             name, value = celery_name(key), check_setting(key, value)
             default = settings.get(name)
@@ -201,6 +224,21 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
                 f"{redact(settings[name])!r}; Celery would take the environment's",
             )
     return settings
+
+
+def redelivery_options(visibility_timeout: int) -> dict[str, int]:
+    """kombu's options for handing out again the tasks of a worker that died.
+
+    A task unacknowledged for `visibility_timeout` seconds goes back to the queue when some
+    worker next sweeps for them. kombu sweeps every 10 s but looks only on every tenth sweep,
+    so a task came back up to 100 s late; here every sweep looks, every sixth of the timeout
+    (1 to 60 s). A sweep is one sorted-set read per worker.
+    """
+    return {
+        "visibility_timeout": visibility_timeout,
+        "unacked_restore_interval": max(1, min(60, visibility_timeout // 6)),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def _is_redis(url: str) -> bool:

@@ -50,6 +50,11 @@ APP_OPTIONS: dict[str, Option] = {
     "WS_MAX_SOCKETS": Option(5000, type="int", minimum=1),
     # The largest message a client may send on a websocket, in bytes; larger closes it (1009).
     "WS_MAX_MESSAGE_SIZE": Option(16 * 1024, type="int", minimum=1),
+    # Seconds a task a worker took may go unacknowledged before Redis gives it to another worker
+    # (kombu's `visibility_timeout`): how long a task of a killed worker waits to run again.
+    # Longer than any task may run (ten minutes for those the API starts), or a task still
+    # running would be handed out twice.
+    "CELERY_VISIBILITY_TIMEOUT": Option(3600, type="int", minimum=1),
     # Seconds /readyz waits for a worker to answer a ping (it answers within three of them).
     "READY_TIMEOUT": Option(1.0, type="float", minimum=0.1),
 }

@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from kombu.transport import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 class Channel(redis.Channel):
@@ -28,6 +29,20 @@ class Channel(redis.Channel):
         """Forget the client with the pools it fronts (after fork, on close)."""
         self.__dict__.pop("_publishing_client", None)
         super()._disconnect_pools()  # type: ignore[misc]  # missing from the stubs
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        """The pool's connection parameters; a connection error once the connection is gone.
+
+        When the broker goes away, kombu closes the channel, and closing it tries to put the
+        unacknowledged (late-ack) messages back, through a pool it makes anew from a
+        connection that has already been dropped: kombu 5.7 then raised AttributeError, which
+        the worker took as unrecoverable and died. A connection error is what it is, and the
+        worker reconnects; the messages stay in Redis's unacked set, to come back after the
+        visibility timeout.
+        """
+        if self.connection.client is None:
+            raise RedisConnectionError("the broker connection was closed")
+        return super()._connparams(asynchronous)  # type: ignore[misc]  # missing from the stubs
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

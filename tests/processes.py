@@ -8,6 +8,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import IO
@@ -16,12 +17,15 @@ STOP_TIMEOUT = 20.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_process(command: list[str], redis_url: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """Start one of the app's entry points against `redis_url`, in a session of its own."""
+def start_process(
+    command: list[str], redis_url: str, log: IO[bytes], env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start one of the app's entry points against `redis_url` (with more settings in `env`),
+    in a session of its own."""
     return subprocess.Popen(
         command,
         cwd=ROOT,
-        env={**os.environ, "REDIS_URL": redis_url},
+        env={**os.environ, "REDIS_URL": redis_url, **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.servers import START_TIMEOUT, Server
+from tests.servers import START_TIMEOUT, Server, http
 from tests.waiting import wait_for
 from tests.workers import ProcessWorker
 
@@ -67,18 +67,6 @@ def test_a_wrong_setting_stops_start_up_with_one_line(
     if command is CELERY:
         # hypercorn 0.18 exits 0 even when its worker process fails: it drops the exit code.
         assert completed.returncode == 1
-
-
-def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
-    """One request over real HTTP; the status and the JSON answer."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def test_the_api_over_real_http_with_a_real_worker(

@@ -17,6 +17,7 @@ from factories.backends import RedisBackend
 from factories.celery import ContextTask, configure_celery
 from factories.configuration import ConfigurationError
 from quart_app import extensions
+from quart_app.schemas import MAX_PLANNED_SECONDS
 from quart_app.tasks import async_task, failing_task, progress_task, simple_task
 from tests.worker_tasks import acks_late_always
 
@@ -153,12 +154,30 @@ def test_tasks_record_started_whenever_they_were_first_used() -> None:
 
 
 def test_task_settings_follow_the_config_unless_a_task_sets_its_own() -> None:
-    create_application({"CELERY_TASK_ACKS_LATE": True})
-    assert simple_task.acks_late is True
-    assert acks_late_always.acks_late is True
-    create_application()
+    create_application({"CELERY_TASK_ACKS_LATE": False})
     assert simple_task.acks_late is False
     assert acks_late_always.acks_late is True
+    create_application()
+    assert simple_task.acks_late is True
+    assert acks_late_always.acks_late is True
+
+
+def test_tasks_are_acknowledged_when_they_end_and_come_back_after_the_visibility_timeout(
+    app: Quart,
+) -> None:
+    conf = configure_celery(app).conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    # Longer than any task the API starts may run.
+    assert conf.broker_transport_options["visibility_timeout"] == 3600 > MAX_PLANNED_SECONDS
+    conf = configure_celery(create_application({"CELERY_VISIBILITY_TIMEOUT": "30"})).conf
+    assert conf.broker_transport_options["visibility_timeout"] == 30
+    # Swept for every 5 s, not every 100 s: a dead worker's task is back within 35 s.
+    assert conf.broker_transport_options["unacked_restore_interval"] == 5
+    assert conf.broker_transport_options["unacked_restore_throttle"] == 1
+    assert conf.broker_transport_options["socket_timeout"] <= 2  # added to, not replaced
+    assert "visibility_timeout" not in conf  # not passed on as a setting of Celery's
 
 
 def test_an_environment_that_contradicts_the_app_is_refused(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 from celery import Celery
 
@@ -33,3 +34,19 @@ def test_tasks_published_through_it_arrive(celery: Celery, redis_client: redis.R
     for number in range(3):
         simple_task.delay(str(number))
     assert redis_client.llen("celery") == 3
+
+
+def test_a_channel_whose_connection_is_gone_raises_a_connection_error(celery: Celery) -> None:
+    # What closing a channel after the broker went away came to in kombu 5.7: putting
+    # late-ack messages back needed a new pool from a connection already dropped, and the
+    # AttributeError it raised killed the worker. A connection error is one it recovers from.
+    with celery.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, Channel)
+        channel._disconnect_pools()
+        transport_client, channel.connection.client = channel.connection.client, None
+        try:
+            with pytest.raises(channel.connection.connection_errors):
+                channel.qos.restore_unacked()
+        finally:
+            channel.connection.client = transport_client

@@ -1,0 +1,94 @@
+"""Redis goes away while the server serves, a worker runs a task and a client watches it, and
+then comes back: nothing is restarted, nothing accepted is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from functools import partial
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.faults.conftest import RedisServer, Worker
+from tests.servers import Server, http
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+FINAL = ("SUCCESS", "FAILURE", "REVOKED")
+
+
+def submit(server: str, delay: float, message: str) -> tuple[int, dict[str, Any]]:
+    return http(
+        "POST",
+        f"{server}/api/tasks",
+        {"name": "async_task", "kwargs": {"message": message, "delay": delay}},
+    )
+
+
+async def test_redis_going_away_and_coming_back(
+    redis_server: RedisServer, start_server: Server, start_worker: Worker
+) -> None:
+    url = redis_server.url()
+    server = start_server(url)
+    # Celery's default prefetch: the worker holds tasks it has not started yet, which it cannot
+    # put back while Redis is away. kombu 5.7 then crashed the worker ("Unrecoverable error:
+    # AttributeError ... 'hostname'"); they come back after the visibility timeout instead.
+    worker = start_worker(
+        url,
+        *["--pool", "prefork", "--concurrency", "1"],
+        CELERY_WORKER_PREFETCH_MULTIPLIER="4",
+        CELERY_VISIBILITY_TIMEOUT="10",
+    )
+    # One task runs across the outage, three wait behind it (taken by the worker, or queued).
+    status, running = submit(server, 1.0, "running")
+    assert status == 202
+    queued = []
+    for n in range(3):
+        status, task = submit(server, 0.0, f"queued {n}")
+        assert status == 202
+        queued.append(task)
+    socket_url = server.replace("http://", "ws://") + running["websocket"]
+
+    async with websockets.connect(socket_url) as socket:
+        states = [json.loads(await socket.recv())["state"]]
+        while states[-1] != "STARTED":
+            states.append(json.loads(await socket.recv())["state"])
+
+        redis_server.stop()
+        began = time.monotonic()
+        status, body = submit(server, 0.0, "refused")
+        assert time.monotonic() - began < 5, "a submission hung while Redis was away"
+        assert (status, body["error"]["code"]) == (503, "service_unavailable")
+        status, body = http("GET", f"{server}/readyz")
+        assert status == 503
+        assert body["checks"]["broker"] != "ok"
+        assert http("GET", f"{server}/healthz") == (200, {"status": "ok"})
+        # The task ends while Redis is away: the worker holds its result and keeps trying.
+        wait_for(lambda: "Failed operation" in worker.log(), 30, "the worker to retry storing")
+
+        redis_server.start()
+        # The socket stayed open, and hears the end of its task once Redis is back.
+        async with asyncio.timeout(60):
+            async for message in socket:
+                states.append(json.loads(message)["state"])
+        assert socket.close_code == 1000
+    assert states[-1] == "SUCCESS"
+    assert "STARTED" in states
+
+    wait_for(lambda: submit(server, 0.0, "after")[0] == 202, 30, "submissions to work again")
+    assert http("GET", f"{server}/readyz")[0] == 200
+
+    def ended(task_id: str) -> dict[str, Any] | None:
+        task = http("GET", f"{server}/api/tasks/{task_id}")[1]
+        return task if task["state"] in FINAL else None
+
+    for n, task in enumerate([running, *queued]):
+        message = "running" if n == 0 else f"queued {n - 1}"
+        result = wait_for(partial(ended, task["id"]), 60, f"the {message} task to end")
+        assert (result["state"], result["result"]["message"]) == ("SUCCESS", message)
+    assert worker.running(), worker.log()
+    assert "Unrecoverable error" not in worker.log()
