@@ -22,8 +22,8 @@ START_TIMEOUT = 60.0
 
 
 class RedisServer:
-    """A `redis-server` on a free port that keeps its data on disk (append-only file, synced on
-    every write), so that stopping and starting it loses nothing, as in production."""
+    """A `redis-server` on a free port that keeps its data on disk (an append-only file, which
+    a graceful shutdown writes out), so that stopping and starting it loses nothing."""
 
     def __init__(self, binary: str, directory: Path) -> None:
         self.binary = binary
@@ -39,7 +39,7 @@ class RedisServer:
             [
                 *[self.binary, "--port", str(self.port), "--bind", "127.0.0.1"],
                 *["--dir", str(self.directory), "--save", ""],
-                *["--appendonly", "yes", "--appendfsync", "always", "--loglevel", "warning"],
+                *["--appendonly", "yes", "--appendfsync", "everysec", "--loglevel", "warning"],
             ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
