@@ -11,7 +11,15 @@ from quart_schema import QuartSchema
 
 from factories.celery import configure_celery
 from factories.configuration import get_config
-from quart_app import access, blocking, garbage, result_listener, submissions, task_records
+from quart_app import (
+    access,
+    blocking,
+    garbage,
+    result_listener,
+    shutdown,
+    submissions,
+    task_records,
+)
 from quart_app.blueprints import api, health, pages, websockets
 from quart_app.errors import register_error_handlers
 
@@ -48,6 +56,7 @@ def register_extensions(app: Quart) -> None:
     task_records.init_app(app)
     submissions.init_app(app)
     result_listener.init_app(app)
+    shutdown.init_app(app)
     QuartSchema(
         app,
         info={"title": "quart_app", "version": "0.1.0"},

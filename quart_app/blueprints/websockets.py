@@ -20,7 +20,7 @@ from uuid import UUID
 from celery import states
 from quart import Blueprint, current_app, websocket
 
-from quart_app import access, celery_calls, task_records
+from quart_app import access, celery_calls, shutdown, task_records
 from quart_app.blocking import run_blocking
 from quart_app.errors import APIError
 from quart_app.result_listener import EXTENSION, Inbox, ResultListener
@@ -30,7 +30,8 @@ from quart_app.snapshots import snapshot_from_meta
 blueprint = Blueprint("websockets", __name__)
 access.protect_websockets(blueprint)
 
-NORMAL, TOO_BIG, SERVER_ERROR, TOO_SLOW, NOT_FOUND = 1000, 1009, 1011, 1013, 4404
+NORMAL, GOING_AWAY, TOO_BIG, SERVER_ERROR, TOO_SLOW = 1000, 1001, 1009, 1011, 1013
+NOT_FOUND = 4404
 
 
 @dataclass
@@ -136,14 +137,18 @@ async def watch_tasks() -> None:
 
 
 async def _until_either_ends(sending: Awaitable[None], receiving: Awaitable[None]) -> None:
-    """Run both halves of a socket until one ends; stop the other; raise what it raised."""
+    """Run both halves of a socket until one ends, or the server begins to shut down; stop
+    the rest; raise what the half that ended raised, or `APIError` (1001) on shutdown."""
     halves = [asyncio.ensure_future(sending), asyncio.ensure_future(receiving)]
+    stopping = asyncio.ensure_future(shutdown.going_away())
     try:
-        done, _ = await asyncio.wait(halves, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([*halves, stopping], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for half in halves:
-            half.cancel()
-        await asyncio.gather(*halves, return_exceptions=True)
+        for task in [*halves, stopping]:
+            task.cancel()
+        await asyncio.gather(*halves, stopping, return_exceptions=True)
+    if stopping in done:
+        raise APIError(GOING_AWAY, "going_away", "The server is shutting down; connect again.")
     for half in done:
         half.result()
 
@@ -189,9 +194,10 @@ async def _receive() -> str | bytes:
 
 
 async def _close_with(error: APIError) -> None:
-    """Say what went wrong, then close with its code (1009, 1013), or 1011 for the rest."""
+    """Say what went wrong, then close with its code (1001, 1009, 1013), or 1011 for the rest."""
     await _send_error(error.code, error.message)
-    await websocket.close(error.status if error.status in (TOO_BIG, TOO_SLOW) else SERVER_ERROR)
+    own_code = error.status in (GOING_AWAY, TOO_BIG, TOO_SLOW)
+    await websocket.close(error.status if own_code else SERVER_ERROR)
 
 
 async def _handle_request(watcher: Watcher, raw: str | bytes) -> None:
