@@ -46,6 +46,8 @@ APP_OPTIONS: dict[str, Option] = {
     # Origins (scheme://host[:port]) besides the server's own whose pages may open websockets,
     # comma-separated; "*" allows any.
     "WS_ALLOWED_ORIGINS": Option(None, type="string"),
+    # Seconds a websocket client may take to take a message; slower is too slow (closed, 1013).
+    "WS_SEND_TIMEOUT": Option(10.0, type="float", minimum=0.1),
     # Websockets one server process keeps open at once; more are refused (503).
     "WS_MAX_SOCKETS": Option(5000, type="int", minimum=1),
     # The largest message a client may send on a websocket, in bytes; larger closes it (1009).

@@ -140,3 +140,14 @@ async def test_two_servers_share_one_redis(
     assert code == 1000
     assert received[-1]["result"] == {"message": "across", "app": "quart_app"}
     assert http("GET", f"{second}/api/tasks/{accepted['id']}")[1]["state"] == "SUCCESS"
+
+
+async def test_an_empty_binary_message_gets_an_error_and_the_socket_stays_open(
+    server_url: str,
+) -> None:
+    # Quart hands an empty binary message on as None: the socket must not fail on it.
+    async with websockets.connect(server_url.replace("http://", "ws://") + "/ws/tasks") as socket:
+        await socket.send(b"")
+        assert json.loads(await socket.recv())["error"]["code"] == "invalid_message"
+        await socket.send(json.dumps({"subscribe": ["nope"]}))
+        assert json.loads(await socket.recv())["error"]["code"] == "not_found"

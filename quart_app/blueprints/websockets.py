@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -74,7 +75,7 @@ class Watcher:
         """
         while True:
             if self.inbox.overflowed.is_set():
-                raise APIError(TOO_SLOW, "too_slow", "The client fell too far behind.")
+                raise _too_slow()
             task_id, meta = await self.inbox.updates.get()
             watch = self.watches.get(task_id)
             if watch is None:  # unsubscribed meanwhile
@@ -157,7 +158,7 @@ async def _send_until_final(watcher: Watcher) -> None:
     """Send every change of the one task; close (1000) after its final state."""
     while True:
         snapshot = await watcher.next_change()
-        await websocket.send_json(snapshot.model_dump(mode="json"))
+        await _send(snapshot.model_dump(mode="json"))
         if snapshot.state in states.READY_STATES:
             await websocket.close(NORMAL)
             return
@@ -167,7 +168,7 @@ async def _send_changes(watcher: Watcher) -> None:
     """Send every change; drop a task after its final state."""
     while True:
         snapshot = await watcher.next_change()
-        await websocket.send_json(snapshot.model_dump(mode="json"))
+        await _send(snapshot.model_dump(mode="json"))
         if snapshot.state in states.READY_STATES:
             watcher.remove(snapshot.id)
 
@@ -186,18 +187,45 @@ async def _handle_requests(watcher: Watcher) -> None:
 
 async def _receive() -> str | bytes:
     """The client's next message; `APIError` (closing with 1009) if it is too large."""
-    message = await websocket.receive()
+    message: str | bytes | None = await websocket.receive()
+    if message is None:  # Quart hands an empty binary message on as None
+        return b""
     limit = current_app.config["WS_MAX_MESSAGE_SIZE"]
     if len(message) > limit:
         raise APIError(TOO_BIG, "message_too_big", f"A message may be {limit} bytes at most.")
     return message
 
 
+async def _send(message: dict[str, Any]) -> None:
+    """Send a message; `APIError` (1013) if the client does not take it within
+    `WS_SEND_TIMEOUT`: a client that stops reading must not hold its socket's updates, and
+    its handler, for good."""
+    try:
+        async with asyncio.timeout(current_app.config["WS_SEND_TIMEOUT"]):
+            await websocket.send_json(message)
+    except TimeoutError:
+        raise _too_slow() from None
+
+
+def _too_slow() -> APIError:
+    return APIError(TOO_SLOW, "too_slow", "The client fell too far behind.")
+
+
 async def _close_with(error: APIError) -> None:
-    """Say what went wrong, then close with its code (1001, 1009, 1013), or 1011 for the rest."""
-    await _send_error(error.code, error.message)
+    """Say what went wrong, then close with its code (1001, 1009, 1013), or 1011 for the rest.
+
+    A client that takes neither within `WS_SEND_TIMEOUT` is left as it is: the handler ends,
+    and the frames wait in the server's buffer in case it ever reads again.
+    """
     own_code = error.status in (GOING_AWAY, TOO_BIG, TOO_SLOW)
-    await websocket.close(error.status if own_code else SERVER_ERROR)
+    timeout = current_app.config["WS_SEND_TIMEOUT"]
+    # Each frame is in the server's buffer before the wait for the client to take it.
+    with suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await _send_error(error.code, error.message)
+    with suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await websocket.close(error.status if own_code else SERVER_ERROR)
 
 
 async def _handle_request(watcher: Watcher, raw: str | bytes) -> None:

@@ -163,3 +163,36 @@ async def test_any_websocket_message_gets_an_error_and_the_socket_stays_open(
                 break
             assert "error" in answer and set(answer["error"]) == {"code", "message"}
     await accepted_tasks_are_intact(client, [accepted])
+
+
+@SETTINGS
+@given(
+    form=st.dictionaries(
+        st.sampled_from(["message", "csrf_token", "other"]) | st.text(max_size=10),
+        st.text(max_size=2000),
+        max_size=4,
+    )
+)
+async def test_any_form_gets_a_page_and_never_a_500(client: Client, form: dict[str, str]) -> None:
+    response = await client.post("/", form=form)
+    # Without the session's CSRF token no form is valid: the page again, with the reason.
+    assert response.status_code in (400, 413), response.status_code
+
+
+@SETTINGS
+# Not an empty binary message: Quart's test client sends it without the "text" key that
+# servers send, and Quart fails on that (a real server's is tested in test_entry_points.py).
+@given(messages=st.lists(st.text(max_size=300) | st.binary(min_size=1, max_size=300), max_size=5))
+async def test_messages_on_a_one_task_socket_are_ignored(
+    client: Client, messages: list[str | bytes]
+) -> None:
+    accepted = await client.post(
+        "/api/tasks", json={"name": "simple_task", "kwargs": {"message": "x"}}
+    )
+    task_id = (await accepted.get_json())["id"]
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        assert (await socket.receive_json())["state"] == "PENDING"
+        for message in messages:
+            await socket.send(message)
+        assert (await client.delete(f"/api/tasks/{task_id}")).status_code == 202
+        assert (await socket.receive_json())["state"] == "REVOKED"
