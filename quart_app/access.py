@@ -45,7 +45,8 @@ class Access:
         )
         self.max_sockets: int = app.config["WS_MAX_SOCKETS"]
         self.tickets = URLSafeTimedSerializer(app.config["SECRET_KEY"], salt=TICKET_SALT)
-        self.ticket_max_age = int(app.config.get("CELERY_RESULT_EXPIRES") or 24 * 60 * 60)
+        # As long as the task itself is kept, as submissions do.
+        self.ticket_max_age = int(app.config["CELERY_RESULT_EXPIRES"])
         self.open_sockets = 0
 
     def token_is_valid(self, token: str | None) -> bool:

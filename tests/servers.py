@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,34 @@ START_TIMEOUT = 30.0
 Server = Callable[..., str]
 
 
+@contextmanager
+def serving(
+    redis_url: str, log_dir: Path, settings: Mapping[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`hypercorn asgi:app` on a free port, logging to `log_dir/hypercorn-<port>.log`: the
+    process and its URL, once it answers. Stopped, with what it started, when the block ends."""
+    port = free_port()
+    log_path = log_dir / f"hypercorn-{port}.log"
+    with log_path.open("wb") as log:
+        process = start_process(
+            [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+            redis_url,
+            log,
+            settings,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def answers() -> bool:
+                assert process.poll() is None, log_path.read_text()
+                return answers_http(url)
+
+            wait_for(answers, START_TIMEOUT, "hypercorn to answer")
+            yield process, url
+        finally:
+            stop_process_group(process)
+
+
 @pytest.fixture
 def start_server(redis_url: str, tmp_path: Path) -> Iterator[Server]:
     """Start `hypercorn asgi:app` on a free port: its URL, once it answers. Stopped after.
@@ -30,24 +59,8 @@ def start_server(redis_url: str, tmp_path: Path) -> Iterator[Server]:
     with ExitStack() as cleanup:
 
         def start(url: str | None = None, **settings: str) -> str:
-            port = free_port()
-            log_path = tmp_path / f"hypercorn-{port}.log"
-            log = cleanup.enter_context(log_path.open("wb"))
-            process = start_process(
-                [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
-                url or redis_url,
-                log,
-                settings,
-            )
-            cleanup.callback(stop_process_group, process)
-            url = f"http://127.0.0.1:{port}"
-
-            def answers() -> bool:
-                assert process.poll() is None, log_path.read_text()
-                return answers_http(url)
-
-            wait_for(answers, START_TIMEOUT, "hypercorn to answer")
-            return url
+            _, server = cleanup.enter_context(serving(url or redis_url, tmp_path, settings))
+            return server
 
         yield start
 
@@ -68,3 +81,21 @@ def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def post_task(server: str, name: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    """Submit a task through `POST /api/tasks`; the status and the answer."""
+    return http("POST", f"{server}/api/tasks", {"name": name, "kwargs": kwargs})
+
+
+def accepted_task(server: str, name: str, **kwargs: Any) -> dict[str, Any]:
+    """Submit a task that must be accepted (202); the answer."""
+    status, accepted = post_task(server, name, **kwargs)
+    assert status == 202, accepted
+    return accepted
+
+
+def task_in(server: str, task_id: str, states: tuple[str, ...]) -> dict[str, Any] | None:
+    """The task's snapshot if it is in one of `states`, else None (for `wait_for`)."""
+    task = http("GET", f"{server}/api/tasks/{task_id}")[1]
+    return task if task["state"] in states else None

@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from tests.faults.conftest import RedisServer, Worker
-from tests.servers import Server, http
+from tests.servers import Server, http, post_task, task_in
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -21,12 +21,8 @@ pytestmark = pytest.mark.e2e
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 
 
-def submit(server: str, delay: float, message: str) -> tuple[int, dict[str, Any]]:
-    return http(
-        "POST",
-        f"{server}/api/tasks",
-        {"name": "async_task", "kwargs": {"message": message, "delay": delay}},
-    )
+def submit(server: str, message: str, delay: float = 0.0) -> tuple[int, dict[str, Any]]:
+    return post_task(server, "async_task", message=message, delay=delay)
 
 
 async def test_redis_going_away_and_coming_back(
@@ -44,11 +40,11 @@ async def test_redis_going_away_and_coming_back(
         CELERY_VISIBILITY_TIMEOUT="10",
     )
     # One task runs across the outage, three wait behind it (taken by the worker, or queued).
-    status, running = submit(server, 1.0, "running")
+    status, running = submit(server, "running", 1.0)
     assert status == 202
     queued = []
     for n in range(3):
-        status, task = submit(server, 0.0, f"queued {n}")
+        status, task = submit(server, f"queued {n}")
         assert status == 202
         queued.append(task)
     socket_url = server.replace("http://", "ws://") + running["websocket"]
@@ -60,7 +56,7 @@ async def test_redis_going_away_and_coming_back(
 
         redis_server.stop()
         began = time.monotonic()
-        status, body = submit(server, 0.0, "refused")
+        status, body = submit(server, "refused")
         assert time.monotonic() - began < 5, "a submission hung while Redis was away"
         assert (status, body["error"]["code"]) == (503, "service_unavailable")
         status, body = http("GET", f"{server}/readyz")
@@ -79,16 +75,14 @@ async def test_redis_going_away_and_coming_back(
     assert states[-1] == "SUCCESS"
     assert "STARTED" in states
 
-    wait_for(lambda: submit(server, 0.0, "after")[0] == 202, 30, "submissions to work again")
+    wait_for(lambda: submit(server, "after")[0] == 202, 30, "submissions to work again")
     assert http("GET", f"{server}/readyz")[0] == 200
-
-    def ended(task_id: str) -> dict[str, Any] | None:
-        task = http("GET", f"{server}/api/tasks/{task_id}")[1]
-        return task if task["state"] in FINAL else None
 
     for n, task in enumerate([running, *queued]):
         message = "running" if n == 0 else f"queued {n - 1}"
-        result = wait_for(partial(ended, task["id"]), 60, f"the {message} task to end")
+        result = wait_for(
+            partial(task_in, server, task["id"], FINAL), 60, f"the {message} task to end"
+        )
         assert (result["state"], result["result"]["message"]) == ("SUCCESS", message)
     assert worker.running(), worker.log()
     assert "Unrecoverable error" not in worker.log()

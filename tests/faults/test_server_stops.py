@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import pytest
 import redis
 import websockets
 
-from tests.processes import answers_http, free_port, start_process, stop_process_group
-from tests.servers import START_TIMEOUT, http
+from tests.servers import accepted_task, serving
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -24,48 +22,34 @@ pytestmark = pytest.mark.e2e
 async def test_open_sockets_are_closed_with_1001_and_nothing_is_left_running(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "hypercorn.log").open("wb") as log:
-        server = start_process(
-            [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
-            redis_url,
-            log,
-        )
-        try:
-            wait_for(lambda: answers_http(url), START_TIMEOUT, "hypercorn to answer")
-            status, accepted = http(
-                "POST", f"{url}/api/tasks", {"name": "simple_task", "kwargs": {"message": "x"}}
-            )
-            assert status == 202  # no worker runs: the task stays PENDING
-            ws = url.replace("http://", "ws://")
-            async with (
-                websockets.connect(ws + accepted["websocket"]) as one,
-                websockets.connect(f"{ws}/ws/tasks") as many,
-            ):
-                assert json.loads(await one.recv())["state"] == "PENDING"
-                await many.send(json.dumps({"subscribe": [accepted["id"]]}))
-                assert json.loads(await many.recv())["state"] == "PENDING"
-                listeners = [c for c in client_names(redis_client) if "results" in c]
-                assert listeners, "the server's pub/sub listener is not connected"
+    with serving(redis_url, tmp_path) as (server, url):
+        accepted = accepted_task(url, "simple_task", message="x")  # no worker: stays PENDING
+        ws = url.replace("http://", "ws://")
+        async with (
+            websockets.connect(ws + accepted["websocket"]) as one,
+            websockets.connect(f"{ws}/ws/tasks") as many,
+        ):
+            assert json.loads(await one.recv())["state"] == "PENDING"
+            await many.send(json.dumps({"subscribe": [accepted["id"]]}))
+            assert json.loads(await many.recv())["state"] == "PENDING"
+            listeners = [c for c in client_names(redis_client) if "results" in c]
+            assert listeners, "the server's pub/sub listener is not connected"
 
-                stopped_at = time.monotonic()
-                server.send_signal(signal.SIGTERM)
-                for socket in (one, many):
-                    async with asyncio.timeout(10):
-                        last = json.loads(await socket.recv())
-                        assert last["error"]["code"] == "going_away"
-                        await socket.wait_closed()
-                    assert socket.close_code == 1001
-            # Well within hypercorn's graceful timeout (3 s), after which it cuts them (1011).
-            assert time.monotonic() - stopped_at < 3
-            assert server.wait(30) == 0
-            # Nothing left: no process of the server's group (hypercorn's worker, the
-            # multiprocessing resource tracker), no listener connection in Redis.
-            wait_for(lambda: group_gone(server.pid), 10, "the server's processes to exit")
-            assert not set(listeners) & set(client_names(redis_client))
-        finally:
-            stop_process_group(server)
+            stopped_at = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            for socket in (one, many):
+                async with asyncio.timeout(10):
+                    last = json.loads(await socket.recv())
+                    assert last["error"]["code"] == "going_away"
+                    await socket.wait_closed()
+                assert socket.close_code == 1001
+        # Well within hypercorn's graceful timeout (3 s), after which it cuts them (1011).
+        assert time.monotonic() - stopped_at < 3
+        assert server.wait(30) == 0
+        # Nothing left: no process of the server's group (hypercorn's worker, the
+        # multiprocessing resource tracker), no listener connection in Redis.
+        wait_for(lambda: group_gone(server.pid), 10, "the server's processes to exit")
+        assert not set(listeners) & set(client_names(redis_client))
 
 
 def group_gone(group: int) -> bool:

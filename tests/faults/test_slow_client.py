@@ -13,21 +13,11 @@ import pytest
 import redis
 import websockets
 
-from tests.servers import Server, http
+from tests.servers import Server, accepted_task, task_in
 from tests.waiting import wait_for
 from tests.workers import ProcessWorker
 
 pytestmark = pytest.mark.e2e
-
-
-def submit(server: str, steps: int, delay: float) -> dict[str, Any]:
-    status, accepted = http(
-        "POST",
-        f"{server}/api/tasks",
-        {"name": "progress_task", "kwargs": {"steps": steps, "delay": delay}},
-    )
-    assert status == 202, accepted
-    return accepted
 
 
 async def everything(connection: websockets.ClientConnection) -> list[dict[str, Any]]:
@@ -42,8 +32,8 @@ async def test_a_stuck_client_is_dropped_as_too_slow_and_holds_up_no_one(
     ws = server.replace("http://", "ws://")
     # More updates (30,000 of some 200 bytes) than every buffer on the way holds: the
     # server's socket buffer alone may grow to 4 MiB.
-    flood = [submit(server, 1000, 0.0) for _ in range(30)]
-    followed = submit(server, 100, 0.01)
+    flood = [accepted_task(server, "progress_task", steps=1000, delay=0.0) for _ in range(30)]
+    followed = accepted_task(server, "progress_task", steps=100, delay=0.01)
 
     # The stuck client: a small receive buffer, and it never reads.
     raw = socket.socket()
@@ -70,10 +60,7 @@ async def test_a_stuck_client_is_dropped_as_too_slow_and_holds_up_no_one(
         assert ended_at - done_at < 2, "the reader was held up"
 
         def flood_done() -> bool:
-            return all(
-                http("GET", f"{server}/api/tasks/{task['id']}")[1]["state"] == "SUCCESS"
-                for task in flood
-            )
+            return all(task_in(server, task["id"], ("SUCCESS",)) for task in flood)
 
         wait_for(flood_done, 120, "the flooding tasks to end")
         # When the stuck client reads at last: what was buffered, then why it was dropped.

@@ -6,12 +6,11 @@ import os
 import signal
 import time
 from functools import partial
-from typing import Any
 
 import pytest
 
 from tests.faults.conftest import RedisServer, Worker
-from tests.servers import Server, http
+from tests.servers import Server, accepted_task, task_in
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -20,19 +19,8 @@ VISIBILITY_TIMEOUT = 30
 
 
 def submit(server: str, message: str, delay: float) -> str:
-    status, accepted = http(
-        "POST",
-        f"{server}/api/tasks",
-        {"name": "async_task", "kwargs": {"message": message, "delay": delay}},
-    )
-    assert status == 202, accepted
-    task_id: str = accepted["id"]
+    task_id: str = accepted_task(server, "async_task", message=message, delay=delay)["id"]
     return task_id
-
-
-def task_in(server: str, task_id: str, states: tuple[str, ...]) -> dict[str, Any] | None:
-    task = http("GET", f"{server}/api/tasks/{task_id}")[1]
-    return task if task["state"] in states else None
 
 
 def test_a_task_whose_worker_is_killed_runs_again_on_another(
