@@ -117,7 +117,7 @@ async def watch_task(task_id: str) -> None:
         return
     watcher.add(*accepted)
     try:
-        await _until_either_ends(_send_until_final(watcher), _ignore_messages())
+        await _until_either_ends(_send_changes(watcher, close_after_final=True), _ignore_messages())
     except APIError as error:
         await _close_with(error)
     finally:
@@ -154,22 +154,16 @@ async def _until_either_ends(sending: Awaitable[None], receiving: Awaitable[None
         half.result()
 
 
-async def _send_until_final(watcher: Watcher) -> None:
-    """Send every change of the one task; close (1000) after its final state."""
+async def _send_changes(watcher: Watcher, *, close_after_final: bool = False) -> None:
+    """Send every change; after a task's final state, drop the task, or close the socket
+    (1000) if it follows that one task."""
     while True:
         snapshot = await watcher.next_change()
         await _send(snapshot.model_dump(mode="json"))
         if snapshot.state in states.READY_STATES:
-            await websocket.close(NORMAL)
-            return
-
-
-async def _send_changes(watcher: Watcher) -> None:
-    """Send every change; drop a task after its final state."""
-    while True:
-        snapshot = await watcher.next_change()
-        await _send(snapshot.model_dump(mode="json"))
-        if snapshot.state in states.READY_STATES:
+            if close_after_final:
+                await websocket.close(NORMAL)
+                return
             watcher.remove(snapshot.id)
 
 
