@@ -7,21 +7,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from quart import Quart
-from quart_schema import QuartSchema
 
 from factories.celery import configure_celery
 from factories.configuration import get_config
-from quart_app import (
+from quart_app.blueprints import pages
+from quart_app.bridge import (
     access,
-    blocking,
     garbage,
+    openapi,
+    pool,
+    records,
     result_listener,
     shutdown,
-    submissions,
-    task_records,
+    submitter,
 )
-from quart_app.blueprints import api, health, pages, websockets
-from quart_app.errors import register_error_handlers
+from quart_app.bridge.blueprints import api, health, websockets
+from quart_app.bridge.errors import register_error_handlers
+from quart_app.bridge.exposure import exposed_tasks
 
 
 def create_application(config: Mapping[str, Any] | None = None) -> Quart:
@@ -50,27 +52,23 @@ def ensure_secret_key(app: Quart) -> None:
 
 def register_extensions(app: Quart) -> None:
     """Configure the placeholder extensions, and what opens when serving starts."""
-    configure_celery(app)
+    configure_celery(app)  # and import the task modules
+    # The bridge: who gets in, the thread pool and Redis client, the submitter, the result
+    # listener, hearing the server stop, and the OpenAPI document.
     access.init_app(app)
-    blocking.init_app(app)
-    task_records.init_app(app)
-    submissions.init_app(app)
+    pool.init_app(app)
+    records.init_app(app)
+    submitter.init_app(app)
     result_listener.init_app(app)
     shutdown.init_app(app)
-    QuartSchema(
-        app,
-        info={"title": "quart_app", "version": "0.1.0"},
-        openapi_path="/openapi.json",
-        swagger_ui_path="/docs",
-        redoc_ui_path=None,
-        scalar_ui_path=None,
-    )
+    openapi.init_app(app)
+    # Your extensions here.
     garbage.init_app(app)  # last: it freezes what the others open
 
 
 def register_blueprints(app: Quart) -> None:
-    """Attach the controllers."""
-    app.register_blueprint(pages.blueprint)
-    app.register_blueprint(api.blueprint)
-    app.register_blueprint(health.blueprint)
+    """Attach the controllers: the bridge's JSON API, websockets and health checks; your pages."""
+    app.register_blueprint(api.create_blueprint(exposed_tasks()))
     app.register_blueprint(websockets.blueprint)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(pages.blueprint)

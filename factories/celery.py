@@ -1,28 +1,22 @@
-"""The Celery factory: configure the placeholder from a web app and run tasks in its context.
+"""The Celery factory: configure the placeholder from a web app, whose context tasks run in.
 
 `quart_app.extensions.celery` is created bare at import time, so tasks can bind to it without
 connecting anywhere. `configure_celery(app)` fills in its settings from the app's `CELERY_*`
-keys and binds its tasks to the app; every task then runs inside the app's context, so
-`current_app` works in tasks as it does in views, for sync and `async def` tasks alike.
+keys, imports the task modules, and binds the tasks to the app: every task then runs inside the
+app's context (`quart_app.bridge.app_context.ContextTask`), so `current_app` works in tasks as
+it does in views, for sync and `async def` tasks alike.
 """
 
 from __future__ import annotations
 
-import contextvars
-import inspect
 import os
 import threading
-from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
-from typing import Any, ClassVar, TypeAlias
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
 
-from celery import Celery, Task, signals, states
-from celery.worker import state as worker_state
-from celery.worker.request import Request
-from flask import Flask
-from quart import Quart
+from celery import Celery
 
-from factories.backends import BACKENDS
 from factories.configuration import (
     APP_OPTIONS,
     CELERY_PREFIX,
@@ -33,11 +27,11 @@ from factories.configuration import (
     check_setting,
     redact,
 )
-from factories.event_loops import call_outside_loop, close_event_loops, run_coroutine
-from factories.transport import TRANSPORT
+from quart_app.bridge import event_loops, records, revocation
+from quart_app.bridge.app_context import ContextTask, WebApp
+from quart_app.bridge.backends import BACKENDS
+from quart_app.bridge.transport import TRANSPORT
 from quart_app.extensions import celery
-
-WebApp: TypeAlias = Quart | Flask
 
 # Messages and results travel as JSON only: a pickle accepted from the broker runs code.
 JSON_ONLY: dict[str, Any] = {
@@ -77,79 +71,14 @@ AT_LEAST_ONCE: dict[str, Any] = {
 }
 
 
-class ContextTask(Task[Any, Any]):
-    """The base of every task: runs the task inside its web app's context.
-
-    An `async def` task is awaited on the calling thread's own event loop (see
-    `factories.event_loops`); a sync task runs on the thread itself, outside any loop, so it may
-    call `asyncio.run` as usual. Teardown handlers run after every task, with its exception.
-    """
-
-    #: The app whose context tasks run in; `configure_celery` sets it.
-    web_app: ClassVar[WebApp | None] = None
-    #: Set here, not only in the settings: Celery copies a setting onto a task when the task is
-    #: first used, which may be before `configure_celery` runs.
-    track_started = True
-    #: The options this task takes from the settings, not from its own declaration.
-    options_from_settings: ClassVar[tuple[str, ...]] = ()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        app = self.web_app
-        if app is None:
-            raise RuntimeError(
-                f"task {self.name!r} was called before configure_celery(app) bound it to an app"
-            )
-        request = self.request_stack.top
-        return call_outside_loop(partial(self._call_with_request, app, request, args, kwargs))
-
-    @classmethod
-    def bind(cls, app: Celery) -> Celery:
-        """Bind the task to `app`, noting which options it leaves to the settings.
-
-        Celery copies those settings (`task_acks_late`, ...) onto the task once, when it is
-        first used; `take_settings_again` copies them anew after `configure_celery`.
-        """
-        if "options_from_settings" not in vars(cls):
-            cls.options_from_settings = tuple(
-                attribute
-                for attribute, _ in cls.from_config
-                if getattr(cls, attribute, None) is None
-            )
-        return super().bind(app)
-
-    @classmethod
-    def take_settings_again(cls, app: Celery) -> None:
-        """Copy `app`'s current settings onto the options the task leaves to them."""
-        for attribute in cls.options_from_settings:
-            setattr(cls, attribute, None)
-        cls.bind(app)
-
-    def _call_with_request(
-        self, app: WebApp, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        """Run the body with the caller's request, also when it runs on the helper thread.
-
-        Celery keeps the current request per thread: an eager call from async code, moved to
-        the helper thread, must still see its id and retries in `self.request`.
-        """
-        stack = self.request_stack
-        carried = request is not None and stack.top is not request
-        if carried:
-            stack.push(request)
-        try:
-            return _call_in_app_context(app, self.run, args, kwargs)
-        finally:
-            if carried:
-                stack.pop()
-
-
 def configure_celery(app: WebApp) -> Celery:
     """Configure the placeholder Celery instance from `app`'s config; return that instance.
 
     Reads `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND` and any other Celery setting in the
-    `CELERY_` namespace (both URLs fall back to `REDIS_URL`). Takes a Quart or a Flask app, and
-    may be called again: with the same settings nothing changes; with others, connections made
-    under the old ones are dropped.
+    `CELERY_` namespace (both URLs fall back to `REDIS_URL`), then imports the modules that
+    declare tasks (Celery's `include` and `imports`), as a worker does, so that the web app
+    knows every task too. Takes a Quart or a Flask app, and may be called again: with the same
+    settings nothing changes; with others, connections made under the old ones are dropped.
     """
     settings = celery_settings(app.config)
     task_cls = celery.Task
@@ -160,14 +89,15 @@ def configure_celery(app: WebApp) -> Celery:
     if configured and any(celery.conf.get(key) != value for key, value in settings.items()):
         _drop_connections(celery)
     celery.config_from_object(settings, force=True)
+    celery.loader.import_default_modules()
     for task in celery.tasks.values():
         if isinstance(task, ContextTask):
             type(task).take_settings_again(celery)
     task_cls.web_app = app
     app.extensions["celery"] = celery
-    for signal in (signals.worker_process_shutdown, signals.worker_shutdown):
-        signal.connect(_close_event_loops, weak=False, dispatch_uid=__name__)
-    signals.task_received.connect(_skip_if_revoked, weak=False, dispatch_uid=__name__)
+    event_loops.init_celery()
+    revocation.init_celery()
+    records.init_celery(app.config, _seconds(settings["result_expires"]))
     return celery
 
 
@@ -246,45 +176,6 @@ def _is_redis(url: str) -> bool:
     return all(one.strip().split("://", 1)[0] in ("redis", "rediss") for one in url.split(";"))
 
 
-def _call_in_app_context(
-    app: WebApp, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Call a task's body inside `app`'s context, awaiting it if it is a coroutine."""
-    context = contextvars.copy_context()
-    pop_app_context = _push_app_context(app, context)
-    try:
-        result = context.run(function, *args, **kwargs)
-        if inspect.isawaitable(result):
-            result = run_coroutine(_as_coroutine(result), context)
-    except BaseException as error:
-        pop_app_context(error)
-        raise
-    pop_app_context(None)
-    return result
-
-
-def _push_app_context(
-    app: WebApp, context: contextvars.Context
-) -> Callable[[BaseException | None], None]:
-    """Push `app`'s context into `context`; return the function that pops it.
-
-    Quart's app context is async-only, so it is pushed and popped on this thread's loop; both
-    must happen in the same `contextvars.Context` as the task body for `current_app` to work.
-    """
-    if isinstance(app, Quart):
-        quart_context = app.app_context()
-        run_coroutine(quart_context.push(), context)
-        return lambda error: run_coroutine(quart_context.pop(error), context)
-    flask_context = app.app_context()
-    context.run(flask_context.push)
-    return lambda error: context.run(flask_context.pop, error)
-
-
-async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
-    """Wrap any awaitable a task returned in the coroutine a loop can run."""
-    return await awaitable
-
-
 def _drop_connections(instance: Celery) -> None:
     """Forget the broker pools and close the result backends made under earlier settings.
 
@@ -305,24 +196,9 @@ def _drop_connections(instance: Celery) -> None:
     state["_local"] = threading.local()
 
 
-def _skip_if_revoked(request: Request, **_: Any) -> None:
-    """Skip a received task that the result backend says was revoked (a signal receiver).
-
-    Workers keep the revocations they hear in memory only: one that restarted, or started after
-    the revoke, would run the task. The web app marks a task it revokes before it starts as
-    REVOKED in the result backend; a task the worker counts as revoked is acknowledged and
-    recorded as REVOKED, never run.
-    """
-    if (
-        request.id not in worker_state.revoked
-        and request.task.backend.get_state(request.id) == states.REVOKED
-    ):
-        worker_state.revoked.add(request.id)
+def _seconds(duration: int | float | timedelta) -> int:
+    """A duration Celery takes in seconds or as a timedelta, in whole seconds."""
+    return int(duration.total_seconds() if isinstance(duration, timedelta) else duration)
 
 
-def _close_event_loops(**_: Any) -> None:
-    """Close the worker's event loops when it shuts down (a Celery signal receiver)."""
-    close_event_loops()
-
-
-__all__ = ["ContextTask", "celery_settings", "configure_celery"]
+__all__ = ["celery_settings", "configure_celery"]

@@ -3,12 +3,20 @@
 `celery` is configured by `factories.celery.configure_celery(app)`. Until then it is a
 placeholder that tasks can bind to without connecting anywhere, which is what lets controllers
 import tasks, and tasks import this module, with no import cycle and no code run at import.
+
+The modules that declare tasks are listed in `include`: the worker imports them, and so does
+`configure_celery`, so that the web app knows the same tasks. Add yours there (or name them in
+`CELERY_IMPORTS`).
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-# The base class is named, not imported: the factories stay out of this module's imports, and
-# every task gets the app context even if something touches it before configure_celery runs.
-celery = Celery("quart_app", include=["quart_app.tasks"], task_cls="factories.celery:ContextTask")
+# The base class is named, not imported, so that every task gets the app context even if
+# something touches it before configure_celery runs.
+celery = Celery(
+    "quart_app",
+    include=["quart_app.tasks"],
+    task_cls="quart_app.bridge.app_context:ContextTask",
+)

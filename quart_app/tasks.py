@@ -1,31 +1,60 @@
-"""The example tasks, bound to the placeholder Celery instance.
+"""The example tasks, bound to the placeholder Celery instance and exposed to the JSON API.
 
 Each has a registered name equal to its function name, so a client can send it by name and the
 name survives a move to another module. Arguments and results are JSON primitives: that is all
-the JSON serializer carries, and it keeps tasks callable from any client.
+the JSON serializer carries, and it keeps tasks callable from any client. What a client may
+send is read off each signature: the type hints (with their bounds) and the defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any, Self
 
 from celery import Task
+from pydantic import Field, model_validator
 from quart import current_app
 
+from quart_app.bridge import ArgumentRules, expose
+from quart_app.bridge.states import TaskState
 from quart_app.extensions import celery
-from quart_app.states import TaskState
+
+#: At most this many seconds of planned work per task (steps * delay).
+MAX_PLANNED_SECONDS = 600
+
+Message = Annotated[str, Field(min_length=1, max_length=1000)]
+Steps = Annotated[int, Field(ge=1, le=1000)]
+Delay = Annotated[float, Field(ge=0, le=10, description="seconds")]
 
 
+class AtMostTenMinutes(ArgumentRules):
+    """`steps * delay`, the seconds of work planned, may be at most 600."""
+
+    steps: int
+    delay: float
+
+    @model_validator(mode="after")
+    def bounded_work(self) -> Self:
+        """Refuse more than ten minutes of planned work."""
+        if self.steps * self.delay > MAX_PLANNED_SECONDS:
+            raise ValueError(
+                f"steps * delay is {self.steps * self.delay:g} s of work; "
+                f"at most {MAX_PLANNED_SECONDS} s are allowed"
+            )
+        return self
+
+
+@expose
 @celery.task(name="simple_task")
-def simple_task(message: str) -> str:
+def simple_task(message: Message) -> str:
     """Return `message` unchanged: the smallest round trip through the queue."""
     return message
 
 
+@expose(rules=AtMostTenMinutes)
 @celery.task(name="progress_task", bind=True)
-def progress_task(self: Task[Any, Any], steps: int, delay: float = 0.1) -> dict[str, int]:
+def progress_task(self: Task[Any, Any], steps: Steps, delay: Delay = 0.1) -> dict[str, int]:
     """Work through `steps` steps of `delay` seconds, recording PROGRESS after each."""
     for current in range(1, steps + 1):
         time.sleep(delay)
@@ -35,14 +64,16 @@ def progress_task(self: Task[Any, Any], steps: int, delay: float = 0.1) -> dict[
     return {"steps": steps}
 
 
+@expose
 @celery.task(name="async_task")
-async def async_task(message: str, delay: float = 0.0) -> dict[str, str]:
+async def async_task(message: Message, delay: Delay = 0.0) -> dict[str, str]:
     """Await `delay` seconds, then say which app's context the task ran in."""
     await asyncio.sleep(delay)
     return {"message": message, "app": current_app.name}
 
 
+@expose
 @celery.task(name="failing_task")
-def failing_task(message: str) -> None:
+def failing_task(message: Message) -> None:
     """Raise `ValueError(message)`: shows how a task's failure reaches the client."""
     raise ValueError(message)

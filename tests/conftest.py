@@ -6,6 +6,7 @@ on the server at `REDIS_URL`, and flush only those.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +20,7 @@ from factories.application import create_application
 from factories.configuration import DEFAULT_REDIS_URL
 
 pytest_plugins = ["tests.workers", "tests.servers"]
+PROBES = "tests.worker_tasks"
 
 
 def _database_url(url: str, database: int) -> str:
@@ -32,7 +34,8 @@ def redis_url() -> Iterator[str]:
 
     Celery reads `CELERY_BROKER_URL` and `CELERY_RESULT_BACKEND` from the environment ahead of
     its settings, so a developer's own are kept out of the tests, and out of the processes the
-    tests start.
+    tests start. Every app the tests build, in this process or in the servers and workers they
+    start, imports the probe tasks (`CELERY_IMPORTS`).
     """
     database = int(os.environ.get("TEST_REDIS_DB", "13"))
     url = _database_url(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), database)
@@ -41,6 +44,7 @@ def redis_url() -> Iterator[str]:
             if name.startswith("CELERY_"):
                 patch.delenv(name)
         patch.setenv("REDIS_URL", url)
+        patch.setenv("CELERY_IMPORTS", json.dumps([PROBES]))
         yield url
 
 
@@ -51,9 +55,11 @@ def other_redis_url(redis_url: str) -> str:
 
 
 @pytest.fixture
-def app() -> Quart:
-    """The app as `asgi.py` builds it, in testing mode; the placeholder Celery is bound to it."""
-    return create_application({"TESTING": True})
+def app(request: pytest.FixtureRequest) -> Quart:
+    """The app as `asgi.py` builds it, in testing mode, with the settings of the test's
+    `@pytest.mark.settings(NAME=value)` if it has one; the placeholder Celery is bound to it."""
+    marked = request.node.get_closest_marker("settings")
+    return create_application({"TESTING": True, **(marked.kwargs if marked else {})})
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The entry points as users run them: `hypercorn asgi:app` and `celery -A worker worker`."""
+"""The entry points as users run them: `hypercorn asgi:app`, `celery -A worker worker` and
+`celery -A worker beat`."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import websockets
 
+from quart_app.bridge.records import KEY
+from tests.processes import start_process, stop_process_group
 from tests.servers import START_TIMEOUT, Server, http
 from tests.waiting import wait_for
 from tests.workers import ProcessWorker
@@ -75,7 +79,7 @@ def test_the_api_over_real_http_with_a_real_worker(
     process_worker()
     api = f"{server_url}/api/tasks"
     status, accepted = http(
-        "POST", api, {"name": "progress_task", "kwargs": {"steps": 3, "delay": 0.01}}
+        "POST", api, {"name": "tests.count", "kwargs": {"steps": 3, "delay": 0.01}}
     )
     assert status == 202
     task_url = f"{server_url}{accepted['url']}"
@@ -88,7 +92,7 @@ def test_the_api_over_real_http_with_a_real_worker(
     assert wait_for(done, 30, "the task to succeed")["result"] == {"steps": 3}
     assert http("DELETE", task_url)[0] == 409
     assert http("GET", f"{api}/{uuid.uuid4()}")[0] == 404
-    assert http("POST", api, {"name": "progress_task", "kwargs": {"steps": 0}})[0] == 422
+    assert http("POST", api, {"name": "tests.count", "kwargs": {"steps": 0}})[0] == 422
     assert http("GET", f"{server_url}/readyz")[0] == 200
     assert http("GET", f"{server_url}/healthz") == (200, {"status": "ok"})
 
@@ -113,7 +117,7 @@ async def test_a_real_websocket_client_gets_every_state_in_order(
     status, accepted = http(
         "POST",
         f"{server_url}/api/tasks",
-        {"name": "progress_task", "kwargs": {"steps": 3, "delay": 0.2}},
+        {"name": "tests.count", "kwargs": {"steps": 3, "delay": 0.2}},
     )
     assert status == 202
     socket_url = server_url.replace("http://", "ws://") + accepted["websocket"]
@@ -131,7 +135,7 @@ async def test_two_servers_share_one_redis(
 ) -> None:
     first, second = start_server(), start_server()
     status, accepted = http(
-        "POST", f"{first}/api/tasks", {"name": "async_task", "kwargs": {"message": "across"}}
+        "POST", f"{first}/api/tasks", {"name": "tests.async_echo", "kwargs": {"message": "across"}}
     )
     assert status == 202
     # Submitted through the first, followed through the second.
@@ -151,3 +155,38 @@ async def test_an_empty_binary_message_gets_an_error_and_the_socket_stays_open(
         assert json.loads(await socket.recv())["error"]["code"] == "invalid_message"
         await socket.send(json.dumps({"subscribe": ["nope"]}))
         assert json.loads(await socket.recv())["error"]["code"] == "not_found"
+
+
+async def test_a_task_that_beat_publishes_is_followed_like_any(
+    server_url: str,
+    process_worker: ProcessWorker,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    schedule = {"tick": {"task": "tests.echo", "schedule": 0.5, "args": ["from beat"]}}
+    command = [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO"]
+    # Its state file in the test's own directory, not the checkout.
+    command += ["--schedule", str(tmp_path / "beat-schedule")]
+    log_path = tmp_path / "beat.log"
+    with log_path.open("wb") as log:
+        beat = start_process(
+            command, redis_url, log, {"CELERY_BEAT_SCHEDULE": json.dumps(schedule)}
+        )
+        try:
+
+            def published() -> list[str]:
+                assert beat.poll() is None, log_path.read_text()
+                keys = redis_client.keys(KEY.format("*"))
+                names = [key.decode() if isinstance(key, bytes) else key for key in keys]
+                return sorted(name.removeprefix(KEY.format("")) for name in names)
+
+            task_id = wait_for(published, 60, "beat to publish a task")[0]
+        finally:
+            stop_process_group(beat)
+    status, task = http("GET", f"{server_url}/api/tasks/{task_id}")
+    assert (status, task["name"]) == (200, "tests.echo")
+    socket_url = server_url.replace("http://", "ws://") + f"/ws/tasks/{task_id}"
+    received, code = await asyncio.wait_for(follow(socket_url, process_worker), 60)
+    assert code == 1000
+    assert (received[-1]["state"], received[-1]["result"]) == ("SUCCESS", "from beat")

@@ -1,6 +1,8 @@
-"""Tasks only the tests use, bound to the same placeholder as the app's own.
+"""Probe tasks: the tasks the bridge's tests run, bound to the same placeholder as the app's own.
 
-A worker started by the tests loads them with `--include tests.worker_tasks`.
+The bridge's tests use these, never the example tasks, so that an app that drops the examples
+keeps its tests. The suite puts this module in `CELERY_IMPORTS` (`tests/conftest.py`), so that
+the servers and workers it starts know these tasks too.
 """
 
 from __future__ import annotations
@@ -8,20 +10,100 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import Any
+import time
+from typing import Annotated, Any, Self
 from weakref import WeakKeyDictionary
 
 import flask
 import quart
 from celery import Task
+from celery.exceptions import Ignore
+from pydantic import Field, model_validator
 from redis.asyncio import Redis
 
+from quart_app.bridge import ArgumentRules, expose
 from quart_app.extensions import celery
-from quart_app.tasks import async_task
+
+Text = Annotated[str, Field(min_length=1, max_length=100)]
+Seconds = Annotated[float, Field(ge=0, le=5)]
 
 # One client per event loop, as an app would cache one: a client is bound to the loop it was
 # made on, so one cache across loops would fail, and a new loop per task would close it.
 _clients: WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = WeakKeyDictionary()
+
+
+class AtMostAMinute(ArgumentRules):
+    """`steps * delay` may be at most 60 seconds."""
+
+    steps: int
+    delay: float
+
+    @model_validator(mode="after")
+    def at_most_a_minute(self) -> Self:
+        """Refuse more than a minute of work."""
+        if self.steps * self.delay > 60:
+            raise ValueError(f"steps * delay is {self.steps * self.delay:g} s; at most 60")
+        return self
+
+
+@expose
+@celery.task(name="tests.echo")
+def echo(message: Text) -> str:
+    """Return `message`: the smallest round trip."""
+    return message
+
+
+@expose(rules=AtMostAMinute)
+@celery.task(name="tests.count", bind=True)
+def count(
+    self: Task[Any, Any], steps: Annotated[int, Field(ge=1, le=1000)], delay: Seconds = 0.0
+) -> dict[str, int]:
+    """Count to `steps`, a step every `delay` seconds, recording PROGRESS after each."""
+    for current in range(1, steps + 1):
+        time.sleep(delay)
+        self.update_state(state="PROGRESS", meta={"current": current, "total": steps})
+    return {"steps": steps}
+
+
+@expose
+@celery.task(name="tests.async_echo")
+async def async_echo(message: Text, delay: Seconds = 0.0) -> dict[str, str]:
+    """Await `delay` seconds; return `message` and the name of the app whose context it ran in."""
+    await asyncio.sleep(delay)
+    return {"message": message, "app": quart.current_app.name}
+
+
+@expose
+@celery.task(name="tests.fail")
+def fail(message: Text) -> None:
+    """Raise `ValueError(message)`."""
+    raise ValueError(message)
+
+
+@expose
+@celery.task(name="tests.uploads", bind=True)
+def uploads(self: Task[Any, Any], files: list[Text]) -> dict[str, int]:
+    """Record a state of its own, UPLOADING, with a new meta for each file."""
+    for file in files:
+        for percent in (0, 100):
+            self.update_state(state="UPLOADING", meta={"file": file, "percent": percent})
+    self.update_state(state="PROGRESS", meta={"current": 1, "total": 1, "status": "all sent"})
+    return {"uploaded": len(files)}
+
+
+@expose
+@celery.task(name="tests.stays_in", bind=True)
+def stays_in(self: Task[Any, Any], state: Text, meta: dict[str, Any] | None = None) -> None:
+    """Record `state` with `meta`, then end without a state of Celery's (`Ignore`)."""
+    self.update_state(state=state, meta=meta)
+    raise Ignore()
+
+
+@expose
+@celery.task(name="tests.spawn")
+def spawn(message: Text) -> str:
+    """Start `tests.echo` with `message`, as a task of a task; return its id."""
+    return str(echo.delay(message).id)
 
 
 @celery.task(name="tests.quart_app_name")
@@ -43,7 +125,7 @@ def runs_its_own_loop() -> str:
 @celery.task(name="tests.calls_a_task_directly")
 async def calls_a_task_directly() -> dict[str, str]:
     """An async task that calls another async task as a function, from inside a loop."""
-    result: dict[str, str] = async_task("inner")
+    result: dict[str, str] = async_echo("inner")
     return result
 
 

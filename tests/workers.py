@@ -69,7 +69,7 @@ def process_worker(celery: Celery, redis_url: str, tmp_path: Path) -> Iterator[P
                 [
                     *[sys.executable, "-m", "celery", "-A", "worker", "worker"],
                     *["--pool", pool, "--concurrency", str(concurrency), "--hostname", name],
-                    *["--include", "tests.worker_tasks", "--loglevel", "INFO"],
+                    *["--loglevel", "INFO"],
                     *["--without-gossip", "--without-mingle"],
                 ],
                 redis_url,

@@ -1,1 +1,1 @@
-"""The app's controllers, one blueprint per concern."""
+"""The app's own controllers, one blueprint per concern: add yours here."""

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, current_app, render_template, request, url_for
+from quart import Blueprint, render_template, request, url_for
 from quart_schema import hide
 
-from quart_app import access, celery_calls, task_records
-from quart_app.blocking import run_blocking
-from quart_app.errors import APIError
+from quart_app.bridge import queue, watch_ticket
+from quart_app.bridge.errors import TaskNotFound
 from quart_app.forms import message_form
-from quart_app.submissions import submit
 from quart_app.tasks import simple_task
 
 blueprint = Blueprint("pages", __name__)
@@ -29,7 +27,7 @@ async def submit_message() -> tuple[str, int]:
     form = message_form(await request.form)
     if not form.validate():
         return await render_template("index.html", form=form), 400
-    task_id = await submit(simple_task, {"message": form.message.data})
+    task_id = await queue.submit(simple_task, message=form.message.data)
     return await render_template(
         "index.html",
         form=message_form(),
@@ -42,20 +40,8 @@ async def submit_message() -> tuple[str, int]:
 @hide
 async def result(task_id: str) -> tuple[str, int]:
     """The task's state and result; a 404 page for an id never submitted."""
-    uuid = task_records.parse_id(task_id)
-    if uuid is None:
-        return await render_template("not_found.html", task_id=task_id), 404
     try:
-        task = await run_blocking(
-            "the result backend",
-            celery_calls.look_up,
-            task_records.client(),
-            uuid,
-            current_app.debug,
-        )
-    except APIError as error:
-        if error.status != 404:
-            raise
+        task = await queue.look_up(task_id)
+    except TaskNotFound:
         return await render_template("not_found.html", task_id=task_id), 404
-    ticket = access.watch_ticket(task.id)
-    return await render_template("task_result.html", task=task, ticket=ticket), 200
+    return await render_template("task_result.html", task=task, ticket=watch_ticket(task.id)), 200

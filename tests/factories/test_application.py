@@ -32,8 +32,7 @@ def test_configures_the_placeholder_celery(app: Quart) -> None:
     assert extensions.celery.Task.web_app is app
 
 
-async def test_the_front_page_answers(app: Quart) -> None:
-    async with app.test_app() as test_app:
-        response = await test_app.test_client().get("/")
-        assert response.status_code == 200
-        assert "<form" in await response.get_data(as_text=True)
+async def test_the_bridge_and_the_pages_are_attached(app: Quart) -> None:
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    assert {"api.submit_task", "api.get_task", "health.healthz", "pages.index"} <= endpoints
+    assert {"websockets.follow_task", "websockets.follow_tasks"} <= endpoints

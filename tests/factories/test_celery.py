@@ -5,6 +5,7 @@ These tests make no connection: configuring Celery only records its settings.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import flask
@@ -13,13 +14,12 @@ from celery import Celery
 from quart import Quart
 
 from factories.application import create_application
-from factories.backends import RedisBackend
-from factories.celery import ContextTask, configure_celery
+from factories.celery import configure_celery
 from factories.configuration import ConfigurationError
 from quart_app import extensions
-from quart_app.schemas import MAX_PLANNED_SECONDS
-from quart_app.tasks import async_task, failing_task, progress_task, simple_task
-from tests.worker_tasks import acks_late_always
+from quart_app.bridge.app_context import ContextTask
+from quart_app.bridge.backends import RedisBackend
+from tests.worker_tasks import acks_late_always, async_echo, count, echo, fail
 
 
 def test_configures_and_returns_the_placeholder(app: Quart) -> None:
@@ -34,17 +34,21 @@ def test_configuring_twice_is_harmless(app: Quart) -> None:
     settings = dict(celery.conf)
     assert configure_celery(app) is celery
     assert dict(celery.conf) == settings
-    assert simple_task("again") == "again"
+    assert echo("again") == "again"
 
 
 def test_every_task_derives_from_the_context_task() -> None:
-    for task in (simple_task, progress_task, async_task, failing_task):
+    for task in (echo, count, async_echo, fail):
         assert isinstance(task, ContextTask)
 
 
-def test_task_names_are_the_function_names(app: Quart) -> None:
-    names = {"simple_task", "progress_task", "async_task", "failing_task"}
-    assert names <= set(configure_celery(app).tasks)
+def test_the_task_modules_are_imported(app: Quart) -> None:
+    # Celery's `include` and `imports` (the probes', in the tests' settings), as a worker does.
+    celery = configure_celery(app)
+    modules = [*celery.conf.include, *celery.conf.imports]
+    assert "tests.worker_tasks" in modules
+    assert all(module in sys.modules for module in modules)
+    assert {"tests.echo", "tests.count"} <= set(celery.tasks)
 
 
 def test_broker_and_backend_default_to_redis_url() -> None:
@@ -150,15 +154,15 @@ def test_a_task_of_an_unconfigured_app_says_so() -> None:
 
 def test_tasks_record_started_whenever_they_were_first_used() -> None:
     assert ContextTask.track_started is True
-    assert progress_task.track_started is True
+    assert count.track_started is True
 
 
 def test_task_settings_follow_the_config_unless_a_task_sets_its_own() -> None:
     create_application({"CELERY_TASK_ACKS_LATE": False})
-    assert simple_task.acks_late is False
+    assert echo.acks_late is False
     assert acks_late_always.acks_late is True
     create_application()
-    assert simple_task.acks_late is True
+    assert echo.acks_late is True
     assert acks_late_always.acks_late is True
 
 
@@ -169,8 +173,8 @@ def test_tasks_are_acknowledged_when_they_end_and_come_back_after_the_visibility
     assert conf.task_acks_late is True
     assert conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
-    # Longer than any task the API starts may run.
-    assert conf.broker_transport_options["visibility_timeout"] == 3600 > MAX_PLANNED_SECONDS
+    # An hour: longer than any task the example API starts may run (ten minutes).
+    assert conf.broker_transport_options["visibility_timeout"] == 3600
     conf = configure_celery(create_application({"CELERY_VISIBILITY_TIMEOUT": "30"})).conf
     assert conf.broker_transport_options["visibility_timeout"] == 30
     # Swept for every 5 s, not every 100 s: a dead worker's task is back within 35 s.

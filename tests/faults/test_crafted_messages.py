@@ -29,14 +29,14 @@ class CreatesAFile:
 
 
 def planted(body: bytes, content_type: str) -> bytes:
-    """A task message for `simple_task` as kombu's Redis transport stores it."""
+    """A task message for `tests.echo` as kombu's Redis transport stores it."""
     task_id = str(uuid.uuid4())
     return json.dumps(
         {
             "body": base64.b64encode(body).decode(),
             "content-encoding": "binary",
             "content-type": content_type,
-            "headers": {"lang": "py", "task": "simple_task", "id": task_id, "root_id": task_id},
+            "headers": {"lang": "py", "task": "tests.echo", "id": task_id, "root_id": task_id},
             "properties": {
                 "correlation_id": task_id,
                 "delivery_tag": str(uuid.uuid4()),

@@ -37,7 +37,7 @@ async def test_ten_thousand_tasks_all_succeed_and_stay_readable(
     for _ in range(2):
         start_worker(url, "--pool", "prefork", "--concurrency", "1")
 
-    body = {"name": "simple_task", "kwargs": {"message": "load"}}
+    body = {"name": "tests.echo", "kwargs": {"message": "load"}}
     began = time.perf_counter()
     submitted = await run(server, [("POST", "/api/tasks", body)] * TASKS, CONNECTIONS)
     assert [a.status for a in submitted.answers if a.status != 202] == []

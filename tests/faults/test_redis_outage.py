@@ -22,7 +22,7 @@ FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 
 
 def submit(server: str, message: str, delay: float = 0.0) -> tuple[int, dict[str, Any]]:
-    return post_task(server, "async_task", message=message, delay=delay)
+    return post_task(server, "tests.async_echo", message=message, delay=delay)
 
 
 async def test_redis_going_away_and_coming_back(

@@ -23,7 +23,7 @@ async def test_open_sockets_are_closed_with_1001_and_nothing_is_left_running(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     with serving(redis_url, tmp_path) as (server, url):
-        accepted = accepted_task(url, "simple_task", message="x")  # no worker: stays PENDING
+        accepted = accepted_task(url, "tests.echo", message="x")  # no worker: stays PENDING
         ws = url.replace("http://", "ws://")
         async with (
             websockets.connect(ws + accepted["websocket"]) as one,

@@ -32,8 +32,8 @@ async def test_a_stuck_client_is_dropped_as_too_slow_and_holds_up_no_one(
     ws = server.replace("http://", "ws://")
     # More updates (30,000 of some 200 bytes) than every buffer on the way holds: the
     # server's socket buffer alone may grow to 4 MiB.
-    flood = [accepted_task(server, "progress_task", steps=1000, delay=0.0) for _ in range(30)]
-    followed = accepted_task(server, "progress_task", steps=100, delay=0.01)
+    flood = [accepted_task(server, "tests.count", steps=1000, delay=0.0) for _ in range(30)]
+    followed = accepted_task(server, "tests.count", steps=100, delay=0.01)
 
     # The stuck client: a small receive buffer, and it never reads.
     raw = socket.socket()

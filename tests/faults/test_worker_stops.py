@@ -19,7 +19,7 @@ VISIBILITY_TIMEOUT = 30
 
 
 def submit(server: str, message: str, delay: float) -> str:
-    task_id: str = accepted_task(server, "async_task", message=message, delay=delay)["id"]
+    task_id: str = accepted_task(server, "tests.async_echo", message=message, delay=delay)["id"]
     return task_id
 
 

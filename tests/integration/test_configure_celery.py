@@ -8,7 +8,7 @@ from celery import Celery
 
 from factories.application import create_application
 from factories.celery import configure_celery
-from quart_app.tasks import simple_task
+from tests.worker_tasks import echo
 from tests.workers import ThreadWorker
 
 pytestmark = pytest.mark.integration
@@ -20,10 +20,10 @@ def test_reconfiguring_moves_the_broker_and_the_backend(
     other = redis.Redis.from_url(other_redis_url)
     other.flushdb()
     try:
-        simple_task.delay("stays queued in the first database")
+        echo.delay("stays queued in the first database")
         configure_celery(create_application({"REDIS_URL": other_redis_url}))
         with thread_worker(celery):
-            result = simple_task.delay("runs from the second")
+            result = echo.delay("runs from the second")
             assert result.get(timeout=20) == "runs from the second"
         assert redis_client.llen("celery") == 1
         assert other.llen("celery") == 0

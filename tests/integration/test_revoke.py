@@ -9,8 +9,8 @@ import redis
 from celery import Celery
 from quart.typing import TestClientProtocol as Client
 
+from tests.clients import finished, snapshot, submit
 from tests.processes import stop_process_group
-from tests.quart_app.blueprints.test_api import finished, snapshot, submit
 from tests.waiting import wait_for_async
 from tests.workers import ProcessWorker
 
@@ -21,20 +21,20 @@ async def test_a_revoked_task_stays_revoked_across_a_worker_restart(
     client: Client, celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
 ) -> None:
     first = process_worker()
-    busy = (await submit(client, "progress_task", steps=10, delay=0.1))["id"]
+    busy = (await submit(client, "tests.count", steps=10, delay=0.1))["id"]
 
     async def running() -> bool:
         return (await snapshot(client, busy))["state"] in ("STARTED", "PROGRESS")
 
     await wait_for_async(running, 20, "the first task to start")
     # Queued behind it, and taken by the busy worker ahead of time (prefetched).
-    revoked = (await submit(client, "simple_task", message="never"))["id"]
+    revoked = (await submit(client, "tests.echo", message="never"))["id"]
     response = await client.delete(f"/api/tasks/{revoked}")
     assert response.status_code == 202
 
     stop_process_group(first)  # warm: the running task ends, the prefetched one goes back
     process_worker()
-    after = (await submit(client, "simple_task", message="after"))["id"]
+    after = (await submit(client, "tests.echo", message="after"))["id"]
     assert (await finished(client, after))["state"] == "SUCCESS"
 
     assert (await snapshot(client, revoked))["state"] == "REVOKED"

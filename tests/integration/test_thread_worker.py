@@ -13,8 +13,15 @@ from celery import Celery
 from quart import Quart
 
 from factories.celery import configure_celery
-from quart_app.tasks import async_task, failing_task, progress_task, simple_task
-from tests.worker_tasks import flask_app_name, flask_app_name_async, quart_app_name
+from tests.worker_tasks import (
+    async_echo,
+    count,
+    echo,
+    fail,
+    flask_app_name,
+    flask_app_name_async,
+    quart_app_name,
+)
 from tests.workers import ThreadWorker
 
 pytestmark = pytest.mark.integration
@@ -23,15 +30,15 @@ TIMEOUT = 20.0
 
 
 @pytest.mark.parametrize(("pool", "concurrency"), [("solo", 1), ("threads", 2)])
-def test_the_example_tasks_run(
+def test_sync_and_async_tasks_run(
     app: Quart, celery: Celery, thread_worker: ThreadWorker, pool: str, concurrency: int
 ) -> None:
     with thread_worker(celery, pool=pool, concurrency=concurrency):
-        assert simple_task.delay("hello").get(timeout=TIMEOUT) == "hello"
-        assert progress_task.delay(2, 0).get(timeout=TIMEOUT) == {"steps": 2}
-        assert async_task.delay("hi").get(timeout=TIMEOUT) == {"message": "hi", "app": app.name}
+        assert echo.delay("hello").get(timeout=TIMEOUT) == "hello"
+        assert count.delay(2, 0).get(timeout=TIMEOUT) == {"steps": 2}
+        assert async_echo.delay("hi").get(timeout=TIMEOUT) == {"message": "hi", "app": app.name}
         with pytest.raises(ValueError, match=r"^boom$"):
-            failing_task.delay("boom").get(timeout=TIMEOUT)
+            fail.delay("boom").get(timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize(("pool", "concurrency"), [("solo", 1), ("threads", 2)])
@@ -46,8 +53,8 @@ def test_tasks_see_the_app_and_its_teardown_runs_after_each(
 
     with thread_worker(celery, pool=pool, concurrency=concurrency):
         assert quart_app_name.delay().get(timeout=TIMEOUT) == app.name
-        assert async_task.delay("x").get(timeout=TIMEOUT)["app"] == app.name
-        failing_task.delay("boom").get(timeout=TIMEOUT, propagate=False)
+        assert async_echo.delay("x").get(timeout=TIMEOUT)["app"] == app.name
+        fail.delay("boom").get(timeout=TIMEOUT, propagate=False)
     assert torn_down == [(app.name, None), (app.name, None), (app.name, "ValueError")]
 
 
@@ -62,5 +69,5 @@ def test_a_flask_app_works_the_same(celery: Celery, thread_worker: ThreadWorker)
     with thread_worker(celery):
         assert flask_app_name.delay().get(timeout=TIMEOUT) == "flask_app"
         assert flask_app_name_async.delay().get(timeout=TIMEOUT) == "flask_app"
-        assert simple_task.delay("plain").get(timeout=TIMEOUT) == "plain"
+        assert echo.delay("plain").get(timeout=TIMEOUT) == "plain"
     assert torn_down == ["flask_app"] * 3

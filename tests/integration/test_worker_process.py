@@ -11,9 +11,8 @@ import redis
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
-from quart_app.tasks import async_task, failing_task, progress_task, simple_task
 from tests.waiting import wait_for
-from tests.worker_tasks import cached_client, increment_later
+from tests.worker_tasks import async_echo, cached_client, count, echo, fail, increment_later
 from tests.workers import ProcessWorker
 
 pytestmark = pytest.mark.integration
@@ -23,15 +22,15 @@ POOLS = [("solo", 1), ("prefork", 2), ("threads", 2)]
 
 
 @pytest.mark.parametrize(("pool", "concurrency"), POOLS)
-def test_the_worker_runs_all_four_tasks(
+def test_the_worker_runs_sync_async_and_failing_tasks(
     celery: Celery, process_worker: ProcessWorker, pool: str, concurrency: int
 ) -> None:
     process_worker(pool, concurrency)
-    assert simple_task.delay("hello").get(timeout=TIMEOUT) == "hello"
-    assert progress_task.delay(3, 0.01).get(timeout=TIMEOUT) == {"steps": 3}
-    greeting = async_task.delay("hi", 0.01).get(timeout=TIMEOUT)
+    assert echo.delay("hello").get(timeout=TIMEOUT) == "hello"
+    assert count.delay(3, 0.01).get(timeout=TIMEOUT) == {"steps": 3}
+    greeting = async_echo.delay("hi", 0.01).get(timeout=TIMEOUT)
     assert greeting == {"message": "hi", "app": "quart_app"}
-    failed = failing_task.delay("boom")
+    failed = fail.delay("boom")
     with pytest.raises(ValueError, match=r"^boom$"):
         failed.get(timeout=TIMEOUT)
     assert failed.state == "FAILURE"
@@ -61,7 +60,7 @@ def test_an_async_client_cached_across_tasks_keeps_working(
         assert len({report["client"] for report in same_thread}) == 1
 
 
-def test_progress_task_records_started_each_step_and_success(
+def test_a_counting_task_records_started_each_step_and_success(
     celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
 ) -> None:
     process_worker()
@@ -70,7 +69,7 @@ def test_progress_task_records_started_each_step_and_success(
     with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
         # Subscribe before sending, so no state is published before anyone listens.
         pubsub.subscribe(f"celery-task-meta-{task_id}")
-        progress_task.apply_async((3, 0.01), task_id=task_id)
+        count.apply_async((3, 0.01), task_id=task_id)
         states: list[tuple[str, object]] = []
 
         def finished() -> bool:
@@ -80,7 +79,7 @@ def test_progress_task_records_started_each_step_and_success(
                 states.append((meta["status"], meta["result"]))
             return bool(states) and states[-1][0] == "SUCCESS"
 
-        wait_for(finished, TIMEOUT, "progress_task to succeed")
+        wait_for(finished, TIMEOUT, "the count to succeed")
     assert [state for state, _ in states] == ["STARTED", *["PROGRESS"] * 3, "SUCCESS"]
     assert [result for _, result in states[1:]] == [
         {"current": 1, "total": 3},
@@ -100,5 +99,5 @@ def test_an_async_task_stopped_by_its_soft_time_limit_stops(
         stopped.get(timeout=TIMEOUT)
     # The next task on the same loop outlives the first one's sleep: had the first gone on
     # running, it would have counted by now.
-    assert async_task.delay("after", 2.0).get(timeout=TIMEOUT)["message"] == "after"
+    assert async_echo.delay("after", 2.0).get(timeout=TIMEOUT)["message"] == "after"
     assert redis_client.get(key) is None

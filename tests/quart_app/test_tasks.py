@@ -1,20 +1,29 @@
-"""The example tasks called as functions: each runs in the app's context, sync or async."""
+"""The example tasks: what each does, and what the API lets a client send to each.
+
+These are the only tests, with those of the pages, that know the examples: an app that
+replaces them replaces these tests too.
+"""
 
 from __future__ import annotations
 
-import threading
+from typing import Any
 
 import pytest
-from quart import Quart, current_app
+import redis
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
 
-from factories.application import create_application
-from quart_app.tasks import async_task, failing_task, progress_task, simple_task
-from tests.worker_tasks import (
-    calls_a_task_directly,
-    quart_app_name,
-    retried_once,
-    runs_its_own_loop,
+from quart_app.bridge.exposure import exposed_tasks
+from quart_app.tasks import (
+    MAX_PLANNED_SECONDS,
+    async_task,
+    failing_task,
+    progress_task,
+    simple_task,
 )
+from tests.clients import error_of
+
+EXAMPLES = ("simple_task", "progress_task", "async_task", "failing_task")
 
 
 def test_simple_task_returns_its_message(app: Quart) -> None:
@@ -34,55 +43,43 @@ def test_failing_task_raises_its_message(app: Quart) -> None:
         failing_task("boom")
 
 
-def test_a_sync_task_sees_current_app(app: Quart) -> None:
-    assert quart_app_name() == app.name
+def test_each_example_is_exposed_under_its_function_name(app: Quart) -> None:
+    exposed = exposed_tasks().by_name
+    assert {name: exposed[name].task.name for name in EXAMPLES} == {n: n for n in EXAMPLES}
 
 
-def test_a_sync_task_may_run_an_event_loop_of_its_own(app: Quart) -> None:
-    assert runs_its_own_loop() == app.name
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"name": "simple_task"}, "kwargs: Field required"),
+        ({"name": "simple_task", "kwargs": {}}, "kwargs.message: Field required"),
+        ({"name": "simple_task", "kwargs": {"message": ""}}, "kwargs.message"),
+        ({"name": "simple_task", "kwargs": {"message": "x" * 1001}}, "at most 1000"),
+        ({"name": "simple_task", "kwargs": {"message": 5}}, "kwargs.message"),
+        ({"name": "simple_task", "kwargs": {"message": "x", "y": 1}}, "kwargs.y"),
+        ({"name": "progress_task", "kwargs": {"steps": 0}}, "kwargs.steps"),
+        ({"name": "progress_task", "kwargs": {"steps": 1001}}, "kwargs.steps"),
+        ({"name": "progress_task", "kwargs": {"steps": "5"}}, "kwargs.steps"),
+        ({"name": "progress_task", "kwargs": {"steps": 5, "delay": 11}}, "kwargs.delay"),
+        ({"name": "progress_task", "kwargs": {"steps": 5, "delay": -1}}, "kwargs.delay"),
+        ({"name": "progress_task", "kwargs": {"steps": 1000, "delay": 1}}, "at most 600 s"),
+        ({"name": "async_task", "kwargs": {"message": "x", "delay": 10.5}}, "kwargs.delay"),
+        ({"name": "failing_task", "kwargs": {"message": "x" * 1001}}, "kwargs.message"),
+    ],
+)
+async def test_the_examples_arguments_are_bounded(
+    client: Client, redis_client: redis.Redis, body: dict[str, Any], message: str
+) -> None:
+    response = await client.post("/api/tasks", json=body)
+    assert response.status_code == 422
+    error = await error_of(response)
+    assert error["code"] == "invalid_request"
+    assert message in error["message"]
+    assert redis_client.llen("celery") == 0  # nothing was sent
 
 
-async def test_a_task_called_inside_a_running_loop_runs_beside_it(app: Quart) -> None:
-    assert async_task("from a loop") == {"message": "from a loop", "app": "quart_app"}
-    assert quart_app_name() == app.name
-
-
-async def test_an_async_task_may_call_another_directly(app: Quart) -> None:
-    assert calls_a_task_directly() == {"message": "inner", "app": "quart_app"}
-
-
-def test_teardown_handlers_run_after_each_task_with_its_error(app: Quart) -> None:
-    seen: list[tuple[str, BaseException | None]] = []
-
-    @app.teardown_appcontext
-    async def record(error: BaseException | None) -> None:
-        seen.append((current_app.name, error))
-
-    simple_task("one")
-    async_task("two")
-    with pytest.raises(ValueError):
-        failing_task("three")
-    assert [name for name, _ in seen] == ["quart_app"] * 3
-    assert seen[0][1] is None
-    assert seen[1][1] is None
-    assert isinstance(seen[2][1], ValueError)
-
-
-def test_sync_teardown_handlers_run_too(app: Quart) -> None:
-    threads: list[int] = []
-    app.teardown_appcontext(lambda error: threads.append(threading.get_ident()))
-    simple_task("one")
-    assert len(threads) == 1
-
-
-async def test_an_eager_call_from_async_code_keeps_its_request() -> None:
-    create_application({"CELERY_TASK_ALWAYS_EAGER": True})
-    result = retried_once.delay()
-    assert result.get(timeout=10) == {"id": result.id, "eager": True, "retries": 1}
-
-
-def test_a_failing_task_raises_its_own_error_alone(app: Quart) -> None:
-    with pytest.raises(ValueError) as raised:
-        failing_task("boom")
-    assert raised.value.__context__ is None
-    assert raised.value.__cause__ is None
+async def test_the_bound_on_planned_work_is_documented(client: Client) -> None:
+    schemas = (await (await client.get("/openapi.json")).get_json())["components"]["schemas"]
+    assert str(MAX_PLANNED_SECONDS) in schemas["ProgressTaskKwargs"]["description"]
+    assert schemas["ProgressTaskKwargs"]["properties"]["steps"]["maximum"] == 1000
+    assert schemas["ProgressTaskKwargs"]["properties"]["delay"]["default"] == 0.1

@@ -31,9 +31,9 @@ STOP_TIMEOUT = 30.0
 
 ROUND_TRIP = """
 from factories.application import create_application
-from quart_app.tasks import async_task
+from tests.worker_tasks import async_echo
 create_application()
-print(async_task.delay("round trip").get(timeout=30)["message"])
+print(async_echo.delay("round trip").get(timeout=30)["message"])
 """
 
 

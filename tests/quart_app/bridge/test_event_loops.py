@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from celery import signals
 from quart import Quart
 
-from factories.event_loops import (
+from quart_app.bridge.event_loops import (
     call_outside_loop,
     close_event_loops,
     run_coroutine,

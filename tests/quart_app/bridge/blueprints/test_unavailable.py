@@ -47,7 +47,7 @@ def unreachable_app(request: pytest.FixtureRequest, silent_server: int) -> Quart
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        ("POST", "/api/tasks", {"name": "simple_task", "kwargs": {"message": "hi"}}),
+        ("POST", "/api/tasks", {"name": "tests.echo", "kwargs": {"message": "hi"}}),
         ("GET", f"/api/tasks/{uuid.uuid4()}", None),
         ("DELETE", f"/api/tasks/{uuid.uuid4()}", None),
         ("GET", "/readyz", None),
@@ -75,7 +75,7 @@ async def test_a_broker_that_cannot_take_the_task_leaves_no_record(
         client = test_app.test_client()
         started = time.monotonic()
         response = await client.post(
-            "/api/tasks", json={"name": "simple_task", "kwargs": {"message": "hi"}}
+            "/api/tasks", json={"name": "tests.echo", "kwargs": {"message": "hi"}}
         )
         assert time.monotonic() - started < DEADLINE
         assert response.status_code == 503
@@ -86,7 +86,7 @@ async def test_a_broker_that_cannot_take_the_task_leaves_no_record(
 async def test_a_burst_to_a_silent_broker_is_all_503_and_leaves_no_record(
     redis_client: redis.Redis, silent_broker_app: Quart
 ) -> None:
-    body = {"name": "simple_task", "kwargs": {"message": "hi"}}
+    body = {"name": "tests.echo", "kwargs": {"message": "hi"}}
     async with silent_broker_app.test_app() as test_app:
         client = test_app.test_client()
         started = time.monotonic()
@@ -100,7 +100,7 @@ async def test_a_burst_to_a_silent_broker_is_all_503_and_leaves_no_record(
 async def test_a_task_waiting_when_serving_stops_is_answered_503(
     redis_client: redis.Redis, silent_broker_app: Quart
 ) -> None:
-    body = {"name": "simple_task", "kwargs": {"message": "hi"}}
+    body = {"name": "tests.echo", "kwargs": {"message": "hi"}}
     async with silent_broker_app.test_app() as test_app:
         waiting = asyncio.create_task(test_app.test_client().post("/api/tasks", json=body))
         submitter = silent_broker_app.extensions["submitter"]

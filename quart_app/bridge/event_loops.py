@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, TypeVar
 
+from celery import signals
+
 T = TypeVar("T")
 
 
@@ -74,6 +76,17 @@ def close_event_loops() -> None:
         _open_runners.difference_update(idle)
     for runner in idle:
         runner.close()
+
+
+def init_celery() -> None:
+    """Close the worker's event loops when it shuts down (its processes, then itself)."""
+    for signal in (signals.worker_process_shutdown, signals.worker_shutdown):
+        signal.connect(_close_event_loops, weak=False, dispatch_uid=__name__)
+
+
+def _close_event_loops(**_: Any) -> None:
+    """A Celery signal receiver for `close_event_loops`."""
+    close_event_loops()
 
 
 def call_outside_loop(function: Callable[[], T]) -> T:

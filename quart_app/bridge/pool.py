@@ -1,4 +1,4 @@
-"""The app's own thread pool, for the Celery calls that block.
+"""The app's own thread pool, for the Celery and Redis calls that block.
 
 Publishing a task, looking up its state, revoking it and pinging workers all block on the
 network. They run here, never on the event loop, and not in the loop's default executor either:
@@ -20,7 +20,7 @@ from quart import Quart, current_app
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from quart_app.errors import APIError
+from quart_app.bridge.errors import ServiceUnavailable
 
 T = TypeVar("T")
 EXTENSION = "blocking_pool"
@@ -41,7 +41,7 @@ def init_app(app: Quart) -> None:
         app.extensions.pop(EXTENSION).shutdown(wait=False, cancel_futures=True)
 
 
-async def run_blocking(
+async def run_in_pool(
     what: str, function: Callable[..., T], /, *args: Any, timeout: float | None = None
 ) -> T:
     """Run `function(*args)` in the app's pool; 503 if `what` cannot be reached in time.
@@ -55,9 +55,8 @@ async def run_blocking(
     try:
         return await asyncio.wait_for(call, timeout)
     except TimeoutError:
-        raise APIError(
-            503, "service_unavailable", f"{what.capitalize()} did not answer within {timeout} s."
-        ) from None
+        message = f"{what.capitalize()} did not answer within {timeout} s."
+        raise ServiceUnavailable(message) from None
     except UNREACHABLE as error:
         raise as_api_error(what, error) from None
 
@@ -65,6 +64,5 @@ async def run_blocking(
 def as_api_error(what: str, error: Exception) -> Exception:
     """A 503 for the error of a service that cannot be reached; any other error as it is."""
     if isinstance(error, UNREACHABLE):
-        message = f"{what.capitalize()} cannot be reached: {error}"
-        return APIError(503, "service_unavailable", message)
+        return ServiceUnavailable(f"{what.capitalize()} cannot be reached: {error}")
     return error

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any
 
 from quart import Blueprint, current_app
 from quart_schema import document_response, tag
 
-from quart_app import celery_calls, task_records
-from quart_app.blocking import run_blocking
-from quart_app.errors import APIError
-from quart_app.schemas import Healthy, NotReady, Ready
+from quart_app.bridge import records
+from quart_app.bridge.errors import APIError
+from quart_app.bridge.pool import run_in_pool
+from quart_app.bridge.schemas import Healthy, NotReady, Ready
+from quart_app.extensions import celery
 
 blueprint = Blueprint("health", __name__)
 
@@ -37,17 +39,17 @@ async def readyz() -> tuple[dict[str, Any], int]:
     within three of those.
     """
     timeout = current_app.config["READY_TIMEOUT"]
-    redis = task_records.client()
+    redis = records.client()
     redis_check, broker, backend = await asyncio.gather(
         _check("Redis", redis.ping, timeout=1.5 * timeout),
-        _check("the broker", celery_calls.check_broker, timeout, timeout=1.5 * timeout),
-        _check("the result backend", celery_calls.check_result_backend, timeout=1.5 * timeout),
+        _check("the broker", _check_broker, timeout, timeout=1.5 * timeout),
+        _check("the result backend", _check_result_backend, timeout=1.5 * timeout),
     )
     checks = {"redis": redis_check, "broker": broker, "result_backend": backend}
     checks["workers"] = "not asked: the broker does not answer"
     if broker == "ok":
         checks["workers"] = await _check(
-            "the workers", celery_calls.count_workers, timeout, timeout=1.5 * timeout
+            "the workers", _count_workers, timeout, timeout=1.5 * timeout
         )
     failed = [f"{part}: {result}" for part, result in checks.items() if not result.startswith("ok")]
     if not failed:
@@ -59,7 +61,7 @@ async def readyz() -> tuple[dict[str, Any], int]:
 async def _check(what: str, function: Callable[..., Any], *args: Any, timeout: float) -> str:
     """How `what` answered `function(*args)` in time: "ok..." or what went wrong."""
     try:
-        answer = await run_blocking(what, function, *args, timeout=timeout)
+        answer = await run_in_pool(what, function, *args, timeout=timeout)
     except APIError as error:
         return f"unreachable: {error.message}"
     except Exception as error:
@@ -67,3 +69,19 @@ async def _check(what: str, function: Callable[..., Any], *args: Any, timeout: f
     if isinstance(answer, int) and not isinstance(answer, bool):  # workers that answered
         return f"ok, {answer} answered" if answer else "none answered"
     return "ok"
+
+
+def _check_broker(timeout: float) -> None:
+    """Connect to the broker; raise if it does not answer (blocks: run it in the pool)."""
+    with celery.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=math.ceil(timeout))
+
+
+def _check_result_backend() -> None:
+    """Read from the result backend; raise if it does not answer (blocks)."""
+    celery.backend.get_task_meta("readiness-probe")
+
+
+def _count_workers(timeout: float) -> int:
+    """How many workers answer a ping within `timeout` seconds (blocks)."""
+    return len(celery.control.ping(timeout=timeout) or [])

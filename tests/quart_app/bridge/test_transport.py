@@ -6,8 +6,8 @@ import pytest
 import redis
 from celery import Celery
 
-from factories.transport import Channel
-from quart_app.tasks import simple_task
+from quart_app.bridge.transport import Channel
+from tests.worker_tasks import echo
 
 
 def test_a_channel_publishes_through_one_client(celery: Celery) -> None:
@@ -32,7 +32,7 @@ def test_the_client_goes_with_the_pools_it_fronts(celery: Celery) -> None:
 
 def test_tasks_published_through_it_arrive(celery: Celery, redis_client: redis.Redis) -> None:
     for number in range(3):
-        simple_task.delay(str(number))
+        echo.delay(str(number))
     assert redis_client.llen("celery") == 3
 
 

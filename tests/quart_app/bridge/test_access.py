@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 import redis
-from quart import Quart
 from quart.testing.connections import WebsocketResponseError
 from quart.typing import TestClientProtocol as Client
+from quart.typing import TestWebsocketConnectionProtocol as Socket
 
 from factories.application import create_application
-from quart_app.access import TICKET_SALT
-from tests.quart_app.blueprints.test_api import submit
+from quart_app.bridge.access import TICKET_SALT
+from tests.clients import submit
 
 TOKENS = "first-token, second-token"
-TASK = {"name": "simple_task", "kwargs": {"message": "hi"}}
+TASK = {"name": "tests.echo", "kwargs": {"message": "hi"}}
 
 
 @pytest.fixture
@@ -137,34 +137,34 @@ async def test_a_ticket_opens_its_own_task_and_no_other(guarded: Client) -> None
         ("null", False),
     ],
 )
+@pytest.mark.settings(WS_ALLOWED_ORIGINS="https://app.example/")
 async def test_websockets_from_other_origins_are_refused(
-    redis_client: redis.Redis, origin: str | None, allowed: bool
+    client: Client, origin: str | None, allowed: bool
 ) -> None:
-    app = create_application({"TESTING": True, "WS_ALLOWED_ORIGINS": "https://app.example/"})
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
-        task_id = (await submit(client, "simple_task", message="hi"))["id"]
-        headers = {} if origin is None else {"Origin": origin}
-        if allowed:
-            async with client.websocket(f"/ws/tasks/{task_id}", headers=headers) as socket:
-                assert (await socket.receive_json())["id"] == task_id
-        else:
-            status, body = await refused(client, f"/ws/tasks/{task_id}", headers=headers)
-            assert (status, body["error"]["code"]) == (403, "origin_not_allowed")
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
+    headers = {} if origin is None else {"Origin": origin}
+    if allowed:
+        async with client.websocket(f"/ws/tasks/{task_id}", headers=headers) as socket:
+            assert (await socket.receive_json())["id"] == task_id
+    else:
+        status, body = await refused(client, f"/ws/tasks/{task_id}", headers=headers)
+        assert (status, body["error"]["code"]) == (403, "origin_not_allowed")
 
 
-async def test_a_process_keeps_at_most_the_configured_number_of_sockets(
-    redis_client: redis.Redis,
-) -> None:
-    app: Quart = create_application({"TESTING": True, "WS_MAX_SOCKETS": 2})
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
-        async with client.websocket("/ws/tasks") as first, client.websocket("/ws/tasks") as second:
-            await first.send_json({"subscribe": []})
-            await second.send_json({"subscribe": []})
-            status, body = await refused(client, "/ws/tasks")
-            assert (status, body["error"]["code"]) == (503, "too_many_sockets")
-        # Closed sockets free their places.
-        for _ in range(3):
-            async with client.websocket("/ws/tasks") as socket:
-                await socket.send_json({"unsubscribe": []})
+async def answers(socket: Socket) -> bool:
+    """Whether a many-task socket is open and answering (a message naming no task: an error)."""
+    await socket.send_json({})
+    return bool((await socket.receive_json())["error"]["code"] == "invalid_message")
+
+
+@pytest.mark.settings(WS_MAX_SOCKETS=2)
+async def test_a_process_keeps_at_most_the_configured_number_of_sockets(client: Client) -> None:
+    async with client.websocket("/ws/tasks") as first, client.websocket("/ws/tasks") as second:
+        assert await answers(first)
+        assert await answers(second)
+        status, body = await refused(client, "/ws/tasks")
+        assert (status, body["error"]["code"]) == (503, "too_many_sockets")
+    # Closed sockets free their places.
+    for _ in range(3):
+        async with client.websocket("/ws/tasks") as socket:
+            assert await answers(socket)

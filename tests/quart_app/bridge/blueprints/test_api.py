@@ -1,5 +1,5 @@
 """The JSON API through Quart's test client, against the real Redis and, where a task must run,
-a real worker in a thread."""
+a real worker in a thread. The tasks are the probes of `tests/worker_tasks.py`."""
 
 from __future__ import annotations
 
@@ -13,53 +13,15 @@ from celery import Celery
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
-from quart_app.blueprints.api import EXPOSED
-from tests.waiting import wait_for_async
+from tests.clients import error_of, finished, snapshot, snapshot_in, submit
 from tests.workers import ThreadWorker
-
-TIMEOUT = 20.0
-
-
-async def submit(client: Client, name: str, **kwargs: Any) -> dict[str, Any]:
-    """POST a task; return the accepted body."""
-    response = await client.post("/api/tasks", json={"name": name, "kwargs": kwargs})
-    assert response.status_code == 202, await response.get_data(as_text=True)
-    body: dict[str, Any] = await response.get_json()
-    return body
-
-
-async def snapshot(client: Client, task_id: str) -> dict[str, Any]:
-    """GET a task's snapshot."""
-    response = await client.get(f"/api/tasks/{task_id}")
-    assert response.status_code == 200
-    body: dict[str, Any] = await response.get_json()
-    return body
-
-
-async def finished(client: Client, task_id: str) -> dict[str, Any]:
-    """The snapshot once the task has ended."""
-
-    async def ended() -> dict[str, Any] | None:
-        body = await snapshot(client, task_id)
-        return body if body["state"] in ("SUCCESS", "FAILURE", "REVOKED") else None
-
-    return await wait_for_async(ended, TIMEOUT, f"task {task_id} to end")
-
-
-async def error_of(response: Any) -> dict[str, str]:
-    """The error of an error answer, checking its shape."""
-    body = await response.get_json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
-    error: dict[str, str] = body["error"]
-    return error
 
 
 async def test_submitting_answers_202_with_where_to_follow_the_task(
     client: Client,
 ) -> None:
     response = await client.post(
-        "/api/tasks", json={"name": "simple_task", "kwargs": {"message": "hi"}}
+        "/api/tasks", json={"name": "tests.echo", "kwargs": {"message": "hi"}}
     )
     assert response.status_code == 202
     body = await response.get_json()
@@ -67,7 +29,7 @@ async def test_submitting_answers_202_with_where_to_follow_the_task(
     assert uuid.UUID(task_id)
     assert body == {
         "id": task_id,
-        "name": "simple_task",
+        "name": "tests.echo",
         "state": "PENDING",
         "url": f"/api/tasks/{task_id}",
         "websocket": f"/ws/tasks/{task_id}",
@@ -76,14 +38,15 @@ async def test_submitting_answers_202_with_where_to_follow_the_task(
 
 
 async def test_a_queued_task_is_pending(client: Client) -> None:
-    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
     assert await snapshot(client, task_id) == {
         "id": task_id,
-        "name": "simple_task",
+        "name": "tests.echo",
         "state": "PENDING",
         "progress": None,
         "result": None,
         "error": None,
+        "meta": None,
     }
 
 
@@ -91,10 +54,10 @@ async def test_each_exposed_task_runs_to_its_end(
     client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
     with thread_worker(celery):
-        simple = await submit(client, "simple_task", message="hi")
-        progress = await submit(client, "progress_task", steps=2, delay=0)
-        asynchronous = await submit(client, "async_task", message="hey")
-        failing = await submit(client, "failing_task", message="boom")
+        simple = await submit(client, "tests.echo", message="hi")
+        progress = await submit(client, "tests.count", steps=2, delay=0)
+        asynchronous = await submit(client, "tests.async_echo", message="hey")
+        failing = await submit(client, "tests.fail", message="boom")
 
         assert (await finished(client, simple["id"]))["result"] == "hi"
         assert (await finished(client, progress["id"]))["result"] == {"steps": 2}
@@ -110,13 +73,8 @@ async def test_progress_shows_while_the_task_runs(
     client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
     with thread_worker(celery):
-        task_id = (await submit(client, "progress_task", steps=20, delay=0.05))["id"]
-
-        async def in_progress() -> dict[str, Any] | None:
-            body = await snapshot(client, task_id)
-            return body if body["state"] == "PROGRESS" else None
-
-        body = await wait_for_async(in_progress, TIMEOUT, "progress")
+        task_id = (await submit(client, "tests.count", steps=20, delay=0.05))["id"]
+        body = await snapshot_in(client, task_id, "PROGRESS")
         assert body["progress"]["total"] == 20
         assert 1 <= body["progress"]["current"] <= 20
         assert body["result"] is None
@@ -127,7 +85,7 @@ async def test_a_failure_has_its_traceback_only_in_debug_mode(
     app: Quart, client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
     with thread_worker(celery):
-        task_id = (await submit(client, "failing_task", message="boom"))["id"]
+        task_id = (await submit(client, "tests.fail", message="boom"))["id"]
         assert "traceback" not in (await finished(client, task_id))["error"]
         app.debug = True
         error = (await snapshot(client, task_id))["error"]
@@ -142,49 +100,49 @@ async def test_a_failure_has_its_traceback_only_in_debug_mode(
         ({"name": "celery.ping", "kwargs": {}}, "unknown_task", "There is no task"),
         ({"name": "tests.quart_app_name", "kwargs": {}}, "unknown_task", "There is no task"),
         ({"kwargs": {}}, "invalid_request", "name: Field required"),
-        ({"name": "simple_task"}, "invalid_request", "kwargs: Field required"),
+        ({"name": "tests.echo"}, "invalid_request", "kwargs: Field required"),
         (
-            {"name": "simple_task", "kwargs": {}},
+            {"name": "tests.echo", "kwargs": {}},
             "invalid_request",
             "kwargs.message: Field required",
         ),
-        ({"name": "simple_task", "kwargs": {"message": ""}}, "invalid_request", "kwargs.message"),
+        ({"name": "tests.echo", "kwargs": {"message": ""}}, "invalid_request", "kwargs.message"),
         (
-            {"name": "simple_task", "kwargs": {"message": "x" * 1001}},
+            {"name": "tests.echo", "kwargs": {"message": "x" * 101}},
             "invalid_request",
-            "at most 1000",
+            "at most 100",
         ),
-        ({"name": "simple_task", "kwargs": {"message": 5}}, "invalid_request", "kwargs.message"),
+        ({"name": "tests.echo", "kwargs": {"message": 5}}, "invalid_request", "kwargs.message"),
         (
-            {"name": "simple_task", "kwargs": {"message": "x", "y": 1}},
+            {"name": "tests.echo", "kwargs": {"message": "x", "y": 1}},
             "invalid_request",
             "kwargs.y",
         ),
-        ({"name": "progress_task", "kwargs": {"steps": 0}}, "invalid_request", "kwargs.steps"),
-        ({"name": "progress_task", "kwargs": {"steps": 1001}}, "invalid_request", "kwargs.steps"),
-        ({"name": "progress_task", "kwargs": {"steps": "5"}}, "invalid_request", "kwargs.steps"),
+        ({"name": "tests.count", "kwargs": {"steps": 0}}, "invalid_request", "kwargs.steps"),
+        ({"name": "tests.count", "kwargs": {"steps": 1001}}, "invalid_request", "kwargs.steps"),
+        ({"name": "tests.count", "kwargs": {"steps": "5"}}, "invalid_request", "kwargs.steps"),
         (
-            {"name": "progress_task", "kwargs": {"steps": 5, "delay": 11}},
+            {"name": "tests.count", "kwargs": {"steps": 5, "delay": 6}},
             "invalid_request",
             "kwargs.delay",
         ),
         (
-            {"name": "progress_task", "kwargs": {"steps": 5, "delay": -1}},
+            {"name": "tests.count", "kwargs": {"steps": 5, "delay": -1}},
             "invalid_request",
             "kwargs.delay",
         ),
         (
-            {"name": "progress_task", "kwargs": {"steps": 1000, "delay": 1}},
+            {"name": "tests.count", "kwargs": {"steps": 1000, "delay": 1}},
             "invalid_request",
-            "at most 600 s",
+            "kwargs: steps * delay is 1000 s; at most 60",
         ),
         (
-            {"name": "async_task", "kwargs": {"message": "x", "delay": 10.5}},
+            {"name": "tests.async_echo", "kwargs": {"message": "x", "delay": 5.5}},
             "invalid_request",
             "kwargs.delay",
         ),
         ([], "invalid_request", "body"),
-        ("simple_task", "invalid_request", "body"),
+        ("tests.echo", "invalid_request", "body"),
     ],
 )
 async def test_an_invalid_task_is_422_naming_the_field(
@@ -207,7 +165,7 @@ async def test_malformed_json_is_400(client: Client) -> None:
 
 
 async def test_a_body_that_is_not_json_is_400(client: Client) -> None:
-    response = await client.post("/api/tasks", form={"name": "simple_task"})
+    response = await client.post("/api/tasks", form={"name": "tests.echo"})
     assert response.status_code == 400
     error = await error_of(response)
     assert error["code"] == "invalid_content_type"
@@ -219,7 +177,7 @@ async def test_a_body_over_the_limit_is_413(app: Quart, client: Client) -> None:
     assert limit == 64 * 1024
     message = "x" * limit
     response = await client.post(
-        "/api/tasks", json={"name": "simple_task", "kwargs": {"message": message}}
+        "/api/tasks", json={"name": "tests.echo", "kwargs": {"message": message}}
     )
     assert response.status_code == 413
     assert (await error_of(response))["code"] == "request_entity_too_large"
@@ -266,7 +224,7 @@ async def test_a_malformed_id_is_404(client: Client) -> None:
 async def test_a_record_lasts_as_long_as_results(
     app: Quart, client: Client, redis_client: redis.Redis
 ) -> None:
-    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
     ttl = redis_client.ttl(f"quart_app:task:{task_id}")
     assert 0 < ttl <= app.config["CELERY_RESULT_EXPIRES"]
     redis_client.delete(f"quart_app:task:{task_id}")  # as when it expires
@@ -279,13 +237,13 @@ async def test_revoking_a_queued_task_means_it_never_runs(
     thread_worker: ThreadWorker,
     redis_client: redis.Redis,
 ) -> None:
-    revoked = (await submit(client, "simple_task", message="never"))["id"]
+    revoked = (await submit(client, "tests.echo", message="never"))["id"]
     response = await client.delete(f"/api/tasks/{revoked}")
     assert response.status_code == 202
     assert (await response.get_json())["state"] == "REVOKED"
     # A worker that starts only after the revoke never heard it: it still skips the task.
     with thread_worker(celery):
-        after = (await submit(client, "simple_task", message="after"))["id"]
+        after = (await submit(client, "tests.echo", message="after"))["id"]
         assert (await finished(client, after))["state"] == "SUCCESS"
     assert (await snapshot(client, revoked))["state"] == "REVOKED"
     assert redis_client.llen("celery") == 0  # acknowledged, not left to come back
@@ -295,7 +253,7 @@ async def test_revoking_a_task_that_ended_changes_nothing_and_says_so(
     client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
     with thread_worker(celery):
-        task_id = (await submit(client, "simple_task", message="done"))["id"]
+        task_id = (await submit(client, "tests.echo", message="done"))["id"]
         await finished(client, task_id)
     response = await client.delete(f"/api/tasks/{task_id}")
     assert response.status_code == 409
@@ -308,21 +266,16 @@ async def test_revoking_a_task_that_ended_changes_nothing_and_says_so(
 async def test_sending_leaves_no_subscription_behind(
     client: Client, redis_client: redis.Redis
 ) -> None:
-    ids = [(await submit(client, "simple_task", message=str(n)))["id"] for n in range(50)]
+    ids = [(await submit(client, "tests.echo", message=str(n)))["id"] for n in range(50)]
     channels = [f"celery-task-meta-{task_id}" for task_id in ids]
     subscribers = redis_client.pubsub_numsub(*channels)
     assert [count for _, count in subscribers] == [0] * len(ids)
 
 
-def test_the_allow_list_names_each_task_by_its_registered_name() -> None:
-    assert {name: task.name for name, task in EXPOSED.items()} == {name: name for name in EXPOSED}
-    assert set(EXPOSED) == {"simple_task", "progress_task", "async_task", "failing_task"}
-
-
 async def test_tasks_submitted_at_once_are_each_accepted_and_sent(
     client: Client, redis_client: redis.Redis
 ) -> None:
-    body = {"name": "simple_task", "kwargs": {"message": "together"}}
+    body = {"name": "tests.echo", "kwargs": {"message": "together"}}
     responses = await asyncio.gather(*(client.post("/api/tasks", json=body) for _ in range(40)))
     assert [response.status_code for response in responses] == [202] * 40
     ids = {(await response.get_json())["id"] for response in responses}
@@ -355,7 +308,7 @@ async def test_a_body_that_cannot_be_read_as_json_is_400(
 async def test_revoking_never_overwrites_a_started_or_ended_task(
     client: Client, celery: Celery, stored: str, status: int, state: str
 ) -> None:
-    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
     if stored == "mark_as_failure":
         celery.backend.mark_as_failure(task_id, ValueError("its own error"))
     else:
@@ -366,3 +319,63 @@ async def test_revoking_never_overwrites_a_started_or_ended_task(
     assert after["state"] == state
     if state == "FAILURE":
         assert after["error"] == {"type": "ValueError", "message": "its own error"}
+
+
+@pytest.mark.parametrize("state", ["UPLOADING", "IGNORED", "REJECTED"])
+async def test_a_state_the_task_records_itself_is_reported_with_its_meta(
+    client: Client, celery: Celery, thread_worker: ThreadWorker, state: str
+) -> None:
+    meta = {"file": "a.txt", "percent": 40}
+    with thread_worker(celery):
+        task_id = (await submit(client, "tests.stays_in", state=state, meta=meta))["id"]
+        body = await snapshot_in(client, task_id, state)
+    assert body == {
+        "id": task_id,
+        "name": "tests.stays_in",
+        "state": state,
+        "progress": None,
+        "result": None,
+        "error": None,
+        "meta": meta,
+    }
+    # Not ended: revoking it is accepted (it is not running, so nothing stops), and it says so.
+    response = await client.delete(f"/api/tasks/{task_id}")
+    assert response.status_code == 202
+    assert (await response.get_json())["state"] == state
+
+
+async def test_progress_passes_its_whole_meta(
+    client: Client, celery: Celery, redis_client: redis.Redis
+) -> None:
+    task_id = (await submit(client, "tests.count", steps=1))["id"]
+    meta = {"current": 3, "total": 10, "status": "reading the file"}
+    celery.backend.store_result(task_id, meta, "PROGRESS")
+    body = await snapshot(client, task_id)
+    assert (body["state"], body["progress"], body["meta"]) == (
+        "PROGRESS",
+        {"current": 3, "total": 10},
+        meta,
+    )
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [{"status": "no numbers"}, {"current": "3", "total": 10}, {"current": True, "total": 1}, 7],
+)
+async def test_progress_without_whole_numbers_has_no_progress_but_its_meta(
+    client: Client, celery: Celery, recorded: Any
+) -> None:
+    task_id = (await submit(client, "tests.count", steps=1))["id"]
+    celery.backend.store_result(task_id, recorded, "PROGRESS")
+    body = await snapshot(client, task_id)
+    assert (body["state"], body["progress"], body["meta"]) == ("PROGRESS", None, recorded)
+
+
+async def test_a_stored_state_that_cannot_be_read_is_a_500(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
+    redis_client.set(f"celery-task-meta-{task_id}", b"\xff not json")
+    response = await client.get(f"/api/tasks/{task_id}")
+    assert response.status_code == 500
+    assert (await error_of(response))["code"] == "internal_error"

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from quart.typing import TestClientProtocol as Client
 
-from quart_app.task_records import KEY
+from quart_app.bridge.exposure import exposed_tasks
+from quart_app.bridge.records import KEY
 
 # The client fixture is made once for all examples of a test, which is what is wanted here:
 # one serving app takes every input, as a server would.
@@ -35,7 +36,7 @@ json_values = st.recursive(
     max_leaves=20,
 )
 task_names = st.sampled_from(
-    ["simple_task", "progress_task", "async_task", "failing_task", "celery.ping", "", "x" * 300]
+    ["tests.echo", "tests.count", "tests.async_echo", "tests.fail", "celery.ping", "", "x" * 300]
 ) | st.text(max_size=20)
 # Bodies shaped like a request, so that many get past the parser to the validation.
 task_bodies = (
@@ -67,7 +68,7 @@ async def test_any_json_body_is_accepted_or_refused_with_a_json_4xx(
     response = await client.post("/api/tasks", json=body)
     answer = await response.get_json()
     if response.status_code == 202:
-        assert answer["name"] in ("simple_task", "progress_task", "async_task", "failing_task")
+        assert answer["name"] in exposed_tasks().by_name
         await accepted_tasks_are_intact(client, [answer["id"]])
     else:
         assert_json_error(response.status_code, answer)
@@ -93,7 +94,7 @@ async def test_any_bytes_are_refused_with_a_json_4xx(
 async def test_any_id_in_a_url_is_404_and_never_a_key_pattern(
     client: Client, redis_client: redis.Redis, task_id: str
 ) -> None:
-    redis_client.set(KEY.format("known"), "simple_task")
+    redis_client.set(KEY.format("known"), "tests.echo")
     path = quote(task_id, safe="")
     for response in (
         await client.get(f"/api/tasks/{path}"),
@@ -117,7 +118,7 @@ header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), m
 async def test_any_headers_get_an_answer_and_never_a_500(
     client: Client, headers: dict[str, str]
 ) -> None:
-    body = {"name": "simple_task", "kwargs": {"message": "hi"}}
+    body = {"name": "tests.echo", "kwargs": {"message": "hi"}}
     for response in (
         await client.post("/api/tasks", json=body, headers=headers),
         await client.get("/api/tasks/3b241101-e2bb-4255-8caf-4136c566a962", headers=headers),
@@ -146,9 +147,7 @@ async def test_any_websocket_message_gets_an_error_and_the_socket_stays_open(
 ) -> None:
     accepted = (
         await (
-            await client.post(
-                "/api/tasks", json={"name": "simple_task", "kwargs": {"message": "x"}}
-            )
+            await client.post("/api/tasks", json={"name": "tests.echo", "kwargs": {"message": "x"}})
         ).get_json()
     )["id"]
     async with client.websocket("/ws/tasks") as socket:
@@ -161,6 +160,9 @@ async def test_any_websocket_message_gets_an_error_and_the_socket_stays_open(
             if "state" in answer:
                 assert answer["id"] == accepted
                 break
+            if answer.get("unsubscribed") is True:  # an unsubscribe's acknowledgement
+                assert set(answer) == {"id", "unsubscribed"}
+                continue
             assert "error" in answer and set(answer["error"]) == {"code", "message"}
     await accepted_tasks_are_intact(client, [accepted])
 
@@ -187,7 +189,7 @@ async def test_messages_on_a_one_task_socket_are_ignored(
     client: Client, messages: list[str | bytes]
 ) -> None:
     accepted = await client.post(
-        "/api/tasks", json={"name": "simple_task", "kwargs": {"message": "x"}}
+        "/api/tasks", json={"name": "tests.echo", "kwargs": {"message": "x"}}
     )
     task_id = (await accepted.get_json())["id"]
     async with client.websocket(f"/ws/tasks/{task_id}") as socket:

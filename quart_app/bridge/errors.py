@@ -29,6 +29,20 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
+class TaskNotFound(APIError):
+    """404: no task was published under this id (or its record expired with its result)."""
+
+    def __init__(self, task_id: object) -> None:
+        super().__init__(404, "task_not_found", f"No task {task_id} was submitted here.")
+
+
+class ServiceUnavailable(APIError):
+    """503: the broker, the result backend or Redis cannot be reached, or not in time."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "service_unavailable", message)
+
+
 class JSONErrorsRequest(Request):
     """Quart's request, whose malformed JSON body raises our error rather than a bare 400."""
 

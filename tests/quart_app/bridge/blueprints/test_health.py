@@ -63,7 +63,7 @@ async def test_slow_look_ups_do_not_hold_up_other_requests(redis_url: str, app: 
         async with app.test_app() as test_app:
             client = test_app.test_client()
             accepted = await client.post(
-                "/api/tasks", json={"name": "simple_task", "kwargs": {"message": "hi"}}
+                "/api/tasks", json={"name": "tests.echo", "kwargs": {"message": "hi"}}
             )
             task_id = (await accepted.get_json())["id"]
             # More look-ups than the pool has threads, each held up by the slow backend...

@@ -1,12 +1,13 @@
 """One Redis pub/sub connection per server process, fanning result updates out to websockets.
 
 Celery's Redis result backend publishes every state it stores on `celery-task-meta-<id>`. The
-listener subscribes once, to the pattern, so a socket starts watching a task by adding itself
-to a dict: no round trip, no thread, and nothing published after that is missed. A socket
-then reads the stored state (subscribe first, then read: no update falls in between).
+listener subscribes once, to the pattern, so a follower (`quart_app.bridge.queue.Follower`)
+starts hearing of a task by adding itself to a dict: no round trip, no thread, and nothing
+published after that is missed. The follower then reads the stored state (subscribe first,
+then read: no update falls in between).
 
 If Redis goes away the listener reconnects with backoff, and once subscribed again it tells
-every watcher to read its tasks' state anew: an update published meanwhile is not lost.
+every follower to read its tasks' state anew: an update published meanwhile is not lost.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import os
 from collections import defaultdict
 from collections.abc import AsyncGenerator
 from contextlib import suppress
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from quart import Quart
 from redis.asyncio import Redis
@@ -30,50 +32,46 @@ CHANNEL_PREFIX = "celery-task-meta-"
 MAX_BACKOFF = 5.0
 READ_TIMEOUT = 0.1
 
-#: An update for a socket: a task's id, and its published meta, or None for "read it again".
-Update = tuple[str, dict[str, Any] | None]
+
+@dataclass(frozen=True)
+class Update:
+    """News of a task: the meta it published, or None for "read its stored state again"."""
+
+    task_id: str
+    meta: dict[str, Any] | None = None
 
 
-class Inbox:
-    """The updates waiting for one socket, at most `size` of them."""
-
-    def __init__(self, size: int) -> None:
-        self.updates: asyncio.Queue[Update] = asyncio.Queue(size)
-        #: Set when the socket fell so far behind that updates had to be dropped.
-        self.overflowed = asyncio.Event()
+class Recipient(Protocol):
+    """What the listener hands a task's updates to: a follower's inbox."""
 
     def deliver(self, update: Update) -> None:
-        """Queue an update, or mark the inbox overflowed if the socket can't keep up."""
-        try:
-            self.updates.put_nowait(update)
-        except asyncio.QueueFull:
-            self.overflowed.set()
+        """Take an update, without waiting."""
 
 
 class ResultListener:
-    """Listens for every result publish on one connection and hands each to its watchers."""
+    """Listens for every result publish on one connection and hands each to its recipients."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         #: The name its Redis connection goes by (CLIENT LIST), one per listener.
         self.client_name = f"quart_app-results-{os.getpid()}-{id(self):x}"
-        self.watchers: defaultdict[str, set[Inbox]] = defaultdict(set)
-        #: Set while subscribed: updates published now reach the watchers.
+        self.recipients: defaultdict[str, set[Recipient]] = defaultdict(set)
+        #: Set while subscribed: updates published now reach the recipients.
         self.subscribed = asyncio.Event()
         #: Set to stop listening (within `READ_TIMEOUT`).
         self.stopping = asyncio.Event()
 
-    def watch(self, task_id: str, inbox: Inbox) -> None:
-        """Deliver the task's updates to `inbox` from now on."""
-        self.watchers[task_id].add(inbox)
+    def subscribe(self, task_id: str, recipient: Recipient) -> None:
+        """Deliver the task's updates to `recipient` from now on."""
+        self.recipients[task_id].add(recipient)
 
-    def unwatch(self, task_id: str, inbox: Inbox) -> None:
-        """Stop delivering the task's updates to `inbox`; forget the task if none watches."""
-        inboxes = self.watchers.get(task_id)
-        if inboxes is not None:
-            inboxes.discard(inbox)
-            if not inboxes:
-                del self.watchers[task_id]
+    def unsubscribe(self, task_id: str, recipient: Recipient) -> None:
+        """Stop delivering the task's updates to `recipient`; forget the task if none is left."""
+        recipients = self.recipients.get(task_id)
+        if recipients is not None:
+            recipients.discard(recipient)
+            if not recipients:
+                del self.recipients[task_id]
 
     async def run(self) -> None:
         """Listen until `stopping` is set, reconnecting with backoff whenever Redis goes away.
@@ -102,25 +100,28 @@ class ResultListener:
         self.subscribed.clear()
 
     def handle(self, message: dict[str, Any]) -> None:
-        """Hand a published meta to the task's watchers; on (re)subscribing, ask all to re-read."""
+        """Hand a published meta to the task's recipients; on (re)subscribing, ask all to
+        read their tasks' stored state again."""
         if message["type"] == "psubscribe":
             self.subscribed.set()
-            for task_id, watching in self.watchers.items():
-                for inbox in watching:
-                    inbox.deliver((task_id, None))
+            for followed_id, everyone in self.recipients.items():
+                for recipient in everyone:
+                    recipient.deliver(Update(followed_id))
             return
         if message["type"] != "pmessage":
             return
         task_id = message["channel"].decode().removeprefix(CHANNEL_PREFIX)
-        inboxes = self.watchers.get(task_id)
-        if not inboxes:
+        recipients = self.recipients.get(task_id)
+        if not recipients:
             return
         try:
             meta = json.loads(message["data"])
         except ValueError:
             return
-        for inbox in list(inboxes):
-            inbox.deliver((task_id, meta))
+        if not isinstance(meta, dict):
+            return
+        for recipient in list(recipients):
+            recipient.deliver(Update(task_id, meta))
 
 
 def init_app(app: Quart) -> None:

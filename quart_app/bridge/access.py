@@ -29,7 +29,7 @@ from flask.sansio.blueprints import BlueprintSetupState
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from quart import Blueprint, Quart, current_app, g, request, websocket
 
-from quart_app.errors import APIError
+from quart_app.bridge.errors import APIError
 
 EXTENSION = "access"
 TICKET_SALT = "quart_app.watch-task"

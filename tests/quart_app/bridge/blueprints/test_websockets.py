@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from typing import Any
 
@@ -10,34 +11,18 @@ import pytest
 import redis
 from celery import Celery
 from quart import Quart
-from quart.testing.connections import WebsocketDisconnectError
 from quart.typing import TestClientProtocol as Client
-from quart.typing import TestWebsocketConnectionProtocol as Socket
 
-from factories.application import create_application
-from quart_app import task_records
-from tests.quart_app.blueprints.test_api import finished, submit
+from tests.clients import TIMEOUT, finished, messages_until_closed, submit
 from tests.waiting import wait_for_async
 from tests.worker_tasks import retried_once
 from tests.workers import ThreadWorker
-
-TIMEOUT = 20.0
-
-
-async def messages_until_closed(socket: Socket) -> tuple[list[dict[str, Any]], int]:
-    """Every message the server sends, and the code it closes with."""
-    received: list[dict[str, Any]] = []
-    while True:
-        try:
-            received.append(await socket.receive_json())
-        except WebsocketDisconnectError as closed:
-            return received, closed.args[0]
 
 
 async def test_a_task_is_followed_from_its_snapshot_to_its_end(
     client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
-    task_id = (await submit(client, "progress_task", steps=3, delay=0.05))["id"]
+    task_id = (await submit(client, "tests.count", steps=3, delay=0.05))["id"]
     with thread_worker(celery):
         async with client.websocket(f"/ws/tasks/{task_id}") as socket:
             received, code = await messages_until_closed(socket)
@@ -58,7 +43,7 @@ async def test_a_finished_task_gets_its_snapshot_and_a_close(
     client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
     with thread_worker(celery):
-        task_id = (await submit(client, "failing_task", message="boom"))["id"]
+        task_id = (await submit(client, "tests.fail", message="boom"))["id"]
         await finished(client, task_id)
     async with client.websocket(f"/ws/tasks/{task_id}") as socket:
         received, code = await messages_until_closed(socket)
@@ -70,12 +55,10 @@ async def test_a_finished_task_gets_its_snapshot_and_a_close(
 async def test_a_retried_task_sends_retry_and_starts_again(
     client: Client, celery: Celery, redis_client: redis.Redis, thread_worker: ThreadWorker
 ) -> None:
-    # Not a task the API offers: recorded as accepted, the way the API records its own.
-    task_id = uuid.uuid4()
-    task_records.remember(redis_client, [(task_id, retried_once.name)], 60)
+    # Not a task the API offers: published here, and recorded as it is published.
+    task_id = retried_once.delay().id
     async with client.websocket(f"/ws/tasks/{task_id}") as socket:
         assert (await socket.receive_json())["state"] == "PENDING"
-        retried_once.apply_async(task_id=str(task_id))
         with thread_worker(celery):
             received, code = await messages_until_closed(socket)
     assert code == 1000
@@ -85,7 +68,7 @@ async def test_a_retried_task_sends_retry_and_starts_again(
 
 
 async def test_a_task_revoked_while_watched_sends_revoked_and_closes(client: Client) -> None:
-    task_id = (await submit(client, "simple_task", message="never"))["id"]  # no worker runs
+    task_id = (await submit(client, "tests.echo", message="never"))["id"]  # no worker runs
     async with client.websocket(f"/ws/tasks/{task_id}") as socket:
         assert (await socket.receive_json())["state"] == "PENDING"
         response = await client.delete(f"/api/tasks/{task_id}")
@@ -108,8 +91,8 @@ async def test_an_unknown_task_gets_one_error_and_4404(client: Client, task_id: 
 async def test_one_socket_follows_many_tasks(
     client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
-    first = (await submit(client, "simple_task", message="one"))["id"]
-    second = (await submit(client, "async_task", message="two"))["id"]
+    first = (await submit(client, "tests.echo", message="one"))["id"]
+    second = (await submit(client, "tests.async_echo", message="two"))["id"]
     async with client.websocket("/ws/tasks") as socket:
         await socket.send_json({"subscribe": [first, second]})
         with thread_worker(celery):
@@ -120,14 +103,12 @@ async def test_one_socket_follows_many_tasks(
                 assert message["error"] is None
                 if message["state"] == "SUCCESS":
                     ended[message["id"]] = message
-        # Both dropped after their final state: the socket watches nothing now.
-        await socket.send_json({"subscribe": []})
     assert ended[first]["result"] == "one"
     assert ended[second]["result"] == {"message": "two", "app": "quart_app"}
 
 
 async def test_errors_on_the_many_tasks_socket_keep_it_open(client: Client) -> None:
-    known = (await submit(client, "simple_task", message="queued"))["id"]
+    known = (await submit(client, "tests.echo", message="queued"))["id"]
     unknown = str(uuid.uuid4())
     async with client.websocket("/ws/tasks") as socket:
         for malformed in ("not json", '["subscribe"]', '{"subscribe": "x"}', '{"other": []}'):
@@ -145,34 +126,30 @@ async def test_errors_on_the_many_tasks_socket_keep_it_open(client: Client) -> N
         assert (snapshot["id"], snapshot["state"], snapshot["error"]) == (known, "PENDING", None)
 
 
-async def test_a_socket_watches_at_most_the_configured_number_of_tasks(
-    redis_client: redis.Redis,
-) -> None:
-    app = create_application({"TESTING": True, "WS_MAX_TASKS": 1})
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
-        first = (await submit(client, "simple_task", message="1"))["id"]
-        second = (await submit(client, "simple_task", message="2"))["id"]
-        async with client.websocket("/ws/tasks") as socket:
-            await socket.send_json({"subscribe": [first, second]})
-            replies = [await socket.receive_json(), await socket.receive_json()]
+@pytest.mark.settings(WS_MAX_TASKS=1)
+async def test_a_socket_watches_at_most_the_configured_number_of_tasks(client: Client) -> None:
+    first = (await submit(client, "tests.echo", message="1"))["id"]
+    second = (await submit(client, "tests.echo", message="2"))["id"]
+    async with client.websocket("/ws/tasks") as socket:
+        await socket.send_json({"subscribe": [first, second]})
+        replies = [await socket.receive_json(), await socket.receive_json()]
     errors = [reply for reply in replies if reply.get("error")]
     assert [error["error"]["code"] for error in errors] == ["too_many_tasks"]
     assert errors[0]["id"] == second
 
 
 async def test_a_socket_that_goes_leaves_nothing_behind(app: Quart, client: Client) -> None:
-    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
     listener = app.extensions["result_listener"]
     async with client.websocket(f"/ws/tasks/{task_id}") as socket:
         assert (await socket.receive_json())["state"] == "PENDING"
-        assert task_id in listener.watchers
+        assert task_id in listener.recipients
     async with client.websocket("/ws/tasks") as socket:
         await socket.send_json({"subscribe": [task_id]})
         assert (await socket.receive_json())["state"] == "PENDING"
 
     async def forgotten() -> bool:
-        return not listener.watchers
+        return not listener.recipients
 
     await wait_for_async(forgotten, TIMEOUT, "the sockets' watches to go")
 
@@ -180,7 +157,7 @@ async def test_a_socket_that_goes_leaves_nothing_behind(app: Quart, client: Clie
 async def test_after_the_listener_loses_redis_sockets_get_the_current_state(
     app: Quart, client: Client, celery: Celery, redis_client: redis.Redis
 ) -> None:
-    task_id = (await submit(client, "simple_task", message="hi"))["id"]
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
     listener = app.extensions["result_listener"]
     async with client.websocket(f"/ws/tasks/{task_id}") as socket:
         assert (await socket.receive_json())["state"] == "PENDING"
@@ -204,26 +181,24 @@ def _is_set(event: Any) -> Any:
 
 
 @pytest.mark.parametrize("path", ["/ws/tasks/{id}", "/ws/tasks"])
+@pytest.mark.settings(WS_MAX_MESSAGE_SIZE=100)
 async def test_a_message_over_the_size_limit_closes_the_socket_with_1009(
-    redis_client: redis.Redis, path: str
+    client: Client, path: str
 ) -> None:
-    app = create_application({"TESTING": True, "WS_MAX_MESSAGE_SIZE": 100})
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
-        task_id = (await submit(client, "simple_task", message="hi"))["id"]
-        async with client.websocket(path.format(id=task_id)) as socket:
-            if "{id}" in path:
-                assert (await socket.receive_json())["state"] == "PENDING"
-                # Messages on the one-task socket are read and ignored, up to the limit.
-                await socket.send("x" * 100)
-            await socket.send("x" * 101)
-            received, code = await messages_until_closed(socket)
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
+    async with client.websocket(path.format(id=task_id)) as socket:
+        if "{id}" in path:
+            assert (await socket.receive_json())["state"] == "PENDING"
+            # Messages on the one-task socket are read and ignored, up to the limit.
+            await socket.send("x" * 100)
+        await socket.send("x" * 101)
+        received, code = await messages_until_closed(socket)
     assert code == 1009
     assert [message["error"]["code"] for message in received] == ["message_too_big"]
 
 
 async def test_an_id_in_capitals_is_followed_under_its_usual_form(client: Client) -> None:
-    task_id = (await submit(client, "simple_task", message="never"))["id"]  # no worker runs
+    task_id = (await submit(client, "tests.echo", message="never"))["id"]  # no worker runs
     async with client.websocket("/ws/tasks") as socket:
         # Only the form task ids come in is one: not the others `uuid.UUID()` reads.
         await socket.send_json({"subscribe": [task_id.upper(), f"{{{task_id}}}"]})
@@ -235,3 +210,119 @@ async def test_an_id_in_capitals_is_followed_under_its_usual_form(client: Client
         assert (await client.delete(f"/api/tasks/{task_id}")).status_code == 202
         revoked = await socket.receive_json()
         assert (revoked["id"], revoked["state"]) == (task_id, "REVOKED")
+
+
+@pytest.mark.parametrize("path", ["/ws/tasks/{id}", "/ws/tasks"])
+async def test_states_a_task_records_itself_are_pushed_with_their_meta(
+    client: Client, celery: Celery, thread_worker: ThreadWorker, path: str
+) -> None:
+    task_id = (await submit(client, "tests.uploads", files=["a.txt", "b.txt"]))["id"]
+    async with client.websocket(path.format(id=task_id)) as socket:
+        if path == "/ws/tasks":
+            await socket.send_json({"subscribe": [task_id]})
+        received = [await socket.receive_json()]
+        with thread_worker(celery):
+            while received[-1]["state"] != "SUCCESS":
+                received.append(await socket.receive_json())
+    changes = [(message["state"], message["meta"]) for message in received]
+    # A new meta under the same state is a change; the first is what the task was at connect.
+    expected = [
+        ("PENDING", None),
+        ("STARTED", None),
+        *[("UPLOADING", {"file": f, "percent": p}) for f in ("a.txt", "b.txt") for p in (0, 100)],
+        ("PROGRESS", {"current": 1, "total": 1, "status": "all sent"}),
+        ("SUCCESS", None),
+    ]
+    assert changes == expected[expected.index(changes[0]) :]
+    assert received[-2]["progress"] == {"current": 1, "total": 1}
+    assert received[-1]["result"] == {"uploaded": 2}
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["{}", '{"subscribe": []}', '{"unsubscribe": []}', '{"subscribe": [], "unsubscribe": []}'],
+)
+async def test_a_message_that_names_no_task_is_answered(client: Client, message: str) -> None:
+    async with client.websocket("/ws/tasks") as socket:
+        await socket.send(message)
+        answer = await socket.receive_json()
+    assert answer["error"]["code"] == "invalid_message"
+    assert set(answer) == {"error"}
+
+
+async def test_each_unsubscribed_id_is_acknowledged_and_then_nothing_more_of_it(
+    client: Client,
+) -> None:
+    first = (await submit(client, "tests.echo", message="1"))["id"]  # no worker: both wait
+    second = (await submit(client, "tests.echo", message="2"))["id"]
+    async with client.websocket("/ws/tasks") as socket:
+        await socket.send_json({"subscribe": [first]})
+        assert (await socket.receive_json())["state"] == "PENDING"
+        await socket.send_json({"unsubscribe": [first.upper(), "never-followed"]})
+        acks = [await socket.receive_json(), await socket.receive_json()]
+        assert acks == [
+            {"id": first, "unsubscribed": True},
+            {"id": "never-followed", "unsubscribed": True},
+        ]
+        # A change of the first after its acknowledgement is not sent; the second's is.
+        assert (await client.delete(f"/api/tasks/{first}")).status_code == 202
+        await socket.send_json({"subscribe": [second]})
+        assert (await socket.receive_json())["id"] == second
+        assert (await client.delete(f"/api/tasks/{second}")).status_code == 202
+        revoked = await socket.receive_json()
+    assert (revoked["id"], revoked["state"]) == (second, "REVOKED")
+
+
+async def test_a_task_that_cannot_be_served_ends_its_socket_with_1011(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
+    redis_client.set(f"celery-task-meta-{task_id}", b"\xff not json")
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        received, code = await messages_until_closed(socket)
+    assert code == 1011
+    assert [message["error"]["code"] for message in received] == ["internal_error"]
+
+
+async def test_a_task_that_cannot_be_served_costs_only_itself_on_the_many_tasks_socket(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    broken = (await submit(client, "tests.echo", message="broken"))["id"]
+    healthy = (await submit(client, "tests.echo", message="healthy"))["id"]
+    redis_client.set(f"celery-task-meta-{broken}", b"\xff not json")
+    async with client.websocket("/ws/tasks") as socket:
+        await socket.send_json({"subscribe": [broken, healthy]})
+        first, second = await socket.receive_json(), await socket.receive_json()
+        error, pending = (first, second) if "state" not in first else (second, first)
+        assert (error["id"], error["error"]["code"]) == (broken, "internal_error")
+        assert "state" not in error
+        assert (pending["id"], pending["state"]) == (healthy, "PENDING")
+        # The socket and the healthy task carry on.
+        assert (await client.delete(f"/api/tasks/{healthy}")).status_code == 202
+        revoked = await socket.receive_json()
+    assert (revoked["id"], revoked["state"]) == (healthy, "REVOKED")
+
+
+@pytest.mark.settings(WS_QUEUE_SIZE=3)
+async def test_a_socket_more_than_its_queue_behind_is_closed_with_1013(
+    app: Quart, client: Client
+) -> None:
+    task_id = (await submit(client, "tests.count", steps=10))["id"]
+    listener = app.extensions["result_listener"]
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        assert (await socket.receive_json())["state"] == "PENDING"
+        # Four updates at once, with no chance for the socket to take one in between.
+        for current in range(1, 5):
+            meta = {"status": "PROGRESS", "result": {"current": current, "total": 10}}
+            listener.handle(
+                {
+                    "type": "pmessage",
+                    "channel": f"celery-task-meta-{task_id}".encode(),
+                    "data": json.dumps(meta).encode(),
+                }
+            )
+        received, code = await messages_until_closed(socket)
+    assert code == 1013
+    assert received[-1] == {
+        "error": {"code": "too_slow", "message": "The client fell too far behind."}
+    }

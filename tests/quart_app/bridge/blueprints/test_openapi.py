@@ -1,0 +1,63 @@
+"""The OpenAPI document and its interactive page, from the same declarations as validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart.typing import TestClientProtocol as Client
+
+from quart_app.bridge.states import TaskState
+
+
+async def document(client: Client) -> dict[str, Any]:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    body: dict[str, Any] = await response.get_json()
+    return body
+
+
+async def test_the_openapi_document_describes_the_api(client: Client) -> None:
+    paths = (await document(client))["paths"]
+    assert set(paths) == {"/api/tasks", "/api/tasks/{task_id}", "/healthz", "/readyz"}
+    submit = paths["/api/tasks"]["post"]
+    assert {"202", "400", "413", "422", "503"} <= set(submit["responses"])
+    revoke = paths["/api/tasks/{task_id}"]["delete"]
+    assert {"202", "404", "409", "503"} <= set(revoke["responses"])
+    assert {"200", "503"} <= set(paths["/readyz"]["get"]["responses"])
+
+
+async def test_the_request_body_is_required_and_one_variant_per_exposed_task(
+    client: Client,
+) -> None:
+    doc = await document(client)
+    body = doc["paths"]["/api/tasks"]["post"]["requestBody"]
+    assert body["required"] is True
+    schema = body["content"]["application/json"]["schema"]
+    mapping = schema["discriminator"]["mapping"]
+    assert mapping["tests.count"] == "#/components/schemas/TestsCountRequest"
+    kwargs = doc["components"]["schemas"]["TestsCountKwargs"]
+    assert kwargs["properties"]["steps"]["maximum"] == 1000
+    assert kwargs["properties"]["delay"]["default"] == 0.0
+    assert kwargs["required"] == ["steps"]
+    assert kwargs["additionalProperties"] is False
+
+
+async def test_a_rule_across_arguments_is_stated_where_clients_read_it(client: Client) -> None:
+    schemas = (await document(client))["components"]["schemas"]
+    rule = schemas["TestsCountKwargs"]["description"]
+    assert rule == "`steps * delay` may be at most 60 seconds."
+
+
+async def test_the_known_states_are_listed_and_others_allowed(client: Client) -> None:
+    doc = await document(client)
+    snapshot = doc["paths"]["/api/tasks/{task_id}"]["get"]["responses"]["200"]
+    state = snapshot["content"]["application/json"]["schema"]["properties"]["state"]
+    assert {"type": "string"} in state["anyOf"]
+    assert doc["components"]["schemas"]["TaskState"]["enum"] == list(TaskState)
+    assert "any other state the task records itself" in state["description"]
+
+
+async def test_the_docs_page_is_served(client: Client) -> None:
+    response = await client.get("/docs")
+    assert response.status_code == 200
+    assert "openapi.json" in await response.get_data(as_text=True)

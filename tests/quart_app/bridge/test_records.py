@@ -1,0 +1,88 @@
+"""Every task the app publishes is recorded as it is published, whoever publishes it: the API,
+a worker starting a subtask or the next link of a chain, `send_task` from a shell. Each is then
+followed like a task submitted over HTTP; an id nobody published stays 404.
+
+(`celery beat`, a process of its own, is in `tests/test_entry_points.py`.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+from celery import Celery, chain
+from quart.typing import TestClientProtocol as Client
+
+from factories.application import create_application
+from quart_app.bridge import records
+from quart_app.bridge.records import KEY
+from tests.clients import FINAL, finished, messages_until_closed, snapshot, submit
+from tests.waiting import wait_for
+from tests.worker_tasks import echo
+from tests.workers import ThreadWorker
+
+
+async def test_a_task_started_by_a_task_is_followed_like_any(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    parent = (await submit(client, "tests.spawn", message="from a task"))["id"]
+    with thread_worker(celery):
+        child = (await finished(client, parent))["result"]
+        async with client.websocket(f"/ws/tasks/{child}") as socket:
+            received, code = await messages_until_closed(socket)
+    assert code == 1000
+    assert (received[-1]["name"], received[-1]["state"]) == ("tests.echo", "SUCCESS")
+    assert received[-1]["result"] == "from a task"
+
+
+async def test_the_next_link_of_a_chain_is_known_once_a_worker_publishes_it(
+    client: Client, celery: Celery, thread_worker: ThreadWorker, redis_client: redis.Redis
+) -> None:
+    last = chain(echo.si("first"), echo.si("second")).apply_async().id
+    # Only the first link is published now: the worker publishes the next one when it ends.
+    assert (await client.get(f"/api/tasks/{last}")).status_code == 404
+    with thread_worker(celery):
+        wait_for(lambda: redis_client.exists(KEY.format(last)), 20, "the next link's record")
+        done = await finished(client, last)
+    assert (done["name"], done["state"], done["result"]) == ("tests.echo", "SUCCESS", "second")
+
+
+async def test_send_task_from_a_shell_is_known(client: Client, celery: Celery) -> None:
+    task_id = celery.send_task("tests.echo", args=["from a shell"]).id
+    assert (await snapshot(client, task_id))["name"] == "tests.echo"
+    async with client.websocket("/ws/tasks") as socket:
+        await socket.send_json({"subscribe": [task_id]})
+        assert (await socket.receive_json())["state"] not in FINAL
+
+
+async def test_the_api_records_its_batch_once(
+    client: Client, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[list[tuple[str, str]]] = []
+    remember = records.remember
+
+    def counted(redis: redis.Redis, tasks: list[tuple[str, str]], expires: int) -> None:
+        writes.append(tasks)
+        remember(redis, tasks, expires)
+
+    monkeypatch.setattr(records, "remember", counted)
+    task_id = (await submit(client, "tests.echo", message="hi"))["id"]
+    # The submitter's one round trip, before sending; not the publish hook's, again.
+    assert writes == [[(task_id, "tests.echo")]]
+
+
+def test_a_task_whose_record_cannot_be_written_is_still_published(
+    redis_url: str, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    create_application(
+        {
+            "REDIS_URL": "redis://127.0.0.1:1/0",  # where the records go: nothing listens
+            "CELERY_BROKER_URL": redis_url,
+            "CELERY_RESULT_BACKEND": redis_url,
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        task_id = echo.delay("still sent").id
+    assert redis_client.llen("celery") == 1
+    assert f"task {task_id} was published but not recorded" in caplog.text
