@@ -97,7 +97,7 @@ def configure_celery(app: WebApp) -> Celery:
     app.extensions["celery"] = celery
     event_loops.init_celery()
     revocation.init_celery()
-    records.init_celery(app.config, _seconds(settings["result_expires"]))
+    records.init_celery(app.config, settings["broker_url"], _seconds(settings["result_expires"]))
     return celery
 
 

@@ -8,11 +8,14 @@ the other ids:
 - the web app's own submissions record a whole batch in one round trip, before sending it
   (`quart_app.bridge.submitter`);
 - anything else that publishes through the configured Celery (a worker starting a subtask or
-  the next link of a chain, `celery beat`, `send_task` from a shell) is recorded by a receiver
-  of Celery's `after_task_publish` signal, one write per task, once the broker has the task
-  (so a publish that fails, or a publisher stopped half way, leaves no record of a task that
-  does not exist) and before `apply_async` returns. Without Redis it logs a warning: the task
-  is sent all the same, and matters more than being able to follow it.
+  the next link of a chain, `celery beat`, `send_task` from a shell) has its record written
+  with its message: where the broker is the Redis at `REDIS_URL` (the default), the Redis
+  transport sends both in one transaction (`quart_app.bridge.transport`), so the record costs
+  no round trip of its own, and the two exist together or not at all. With any other broker, a
+  receiver of Celery's `after_task_publish` signal writes it, once the broker has the task (a
+  publish that fails leaves no record of a task that does not exist) and before `apply_async`
+  returns. Without Redis it logs a warning: the task is sent all the same, and matters more
+  than being able to follow it.
 
 The functions here block: the web app runs them in its thread pool.
 """
@@ -98,6 +101,8 @@ class PublishRecorder:
 
     redis_url: str
     expires: int
+    #: Whether the broker is the Redis at `redis_url`, so the transport records with messages.
+    with_messages: bool
 
     @cached_property
     def redis(self) -> Redis:
@@ -105,40 +110,70 @@ class PublishRecorder:
         return Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=2)
 
     def __call__(self, headers: Mapping[str, Any] | None = None, **_: Any) -> None:
-        if _batch.recorded or not headers or "id" not in headers:
+        if not headers or "id" not in headers:
+            return
+        task_id, by_transport = str(headers["id"]), _publishing.by_transport
+        _publishing.by_transport = None
+        if _publishing.recorded_already or by_transport == task_id:
             return
         try:
-            remember(self.redis, [(str(headers["id"]), str(headers["task"]))], self.expires)
+            remember(self.redis, [(task_id, str(headers["task"]))], self.expires)
         except RedisError as error:
-            logger.warning("task %s was published but not recorded: %s", headers["id"], error)
+            logger.warning("task %s was published but not recorded: %s", task_id, error)
 
 
-class _Batch(threading.local):
-    """Whether this thread is sending a batch of tasks it recorded already."""
+class _Publishing(threading.local):
+    """What this thread's publishing has recorded already."""
 
-    recorded = False
+    #: Sending a batch whose records the sender wrote before.
+    recorded_already = False
+    #: The task whose record the transport wrote with its message, just now.
+    by_transport: str | None = None
 
 
-_batch = _Batch()
+_publishing = _Publishing()
+_recorder: PublishRecorder | None = None
 
 
 @contextmanager
 def recorded_already() -> Iterator[None]:
     """Publish tasks in this block without recording them again: the caller has."""
-    _batch.recorded = True
+    _publishing.recorded_already = True
     try:
         yield
     finally:
-        _batch.recorded = False
+        _publishing.recorded_already = False
 
 
-def init_celery(config: Mapping[str, Any], expires: int) -> None:
+def record_with(message: Mapping[str, Any]) -> tuple[str, str, int] | None:
+    """The record for the transport to write with `message`, if it is to: (key, name, seconds).
+
+    None where the broker is another Redis, for a message that is not a task's, and in a batch
+    recorded already.
+    """
+    recorder = _recorder
+    headers = message.get("headers") or {}
+    if recorder is None or not recorder.with_messages or _publishing.recorded_already:
+        return None
+    if "id" not in headers or "task" not in headers:
+        return None
+    return KEY.format(headers["id"]), str(headers["task"]), recorder.expires
+
+
+def recorded_with_message(task_id: str) -> None:
+    """The transport wrote the record of `task_id` with its message: the receiver need not."""
+    _publishing.by_transport = task_id
+
+
+def init_celery(config: Mapping[str, Any], broker_url: str, expires: int) -> None:
     """Record every task published through Celery from now on, in the Redis at `REDIS_URL`.
 
     An app without `REDIS_URL` (a plain Flask app) has no records, and nothing reads them.
     """
+    global _recorder
     signals.after_task_publish.disconnect(dispatch_uid=__name__)
     redis_url = config.get("REDIS_URL")
+    _recorder = None
     if redis_url:
-        recorder = PublishRecorder(str(redis_url), expires)
-        signals.after_task_publish.connect(recorder, weak=False, dispatch_uid=__name__)
+        _recorder = PublishRecorder(str(redis_url), expires, with_messages=broker_url == redis_url)
+        signals.after_task_publish.connect(_recorder, weak=False, dispatch_uid=__name__)

@@ -1,9 +1,13 @@
-"""kombu's Redis transport, publishing through one Redis client per channel.
+"""kombu's Redis transport, publishing through one Redis client per channel, with records.
 
 kombu's Redis channel makes a new `redis.Redis` client for every message it publishes; building
 one (with its table of response callbacks) cost about a quarter of each `apply_async` here.
 The client is only a front for the channel's connection pool, which is thread-safe and already
 shared, so one client per channel serves every publish just as well.
+
+Where the broker is the Redis that keeps the tasks' records (`quart_app.bridge.records`), each
+task's message goes with its record, in one transaction: a second round trip per task would
+have cost a publishing worker a quarter of its rate.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from functools import cached_property
 from typing import Any
 
 from kombu.transport import redis
+from kombu.utils.json import dumps
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from quart_app.bridge import records
 
 
 class Channel(redis.Channel):
@@ -43,6 +50,22 @@ class Channel(redis.Channel):
         if self.connection.client is None:
             raise RedisConnectionError("the broker connection was closed")
         return super()._connparams(asynchronous)  # type: ignore[misc]  # missing from the stubs
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        """Deliver a message, with its task's record where this Redis keeps the records."""
+        record = records.record_with(message)
+        queue_expires = getattr(self, "_expires", None) or {}
+        if record is None or "_publish_batch" in kwargs or queue in queue_expires:
+            super()._put(queue, message, **kwargs)
+            return
+        priority = self._get_message_priority(message, reverse=False)
+        key = self._q_for_pri(queue, priority)  # type: ignore[attr-defined]
+        record_key, name, expires = record
+        with self.conn_or_acquire() as client, client.pipeline() as both:  # MULTI ... EXEC
+            both.lpush(key, dumps(message))
+            both.set(record_key, name, ex=expires)
+            both.execute()
+        records.recorded_with_message(message["headers"]["id"])
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

@@ -57,19 +57,11 @@ async def test_send_task_from_a_shell_is_known(client: Client, celery: Celery) -
 
 
 async def test_the_api_records_its_batch_once(
-    client: Client, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    client: Client, redis_client: redis.Redis, remembered: list[list[tuple[str, str]]]
 ) -> None:
-    writes: list[list[tuple[str, str]]] = []
-    remember = records.remember
-
-    def counted(redis: redis.Redis, tasks: list[tuple[str, str]], expires: int) -> None:
-        writes.append(tasks)
-        remember(redis, tasks, expires)
-
-    monkeypatch.setattr(records, "remember", counted)
     task_id = (await submit(client, "tests.echo", message="hi"))["id"]
-    # The submitter's one round trip, before sending; not the publish hook's, again.
-    assert writes == [[(task_id, "tests.echo")]]
+    # The submitter's one round trip, before sending; not the transport's or the hook's again.
+    assert remembered == [[(task_id, "tests.echo")]]
 
 
 def test_a_task_whose_record_cannot_be_written_is_still_published(
@@ -86,3 +78,46 @@ def test_a_task_whose_record_cannot_be_written_is_still_published(
         task_id = echo.delay("still sent").id
     assert redis_client.llen("celery") == 1
     assert f"task {task_id} was published but not recorded" in caplog.text
+
+
+@pytest.fixture
+def remembered(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
+    """Every write of records through `records.remember`, as it happens."""
+    writes: list[list[tuple[str, str]]] = []
+    remember = records.remember
+
+    def counted(redis: redis.Redis, tasks: list[tuple[str, str]], expires: int) -> None:
+        writes.append(tasks)
+        remember(redis, tasks, expires)
+
+    monkeypatch.setattr(records, "remember", counted)
+    return writes
+
+
+def test_where_the_broker_keeps_the_records_a_record_goes_with_its_message(
+    celery: Celery, redis_client: redis.Redis, remembered: list[list[tuple[str, str]]]
+) -> None:
+    task_id = echo.delay("with its record").id
+    assert redis_client.get(KEY.format(task_id)) == b"tests.echo"
+    assert 0 < redis_client.ttl(KEY.format(task_id)) <= celery.conf.result_expires
+    assert redis_client.llen("celery") == 1
+    assert remembered == []  # no round trip of its own: the transport sent it with the message
+
+
+def test_with_the_broker_elsewhere_the_record_is_written_after_the_publish(
+    redis_url: str,
+    other_redis_url: str,
+    redis_client: redis.Redis,
+    remembered: list[list[tuple[str, str]]],
+) -> None:
+    other = redis.Redis.from_url(other_redis_url)
+    other.flushdb()
+    try:
+        create_application({"CELERY_BROKER_URL": other_redis_url})
+        task_id = echo.delay("broker elsewhere").id
+        assert other.llen("celery") == 1
+    finally:
+        other.flushdb()
+        other.close()
+    assert remembered == [[(task_id, "tests.echo")]]
+    assert redis_client.get(KEY.format(task_id)) == b"tests.echo"
