@@ -84,6 +84,8 @@ def configure_celery(app: WebApp) -> Celery:
     task_cls = celery.Task
     if not issubclass(task_cls, ContextTask):
         raise ConfigurationError("task_cls", f"{task_cls!r} must derive from {ContextTask!r}")
+    if not isinstance(celery.amqp, records.RecordingAMQP):
+        raise ConfigurationError("amqp", f"{celery.amqp!r} must derive from RecordingAMQP")
     # `configured` is public Celery API that celery-types leaves out.
     configured: bool = celery.configured  # type: ignore[attr-defined]
     if configured and any(celery.conf.get(key) != value for key, value in settings.items()):

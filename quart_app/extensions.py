@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from celery import Celery
 
-# The base class is named, not imported, so that every task gets the app context even if
-# something touches it before configure_celery runs.
+# The bridge's classes are named, not imported: the task base class, so that every task gets
+# the app context even if something touches it before configure_celery runs; the messaging
+# class, so that every task the app publishes is recorded.
 celery = Celery(
     "quart_app",
     include=["quart_app.tasks"],
     task_cls="quart_app.bridge.app_context:ContextTask",
+    amqp="quart_app.bridge.records:RecordingAMQP",
 )

@@ -11,11 +11,14 @@ the other ids:
   the next link of a chain, `celery beat`, `send_task` from a shell) has its record written
   with its message: where the broker is the Redis at `REDIS_URL` (the default), the Redis
   transport sends both in one transaction (`quart_app.bridge.transport`), so the record costs
-  no round trip of its own, and the two exist together or not at all. With any other broker, a
-  receiver of Celery's `after_task_publish` signal writes it, once the broker has the task (a
-  publish that fails leaves no record of a task that does not exist) and before `apply_async`
-  returns. Without Redis it logs a warning: the task is sent all the same, and matters more
-  than being able to follow it.
+  no round trip of its own, and the two exist together or not at all. With any other broker,
+  the app's message sender (`RecordingAMQP`, its `amqp` class) writes it once the broker has
+  the task (a publish that fails leaves no record of a task that does not exist) and before
+  `apply_async` returns. Without Redis it logs a warning: the task is sent all the same, and
+  matters more than being able to follow it.
+
+Only this app's tasks are recorded: Celery's publish signals would have heard every Celery
+app in the process.
 
 The functions here block: the web app runs them in its thread pool.
 """
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from celery import signals
+from celery.app.amqp import AMQP
 from quart import Quart, current_app
 from redis import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
@@ -97,7 +100,7 @@ def name_of(redis: Redis, task_id: str) -> str | None:
 
 @dataclass
 class PublishRecorder:
-    """Records each task published through Celery: the `after_task_publish` receiver."""
+    """Records each task the app publishes, where the transport has not (`RecordingAMQP`)."""
 
     redis_url: str
     expires: int
@@ -109,8 +112,9 @@ class PublishRecorder:
         """A client of this process's own, made on first use (redis-py reconnects after fork)."""
         return Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=2)
 
-    def __call__(self, headers: Mapping[str, Any] | None = None, **_: Any) -> None:
-        if not headers or "id" not in headers:
+    def sent(self, headers: Mapping[str, Any]) -> None:
+        """Record the task whose message, with these headers, the broker now has."""
+        if "id" not in headers:
             return
         task_id, by_transport = str(headers["id"]), _publishing.by_transport
         _publishing.by_transport = None
@@ -161,19 +165,37 @@ def record_with(message: Mapping[str, Any]) -> tuple[str, str, int] | None:
 
 
 def recorded_with_message(task_id: str) -> None:
-    """The transport wrote the record of `task_id` with its message: the receiver need not."""
+    """The transport wrote the record of `task_id` with its message: the sender need not."""
     _publishing.by_transport = task_id
 
 
+class RecordingAMQP(AMQP):
+    """Celery's messaging for the app, whose sender records each task it has sent.
+
+    The placeholder's `amqp` class (`quart_app.extensions`): a Celery extension point of one
+    app, where the publish signals are every app's.
+    """
+
+    def _create_task_sender(self) -> Any:
+        send = super()._create_task_sender()  # type: ignore[misc]  # missing from the stubs
+
+        def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+            sent = send(producer, name, message, **options)
+            recorder = _recorder
+            if recorder is not None:
+                recorder.sent(message.headers)
+            return sent
+
+        return send_task_message
+
+
 def init_celery(config: Mapping[str, Any], broker_url: str, expires: int) -> None:
-    """Record every task published through Celery from now on, in the Redis at `REDIS_URL`.
+    """Record every task the app publishes from now on, in the Redis at `REDIS_URL`.
 
     An app without `REDIS_URL` (a plain Flask app) has no records, and nothing reads them.
     """
     global _recorder
-    signals.after_task_publish.disconnect(dispatch_uid=__name__)
     redis_url = config.get("REDIS_URL")
     _recorder = None
     if redis_url:
         _recorder = PublishRecorder(str(redis_url), expires, with_messages=broker_url == redis_url)
-        signals.after_task_publish.connect(_recorder, weak=False, dispatch_uid=__name__)

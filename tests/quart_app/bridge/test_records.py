@@ -121,3 +121,16 @@ def test_with_the_broker_elsewhere_the_record_is_written_after_the_publish(
         other.close()
     assert remembered == [[(task_id, "tests.echo")]]
     assert redis_client.get(KEY.format(task_id)) == b"tests.echo"
+
+
+def test_another_celery_app_in_the_process_is_not_recorded(
+    celery: Celery, redis_url: str, redis_client: redis.Redis
+) -> None:
+    other = Celery("other", broker=redis_url, set_as_current=False)
+    other.conf.broker_connection_retry_on_startup = True
+    try:
+        task_id = other.send_task("elsewhere", queue="other").id
+    finally:
+        other.close()
+    assert redis_client.llen("other") == 1
+    assert not redis_client.exists(KEY.format(task_id))
