@@ -6,7 +6,7 @@ The client is only a front for the channel's connection pool, which is thread-sa
 shared, so one client per channel serves every publish just as well.
 
 Where the broker is the Redis that keeps the tasks' records (`quart_app.bridge.records`), each
-task's message goes with its record, in one transaction: a second round trip per task would
+task's message goes with its record, in one atomic command: a second round trip per task would
 have cost a publishing worker a quarter of its rate.
 """
 
@@ -23,6 +23,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from quart_app.bridge import records
 
+# The message onto its queue and the record of its task, atomically, in one command. A
+# MULTI/EXEC pipeline would be as atomic, but redis-py took twice as long over its four replies:
+# about 45 µs more than a bare LPUSH, where this script takes about 20 (measured here).
+SEND_WITH_RECORD = """
+redis.call("LPUSH", KEYS[1], ARGV[1])
+redis.call("SET", KEYS[2], ARGV[2], "EX", ARGV[3])
+"""
+
 
 class Channel(redis.Channel):
     """A Redis channel that keeps the client it publishes with."""
@@ -32,9 +40,15 @@ class Channel(redis.Channel):
         """One client over the channel's connection pool, made on first use."""
         return self._create_client()  # type: ignore[attr-defined]  # missing from the stubs
 
+    @cached_property
+    def _send_with_record(self) -> Any:
+        """`SEND_WITH_RECORD`, loaded into Redis on first use (again if Redis forgot it)."""
+        return self._publishing_client.register_script(SEND_WITH_RECORD)
+
     def _disconnect_pools(self) -> None:
         """Forget the client with the pools it fronts (after fork, on close)."""
         self.__dict__.pop("_publishing_client", None)
+        self.__dict__.pop("_send_with_record", None)
         super()._disconnect_pools()  # type: ignore[misc]  # missing from the stubs
 
     def _connparams(self, asynchronous: bool = False) -> Any:
@@ -61,10 +75,10 @@ class Channel(redis.Channel):
         priority = self._get_message_priority(message, reverse=False)
         key = self._q_for_pri(queue, priority)  # type: ignore[attr-defined]
         record_key, name, expires = record
-        with self.conn_or_acquire() as client, client.pipeline() as both:  # MULTI ... EXEC
-            both.lpush(key, dumps(message))
-            both.set(record_key, name, ex=expires)
-            both.execute()
+        with self.conn_or_acquire() as client:
+            self._send_with_record(
+                keys=[key, record_key], args=[dumps(message), name, expires], client=client
+            )
         records.recorded_with_message(message["headers"]["id"])
 
     @contextmanager

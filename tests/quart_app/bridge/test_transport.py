@@ -6,6 +6,7 @@ import pytest
 import redis
 from celery import Celery
 
+from quart_app.bridge.records import KEY
 from quart_app.bridge.transport import Channel
 from tests.worker_tasks import echo
 
@@ -50,3 +51,13 @@ def test_a_channel_whose_connection_is_gone_raises_a_connection_error(celery: Ce
                 channel.qos.restore_unacked()
         finally:
             channel.connection.client = transport_client
+
+
+def test_a_message_and_its_record_go_together_also_after_redis_forgets_the_script(
+    celery: Celery, redis_client: redis.Redis
+) -> None:
+    first = echo.delay("one").id
+    redis_client.script_flush()  # as after a restart of Redis
+    second = echo.delay("two").id
+    assert redis_client.llen("celery") == 2
+    assert redis_client.exists(KEY.format(first), KEY.format(second)) == 2

@@ -1,0 +1,78 @@
+"""The README's examples of your own code run as written: they are read out of README.md.
+
+These are tests of the examples (the README's route uses the example tasks), not of the bridge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from types import ModuleType
+
+import redis
+from quart.typing import TestClientProtocol as Client
+
+from factories.application import create_application
+from quart_app.extensions import celery
+from tests.clients import error_of
+from tests.workers import ThreadWorker
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_example(containing: str) -> ModuleType:
+    """The README's Python example that contains `containing`, run as a module of its own."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    (source,) = [block for block in blocks if containing in block]
+    module = ModuleType(f"readme_example_{uuid.uuid4().hex}")
+    exec(compile(source, str(README), "exec"), module.__dict__)
+    return module
+
+
+async def test_the_route_of_your_own_runs_on_the_async_api(
+    redis_client: redis.Redis, thread_worker: ThreadWorker
+) -> None:
+    greetings = readme_example("# quart_app/blueprints/greetings.py")
+    app = create_application({"TESTING": True})
+    app.register_blueprint(greetings.blueprint)
+    async with app.test_app() as test_app:
+        client: Client = test_app.test_client()
+        with thread_worker(celery):
+            response = await client.post("/greetings/Ada")
+            assert response.status_code == 200
+            answer = await response.get_json()
+            assert answer["greeting"] == "hello, Ada"
+            started = await client.post("/counts")
+            assert started.status_code == 202
+            task_id = (await started.get_json())["id"]
+            stream = await client.get(f"/counts/{task_id}")
+            assert stream.headers["Content-Type"] == "text/event-stream"
+            events = (await stream.get_data(as_text=True)).split("\n\n")
+        unknown = await client.get(f"/counts/{uuid.uuid4()}")
+    states = [json.loads(event.removeprefix("data: "))["state"] for event in events if event]
+    assert states[-1] == "SUCCESS"
+    assert states.count("PROGRESS") == 3
+    assert unknown.status_code == 404
+    assert (await error_of(unknown))["code"] == "task_not_found"
+
+
+async def test_the_exposed_task_of_the_readme_is_accepted_checked_and_documented(
+    redis_client: redis.Redis,
+) -> None:
+    readme_example("@expose(rules=AtMostAMegapixel)")
+    app = create_application({"TESTING": True})
+    async with app.test_app() as test_app:
+        client: Client = test_app.test_client()
+        kwargs: dict[str, object] = {"path": "a.png", "width": 800}
+        run = {"name": "resize_image", "kwargs": kwargs}
+        assert (await client.post("/api/tasks", json=run)).status_code == 202
+        kwargs["width"] = 5000
+        refused = await client.post("/api/tasks", json=run)
+        assert refused.status_code == 422
+        error = await error_of(refused)
+        assert error["message"] == "kwargs.width: Input should be less than or equal to 4096."
+        document = await (await client.get("/openapi.json")).get_json()
+    rule = document["components"]["schemas"]["ResizeImageKwargs"]["description"]
+    assert rule == "`width * height` may be at most 1,000,000 pixels."
