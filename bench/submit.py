@@ -1,5 +1,6 @@
-"""Submit throughput: POST /api/tasks through one `hypercorn asgi:app` process, against a plain
-loop of `simple_task.delay()` in one process, measured in the same run.
+"""Submit throughput: POST /api/tasks through one `hypercorn asgi:app` process, against the same
+server's empty endpoint (GET /healthz) and a plain loop of `simple_task.delay()` in one
+process, measured in the same run.
 
 Two plain loops are measured: one with stock Celery (its own Redis transport and result
 backend, default settings) and one with this project's configured Celery, which publishes
@@ -61,31 +62,41 @@ def main() -> None:
     )
     try:
         wait_until_serving(port)
-        asyncio.run(load(port, 200, args.connections))  # warm up
-        stock_rates, raw_rates, http_rates, latencies = [], [], [], []
+        asyncio.run(load(port, SUBMIT, 200, args.connections))  # warm up
+        asyncio.run(load(port, HEALTHZ, 200, args.connections))
+        stock_rates, raw_rates, http_rates, healthz_rates, latencies = [], [], [], [], []
         for round_ in range(1, args.rounds + 1):
             stock_rates.append(delay_rate(stock_task, args.delays))
             raw_rates.append(delay_rate(simple_task, args.delays))
             if args.profile and round_ == args.rounds:
                 profiler = start_profiler(server.pid, args.profile)
-            rate, round_latencies = asyncio.run(load(port, args.requests, args.connections))
+            healthz_rate, rate, round_latencies = asyncio.run(
+                alternating(port, args.requests, args.connections)
+            )
             if args.profile and round_ == args.rounds:
                 profiler.wait()
+            healthz_rates.append(healthz_rate)
             http_rates.append(rate)
             latencies += round_latencies
             print(
                 f"round {round_}: stock delay() {stock_rates[-1]:5.0f}/s   "
-                f"configured delay() {raw_rates[-1]:5.0f}/s   HTTP {rate:5.0f}/s"
+                f"configured delay() {raw_rates[-1]:5.0f}/s   "
+                f"GET /healthz {healthz_rates[-1]:5.0f}/s   POST /api/tasks {rate:5.0f}/s"
             )
         stock, raw = statistics.median(stock_rates), statistics.median(raw_rates)
-        http = statistics.median(http_rates)
+        http, healthz = statistics.median(http_rates), statistics.median(healthz_rates)
         latencies.sort()
         print("\nmedians:")
         print(f"  delay() loop, stock Celery:          {stock:6.0f} tasks/s")
         print(f"  delay() loop, this project's Celery: {raw:6.0f} tasks/s")
+        print(f"  GET /healthz, {args.connections} connections:      {healthz:6.0f} requests/s")
         print(f"  POST /api/tasks, {args.connections} connections:   {http:6.0f} requests/s")
-        print(f"  ratio HTTP / stock Celery loop:      {http / stock:6.2f}")
-        print(f"  ratio HTTP / configured loop:        {http / raw:6.2f}")
+        # Each round's POST and GET took turns, so they met the same speed of the machine: the
+        # median of the rounds' ratios, rather than a ratio of medians taken at other times.
+        ratio = statistics.median(p / h for p, h in zip(http_rates, healthz_rates, strict=True))
+        print(f"  ratio POST / GET /healthz:           {ratio:6.2f} (median of the rounds')")
+        print(f"  ratio POST / stock Celery loop:      {http / stock:6.2f}")
+        print(f"  ratio POST / configured loop:        {http / raw:6.2f}")
         print(
             f"HTTP latency: p50 {percentile(latencies, 50):.1f} ms, "
             f"p99 {percentile(latencies, 99):.1f} ms"
@@ -120,13 +131,41 @@ def delay_rate(task: object, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-async def load(port: int, count: int, connections: int) -> tuple[float, list[float]]:
-    """POST `count` tasks over `connections` keep-alive connections; the rate and latencies."""
-    body = json.dumps({"name": "simple_task", "kwargs": {"message": "bench"}}).encode()
-    request = (
-        b"POST /api/tasks HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
+_BODY = json.dumps({"name": "simple_task", "kwargs": {"message": "bench"}}).encode()
+#: The two requests measured: a submission, and the server's empty endpoint (the baseline).
+SUBMIT = (
+    202,
+    b"POST /api/tasks HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_BODY), _BODY),
+)
+HEALTHZ = (200, b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
+
+
+async def alternating(
+    port: int, count: int, connections: int, chunks: int = 16
+) -> tuple[float, float, list[float]]:
+    """`count` requests of each kind, GET /healthz and POST /api/tasks in turn, `count /
+    chunks` at a time: the rate of each, and the submissions' latencies. Taking turns
+    spreads the machine's drift in speed over both."""
+    seconds = {HEALTHZ: 0.0, SUBMIT: 0.0}
+    latencies: list[float] = []
+    for _ in range(chunks):
+        for kind in (HEALTHZ, SUBMIT):
+            started = time.perf_counter()
+            _, chunk_latencies = await load(port, kind, count // chunks, connections)
+            seconds[kind] += time.perf_counter() - started
+            if kind is SUBMIT:
+                latencies += chunk_latencies
+    done = chunks * (count // chunks)
+    return done / seconds[HEALTHZ], done / seconds[SUBMIT], latencies
+
+
+async def load(
+    port: int, kind: tuple[int, bytes], count: int, connections: int
+) -> tuple[float, list[float]]:
+    """Make `count` requests of `kind` (expected status, raw request) over `connections`
+    keep-alive connections; the rate and latencies."""
+    expected, request = kind
     latencies: list[float] = []
     errors = 0
 
@@ -143,7 +182,7 @@ async def load(port: int, count: int, connections: int) -> tuple[float, list[flo
                     length = int(line.split(b":")[1])
             await reader.readexactly(length)
             latencies.append((time.perf_counter() - started) * 1000)
-            errors += status != 202
+            errors += status != expected
         writer.close()
         await writer.wait_closed()
 
@@ -152,7 +191,7 @@ async def load(port: int, count: int, connections: int) -> tuple[float, list[flo
     await asyncio.gather(*(client(share) for share in shares))
     elapsed = time.perf_counter() - started
     if errors:
-        raise SystemExit(f"{errors} of {count} requests were not answered 202")
+        raise SystemExit(f"{errors} of {count} requests were not answered {expected}")
     return count / elapsed, latencies
 
 

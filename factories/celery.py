@@ -179,17 +179,16 @@ def _is_redis(url: str) -> bool:
 
 
 def _drop_connections(instance: Celery) -> None:
-    """Forget the broker pools and close the result backends made under earlier settings.
+    """Forget the broker pools, the messaging and the result backends made under earlier
+    settings, closing the backends.
 
-    Celery makes both on first use and never reads its settings again, so after a change of
-    broker or backend it would otherwise go on using the old ones. The broker pools belong to
-    kombu, which shares them by URL, so they are forgotten here, not closed.
+    Celery makes them on first use and never reads its settings again, so after a change of
+    broker, backend, routes or queues it would otherwise go on using the old ones. The broker
+    pools belong to kombu, which shares them by URL, so they are forgotten here, not closed.
     """
     state = vars(instance)
     state["_pool"] = None
-    amqp = state.get("amqp")
-    if amqp is not None:
-        amqp._producer_pool = None
+    state.pop("amqp", None)  # its router, its queues and its producer pool
     for backend in (state.get("_backend_cache"), getattr(state.get("_local"), "backend", None)):
         client = getattr(backend, "client", None)  # a Redis backend's own connection pool
         if client is not None:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -40,16 +41,20 @@ def celery(app: Quart, redis_client: redis.Redis) -> Celery:
 
 @pytest.fixture
 def thread_worker() -> ThreadWorker:
-    """Start a real worker in a thread of this process: `with thread_worker(celery, pool=...)`."""
+    """Start a real worker in a thread of this process: `with thread_worker(celery, pool=...)`;
+    more options (`queues=[...]`) go to the worker."""
 
     @contextmanager
-    def start(celery: Celery, pool: str = "solo", concurrency: int = 1) -> Iterator[WorkController]:
+    def start(
+        celery: Celery, pool: str = "solo", concurrency: int = 1, **options: Any
+    ) -> Iterator[WorkController]:
         with start_worker(
             celery,
             pool=pool,
             concurrency=concurrency,
             perform_ping_check=False,
             shutdown_timeout=STOP_TIMEOUT,
+            **options,
         ) as worker:
             yield worker
 

@@ -1,10 +1,12 @@
 """Sending the tasks the web app submits, in batches.
 
-Each trip to the thread pool costs the event loop and the pool thread a hand-over of the GIL
-both ways, which on a busy server cost more than the publish itself. So the tasks submitted
-while one batch is being sent wait for the next trip, and go together: one trip to the pool,
-one Redis round trip for their records, one producer for their messages. An idle server sends
-a lone task at once.
+The tasks submitted while one batch is being sent wait for the next, and go together. Where
+the broker is Redis, a batch goes from the event loop itself, messages and records in one
+round trip (`quart_app.bridge.publisher`): no thread, no kombu. Otherwise, and for the
+messages that path does not cover, it goes through the thread pool: one trip for the batch
+(each trip costs a hand-over of the GIL both ways, which on a busy server cost more than the
+publish), one Redis round trip for the records, one producer for the messages. An idle server
+sends a lone task at once.
 
 Use it through `quart_app.bridge.queue.submit`.
 """
@@ -26,12 +28,13 @@ from redis.exceptions import RedisError
 from quart_app.bridge import records
 from quart_app.bridge.errors import ServiceUnavailable
 from quart_app.bridge.pool import UNREACHABLE, as_api_error, run_in_pool
+from quart_app.bridge.publisher import Outgoing, Publisher, Unsupported
 from quart_app.extensions import celery
 
 EXTENSION = "submitter"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made for every submission, and frozen sets fields slowly
 class Submission:
     """A run of a task to send: the task, its arguments, Celery's options, and its id."""
 
@@ -42,11 +45,13 @@ class Submission:
     task_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Waiting:
-    """A submission, and the future its caller awaits until it is sent (or cannot be)."""
+    """A submission, its message where it goes from the event loop, and the future its caller
+    awaits until it is sent (or cannot be)."""
 
     submission: Submission
+    outgoing: Outgoing | None
     sent: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -55,15 +60,27 @@ class Waiting:
 class Submitter:
     """Sends the tasks submitted on one event loop, a batch at a time."""
 
-    def __init__(self, redis: Redis, expires: int) -> None:
+    def __init__(self, redis: Redis, expires: int, publisher: Publisher | None) -> None:
         self.redis = redis
         self.expires = expires
+        #: Sends from the event loop where the broker is Redis; None: the thread pool does.
+        self.publisher = publisher
         self.waiting: list[Waiting] = []
         self.sending: asyncio.Task[None] | None = None
 
     async def submit(self, submission: Submission) -> None:
-        """Record and send `submission`; return once sent. 503 if it cannot be sent."""
-        waiting = Waiting(submission)
+        """Record and send `submission`; return once sent. 503 if it cannot be sent.
+
+        Its message is built here, so that a call the task cannot take raises in the caller.
+        """
+        outgoing = None
+        if self.publisher is not None:
+            options = {**submission.options, "task_id": submission.task_id}
+            with suppress(Unsupported):  # the thread pool's path sends it
+                outgoing = self.publisher.message(
+                    submission.task, submission.args, submission.kwargs, options
+                )
+        waiting = Waiting(submission, outgoing)
         self.waiting.append(waiting)
         if self.sending is None:
             self.sending = asyncio.create_task(self.send_waiting())
@@ -93,9 +110,40 @@ class Submitter:
             self.sending.cancel()
             with suppress(asyncio.CancelledError):
                 await self.sending
+        if self.publisher is not None:
+            await self.publisher.close()
 
     async def send(self, batch: list[Waiting]) -> None:
-        """Send one batch in one trip to the pool, and settle each task's future."""
+        """Send one batch, from the loop what it can, the rest in one trip to the pool."""
+        from_loop = [waiting for waiting in batch if waiting.outgoing is not None]
+        from_pool = [waiting for waiting in batch if waiting.outgoing is None]
+        if from_loop and from_pool:
+            await asyncio.gather(self.send_from_loop(from_loop), self.send_from_pool(from_pool))
+        elif from_loop:  # the usual case, without the two tasks of a gather
+            await self.send_from_loop(from_loop)
+        else:
+            await self.send_from_pool(from_pool)
+
+    async def send_from_loop(self, batch: list[Waiting]) -> None:
+        """Write the messages and records of a batch to Redis in one round trip."""
+        if not batch or self.publisher is None:
+            return
+        # The write gives up a little before the request would be answered 503 anyway.
+        timeout = 0.8 * current_app.config["BLOCKING_TIMEOUT"]
+        outgoing = [waiting.outgoing for waiting in batch if waiting.outgoing is not None]
+        error: Exception | None = None
+        try:
+            await self.publisher.send(outgoing, self.expires, timeout)
+        except TimeoutError:
+            error = ServiceUnavailable(f"The broker did not answer within {timeout:g} s.")
+        except Exception as failure:
+            error = failure
+        _settle(batch, [error] * len(batch))
+
+    async def send_from_pool(self, batch: list[Waiting]) -> None:
+        """Send a batch in one trip to the pool, and settle each task's future."""
+        if not batch:
+            return
         submissions = [waiting.submission for waiting in batch]
         timeout = current_app.config["BLOCKING_TIMEOUT"]
         # The thread stops sending a little before the request is answered 503.
@@ -106,13 +154,18 @@ class Submitter:
             )
         except Exception as failure:
             errors = [failure] * len(batch)
-        for waiting, error in zip(batch, errors, strict=True):
-            if waiting.sent.done():  # its caller was cancelled meanwhile
-                continue
-            if error is None:
-                waiting.sent.set_result(None)
-            else:
-                waiting.sent.set_exception(as_api_error("the broker", error))
+        _settle(batch, errors)
+
+
+def _settle(batch: list[Waiting], errors: list[Exception | None]) -> None:
+    """Answer each waiting caller: sent, or why not (503 for a broker out of reach)."""
+    for waiting, error in zip(batch, errors, strict=True):
+        if waiting.sent.done():  # its caller was cancelled meanwhile
+            continue
+        if error is None:
+            waiting.sent.set_result(None)
+        else:
+            waiting.sent.set_exception(as_api_error("the broker", error))
 
 
 def publish(
@@ -169,7 +222,8 @@ def init_app(app: Quart) -> None:
     @app.while_serving
     async def submitter() -> AsyncGenerator[None, None]:
         expires = int(app.config["CELERY_RESULT_EXPIRES"])
-        app.extensions[EXTENSION] = Submitter(records.client(), expires)
+        publisher = Publisher.for_app(celery, app.config["REDIS_URL"])
+        app.extensions[EXTENSION] = Submitter(records.client(), expires, publisher)
         yield
         await app.extensions.pop(EXTENSION).close()
 

@@ -211,3 +211,10 @@ def test_transport_options_given_add_to_the_bounded_ones() -> None:
 
 def test_the_result_backend_is_the_one_that_does_not_subscribe_on_send(app: Quart) -> None:
     assert isinstance(configure_celery(app).backend, RedisBackend)
+
+
+def test_routes_and_queues_follow_the_config_when_it_changes() -> None:
+    celery = configure_celery(create_application({"CELERY_TASK_ROUTES": {"tests.echo": "one"}}))
+    assert celery.amqp.router.route({}, "tests.echo")["queue"].name == "one"
+    configure_celery(create_application({"CELERY_TASK_ROUTES": {"tests.echo": "two"}}))
+    assert celery.amqp.router.route({}, "tests.echo")["queue"].name == "two"

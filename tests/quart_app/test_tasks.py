@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
@@ -21,7 +22,8 @@ from quart_app.tasks import (
     progress_task,
     simple_task,
 )
-from tests.clients import error_of
+from tests.clients import error_of, finished, submit
+from tests.workers import ThreadWorker
 
 EXAMPLES = ("simple_task", "progress_task", "async_task", "failing_task")
 
@@ -46,6 +48,39 @@ def test_failing_task_raises_its_message(app: Quart) -> None:
 def test_each_example_is_exposed_under_its_function_name(app: Quart) -> None:
     exposed = exposed_tasks().by_name
     assert {name: exposed[name].task.name for name in EXAMPLES} == {n: n for n in EXAMPLES}
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "ended"),
+    [
+        ("simple_task", {"message": "hi"}, ("SUCCESS", "hi", None)),
+        ("progress_task", {"steps": 2, "delay": 0}, ("SUCCESS", {"steps": 2}, None)),
+        (
+            "async_task",
+            {"message": "hey"},
+            ("SUCCESS", {"message": "hey", "app": "quart_app"}, None),
+        ),
+        (
+            "failing_task",
+            {"message": "boom"},
+            ("FAILURE", None, {"type": "ValueError", "message": "boom"}),
+        ),
+    ],
+)
+async def test_each_example_sent_from_the_event_loop_runs_on_a_worker(
+    app: Quart,
+    client: Client,
+    celery: Celery,
+    thread_worker: ThreadWorker,
+    name: str,
+    kwargs: dict[str, Any],
+    ended: tuple[str, Any, Any],
+) -> None:
+    assert app.extensions["submitter"].publisher is not None  # not through the thread pool
+    task_id = (await submit(client, name, **kwargs))["id"]
+    with thread_worker(celery):
+        done = await finished(client, task_id)
+    assert (done["state"], done["result"], done["error"]) == ended
 
 
 @pytest.mark.parametrize(

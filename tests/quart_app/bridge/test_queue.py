@@ -95,11 +95,11 @@ async def test_follow_gives_every_change_up_to_the_final_state(
     serving: Quart, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
     task_id = await queue.submit(count, steps=3, delay=0.01)
-    states: list[str] = []
+    changes = queue.follow(task_id)
+    states = [(await anext(changes)).state]  # before any worker runs
     with thread_worker(celery):
         async with asyncio.timeout(TIMEOUT):
-            async for snapshot in queue.follow(task_id):
-                states.append(snapshot.state)
+            states += [snapshot.state async for snapshot in changes]
     assert states == ["PENDING", "STARTED", "PROGRESS", "PROGRESS", "PROGRESS", "SUCCESS"]
 
 

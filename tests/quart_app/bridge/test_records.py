@@ -56,12 +56,14 @@ async def test_send_task_from_a_shell_is_known(client: Client, celery: Celery) -
         assert (await socket.receive_json())["state"] not in FINAL
 
 
-async def test_the_api_records_its_batch_once(
+async def test_the_api_writes_its_records_with_its_messages(
     client: Client, redis_client: redis.Redis, remembered: list[list[tuple[str, str]]]
 ) -> None:
     task_id = (await submit(client, "tests.echo", message="hi"))["id"]
-    # The submitter's one round trip, before sending; not the transport's or the hook's again.
-    assert remembered == [[(task_id, "tests.echo")]]
+    # In the batch's one MULTI/EXEC, from the event loop: no write of its own, no second one.
+    assert remembered == []
+    assert redis_client.get(KEY.format(task_id)) == b"tests.echo"
+    assert redis_client.llen("celery") == 1
 
 
 def test_a_task_whose_record_cannot_be_written_is_still_published(

@@ -1,0 +1,158 @@
+"""Messages built in the event loop are the ones kombu would push, and workers run them.
+
+The first tests compare, call for call, what `Publisher.message` builds with what
+`apply_async` makes kombu push onto the same Redis list; only the delivery tag (a fresh uuid
+each time) and the expiration (counted from "now") may differ. The rest run what this path
+sends on a real worker: a retry, a countdown, a route to a second queue, a priority.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu.utils.uuid import uuid
+from quart import Quart
+
+from factories.application import create_application
+from quart_app.bridge import queue
+from quart_app.bridge.publisher import Publisher, Unsupported
+from tests.worker_tasks import count, echo, retried_once
+from tests.workers import ThreadWorker
+
+TIMEOUT = 20.0
+ETA = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def publisher(celery: Celery, redis_url: str) -> Iterator[Publisher]:
+    """The publisher of the configured app, as the web app makes it."""
+    made = Publisher.for_app(celery, redis_url)
+    assert made is not None
+    yield made
+
+
+def pushed(redis_client: redis.Redis, key: str) -> dict[str, Any]:
+    """The one message kombu pushed onto `key`, taken off it."""
+    raw = redis_client.rpop(key)
+    assert isinstance(raw, bytes) and redis_client.llen(key) == 0, f"no single message on {key!r}"
+    message: dict[str, Any] = json.loads(raw)
+    return message
+
+
+def comparable(message: dict[str, Any]) -> dict[str, Any]:
+    """A message without what differs from one publish to the next; its body decoded."""
+    properties = {
+        name: value
+        for name, value in message["properties"].items()
+        if name not in ("delivery_tag", "expiration")
+    }
+    body = json.loads(base64.b64decode(message["body"]))
+    return {**message, "body": body, "properties": properties}
+
+
+CALLS = [
+    pytest.param(echo, ("hi",), {}, {}, "celery", id="plain"),
+    pytest.param(count, (), {"steps": 2, "delay": 0.5}, {}, "celery", id="keyword-arguments"),
+    pytest.param(echo, ("x",), {}, {"priority": 6}, "celery\x06\x166", id="priority"),
+    pytest.param(echo, ("x",), {}, {"eta": ETA}, "celery", id="eta"),
+    pytest.param(echo, ("x",), {}, {"countdown": 30}, "celery", id="countdown"),
+    pytest.param(echo, ("x",), {}, {"expires": ETA}, "celery", id="expires-at"),
+    pytest.param(echo, ("x",), {}, {"expires": 60}, "celery", id="expires-in"),
+    pytest.param(echo, ("x",), {}, {"queue": "second"}, "second", id="queue"),
+    pytest.param(echo, ("x",), {}, {"headers": {"x-trace": "abc"}}, "celery", id="headers"),
+    pytest.param(echo, ("x",), {}, {"headers": {"x-at": ETA}}, "celery", id="header-kombu-tags"),
+    pytest.param(
+        echo, ("x",), {}, {"time_limit": 30, "soft_time_limit": 20}, "celery", id="time-limits"
+    ),
+    pytest.param(echo, ("x",), {}, {"link": echo.si("next")}, "celery", id="link"),
+    pytest.param(echo, ("x",), {}, {"ignore_result": True}, "celery", id="ignore-result"),
+    pytest.param(echo, ("x",), {}, {"shadow": "shown-as"}, "celery", id="shadow"),
+]
+
+
+@pytest.mark.parametrize(("task", "args", "kwargs", "options", "key"), CALLS)
+def test_the_message_is_the_one_kombu_pushes(
+    publisher: Publisher,
+    redis_client: redis.Redis,
+    task: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    key: str,
+) -> None:
+    task_id = uuid()
+    task.apply_async(args, kwargs, task_id=task_id, **options)
+    kombus = pushed(redis_client, key)
+    ours = publisher.message(task, args, kwargs, {**options, "task_id": task_id})
+    assert ours.key == key
+    built = json.loads(ours.payload)
+    for header, relative in (("eta", "countdown"), ("expires", "expires")):
+        if isinstance(options.get(relative), int):  # "now + so many seconds", a moment apart
+            theirs = datetime.fromisoformat(kombus["headers"][header])
+            mine = datetime.fromisoformat(built["headers"][header])
+            assert abs(mine - theirs) < timedelta(seconds=5)
+            built["headers"][header] = kombus["headers"][header]
+    assert comparable(built) == comparable(kombus)
+    assert ("expiration" in built["properties"]) == ("expiration" in kombus["properties"])
+
+
+def test_a_route_of_the_app_is_followed(redis_url: str, redis_client: redis.Redis) -> None:
+    app = create_application({"CELERY_TASK_ROUTES": {"tests.count": {"queue": "second"}}})
+    publisher = Publisher.for_app(app.extensions["celery"], redis_url)
+    assert publisher is not None
+    task_id = uuid()
+    count.apply_async((), {"steps": 1}, task_id=task_id)
+    kombus = pushed(redis_client, "second")
+    ours = publisher.message(count, (), {"steps": 1}, {"task_id": task_id})
+    assert ours.key == "second"
+    assert comparable(json.loads(ours.payload)) == comparable(kombus)
+
+
+def test_what_this_path_does_not_send_goes_through_the_pool(celery: Celery, redis_url: str) -> None:
+    publisher = Publisher.for_app(celery, redis_url)
+    assert publisher is not None
+    with pytest.raises(Unsupported):
+        publisher.message(echo, ("x",), {}, {"compression": "zlib"})
+    with pytest.raises(TypeError):  # the task's own check of its arguments, as apply_async's
+        publisher.message(echo, ("x", "y"), {}, {})
+    for settings in ({"CELERY_TASK_SEND_SENT_EVENT": True}, {"CELERY_TASK_COMPRESSION": "gzip"}):
+        app = create_application(settings)
+        assert Publisher.for_app(app.extensions["celery"], redis_url) is None
+    other_broker = create_application({"CELERY_BROKER_URL": "amqp://guest@127.0.0.1//"})
+    assert Publisher.for_app(other_broker.extensions["celery"], redis_url) is None
+
+
+@pytest.fixture
+async def routed(redis_client: redis.Redis) -> AsyncIterator[Quart]:
+    """An app that routes `tests.count` to a second queue, serving, its context pushed."""
+    app = create_application({"TESTING": True, "CELERY_TASK_ROUTES": {"tests.count": "second"}})
+    async with app.test_app(), app.app_context():
+        assert app.extensions["submitter"].publisher is not None  # the event loop's path
+        yield app
+
+
+async def test_a_real_worker_runs_what_this_path_sends(
+    routed: Quart, redis_client: redis.Redis, thread_worker: ThreadWorker
+) -> None:
+    celery = routed.extensions["celery"]
+    submitted_at = datetime.now(UTC)
+    retried = await queue.submit(retried_once)
+    later = await queue.submit(echo.s("later").set(countdown=1))
+    urgent = await queue.submit(echo.s("urgent").set(priority=9))
+    second = await queue.submit(count, steps=2)
+    assert redis_client.llen("celery\x06\x169") == 1
+    assert redis_client.llen("second") == 1
+    with thread_worker(celery, queues=["celery", "second"]):
+        assert (await queue.result(retried, timeout=TIMEOUT))["retries"] == 1
+        assert await queue.result(urgent, timeout=TIMEOUT) == "urgent"
+        assert await queue.result(second, timeout=TIMEOUT) == {"steps": 2}
+        assert await queue.result(later, timeout=TIMEOUT) == "later"
+    done = datetime.fromisoformat(celery.backend.get_task_meta(later)["date_done"])
+    assert done - submitted_at >= timedelta(seconds=1)  # it waited for its countdown
