@@ -13,7 +13,9 @@ from factories.configuration import get_config
 from quart_app.blueprints import pages
 from quart_app.bridge import (
     access,
+    admission,
     garbage,
+    lookups,
     openapi,
     pool,
     records,
@@ -53,11 +55,14 @@ def ensure_secret_key(app: Quart) -> None:
 def register_extensions(app: Quart) -> None:
     """Configure the placeholder extensions, and what opens when serving starts."""
     configure_celery(app)  # and import the task modules
-    # The bridge: who gets in, the thread pool and Redis client, the submitter, the result
-    # listener, hearing the server stop, and the OpenAPI document.
+    # The bridge: who gets in and how many sockets are set up at once, the thread pool and
+    # Redis client, the look-ups, the submitter, the result listener, hearing the server
+    # stop, and the OpenAPI document.
     access.init_app(app)
+    admission.init_app(app)
     pool.init_app(app)
     records.init_app(app)
+    lookups.init_app(app)
     submitter.init_app(app)
     result_listener.init_app(app)
     shutdown.init_app(app)

@@ -52,6 +52,9 @@ APP_OPTIONS: dict[str, Option] = {
     "WS_MAX_SOCKETS": Option(5000, type="int", minimum=1),
     # The largest message a client may send on a websocket, in bytes; larger closes it (1009).
     "WS_MAX_MESSAGE_SIZE": Option(16 * 1024, type="int", minimum=1),
+    # Websockets one server process sets up at once (handshake to first message); the others
+    # wait their turn, so that a burst of them does not hold up other requests.
+    "WS_MAX_SETUPS": Option(16, type="int", minimum=1),
     # Seconds a task a worker took may go unacknowledged before Redis gives it to another worker
     # (kombu's `visibility_timeout`): how long a task of a killed worker waits to run again.
     # Longer than any task may run (ten minutes for those the API starts), or a task still

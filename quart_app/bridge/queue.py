@@ -30,11 +30,10 @@ from quart import current_app
 
 from quart_app.bridge import records, result_listener
 from quart_app.bridge.errors import APIError, TaskNotFound
-from quart_app.bridge.pool import run_in_pool
+from quart_app.bridge.lookups import look_ups
 from quart_app.bridge.result_listener import ResultListener, Update
 from quart_app.bridge.schemas import TaskSnapshot
-from quart_app.bridge.snapshots import look_up as look_up_now
-from quart_app.bridge.snapshots import read_snapshot, snapshot_from_meta
+from quart_app.bridge.snapshots import decoded, snapshot_from_meta
 from quart_app.bridge.states import FINAL_STATES, TaskState
 from quart_app.bridge.submitter import Submission, submitter
 from quart_app.extensions import celery
@@ -92,9 +91,10 @@ async def look_up(task_id: str) -> TaskSnapshot:
     normal = records.parse_id(task_id)
     if normal is None:
         raise TaskNotFound(task_id)
-    return await run_in_pool(
-        "the result backend", look_up_now, records.client(), normal, current_app.debug
-    )
+    found = await look_ups().read(normal, name=True, stored=True)
+    if found.name is None:
+        raise TaskNotFound(task_id)
+    return snapshot_from_meta(normal, found.name, decoded(found.stored), current_app.debug)
 
 
 async def follow(task_id: str) -> AsyncGenerator[TaskSnapshot, None]:
@@ -201,7 +201,7 @@ class Follower:
         if normal is None:
             raise TaskNotFound(task_id)
         if normal not in self.followed:
-            name = await run_in_pool("Redis", records.name_of, records.client(), normal)
+            name = (await look_ups().read(normal, name=True)).name
             if name is None:
                 raise TaskNotFound(task_id)
             self.followed[normal] = Followed(name)
@@ -252,11 +252,10 @@ class Follower:
 
     async def _snapshot(self, update: Update, name: str) -> TaskSnapshot:
         """The snapshot an update stands for: the meta it carries, or the stored one."""
-        if update.meta is None:
-            return await run_in_pool(
-                "the result backend", read_snapshot, update.task_id, name, self.debug
-            )
-        return snapshot_from_meta(update.task_id, name, update.meta, self.debug)
+        meta = update.meta
+        if meta is None:
+            meta = decoded((await look_ups().read(update.task_id, stored=True)).stored)
+        return snapshot_from_meta(update.task_id, name, meta, self.debug)
 
     def _drop(self, task_id: str) -> None:
         """Forget a task, and stop hearing of it."""

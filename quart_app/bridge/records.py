@@ -98,6 +98,14 @@ def name_of(redis: Redis, task_id: str) -> str | None:
     return name.decode() if isinstance(name, bytes) else None
 
 
+def names_of(redis: Redis, task_ids: list[str]) -> list[str | None]:
+    """The names of the tasks published under `task_ids` (None where none was), in one MGET."""
+    if not task_ids:
+        return []
+    names = redis.mget([KEY.format(task_id) for task_id in task_ids])
+    return [name.decode() if isinstance(name, bytes) else None for name in names]
+
+
 @dataclass
 class PublishRecorder:
     """Records each task the app publishes, where the transport has not (`RecordingAMQP`)."""

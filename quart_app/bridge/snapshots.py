@@ -70,10 +70,14 @@ def read_snapshot(task_id: str, name: str, debug: bool = False) -> TaskSnapshot:
 def stored_meta(task_id: str) -> dict[str, Any]:
     """The meta the result backend stores for the task, as JSON (no exceptions rebuilt)."""
     backend = celery.backend
-    stored = backend.get(backend.get_key_for_task(task_id))  # type: ignore[attr-defined]
+    return decoded(backend.get(backend.get_key_for_task(task_id)))  # type: ignore[attr-defined]
+
+
+def decoded(stored: bytes | None) -> dict[str, Any]:
+    """A task's meta, from what the result backend stores (`NO_META` for nothing)."""
     if not stored:
         return NO_META
-    meta: dict[str, Any] = backend.decode(stored)
+    meta: dict[str, Any] = celery.backend.decode(stored)
     return meta
 
 
