@@ -190,3 +190,30 @@ async def test_a_task_that_beat_publishes_is_followed_like_any(
     received, code = await asyncio.wait_for(follow(socket_url, process_worker), 60)
     assert code == 1000
     assert (received[-1]["state"], received[-1]["result"]) == ("SUCCESS", "from beat")
+
+
+async def test_a_server_hears_only_the_tasks_its_sockets_watch(
+    start_server: Server, redis_client: redis.Redis
+) -> None:
+    first, second = start_server(), start_server()
+    status, accepted = http(
+        "POST", f"{first}/api/tasks", {"name": "tests.echo", "kwargs": {"message": "watched"}}
+    )
+    assert status == 202
+    channel = f"celery-task-meta-{accepted['id']}"
+
+    def subscribers() -> int:
+        ((_, count),) = redis_client.pubsub_numsub(channel)
+        return int(count)
+
+    listeners = [
+        c for c in redis_client.client_list() if c["name"].startswith("quart_app-results-")
+    ]
+    assert len(listeners) == 2, listeners  # one connection for each server
+    assert [int(c["psub"]) for c in listeners] == [0, 0]  # no pattern subscription
+    assert subscribers() == 0
+    async with websockets.connect(first.replace("http://", "ws://") + accepted["websocket"]) as ws:
+        assert json.loads(await ws.recv())["state"] == "PENDING"
+        assert subscribers() == 1  # the first server's; the second hears nothing of it
+    wait_for(lambda: subscribers() == 0, 10, "the first server to unsubscribe")
+    assert http("GET", f"{second}/healthz")[0] == 200

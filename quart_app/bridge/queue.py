@@ -195,7 +195,8 @@ class Follower:
         """Follow a published task from now on; its id in the usual form.
 
         `TaskNotFound` if no task was published as `task_id`. Its stored state comes first,
-        read behind any update that arrives meanwhile, so none falls in between.
+        read once Redis has confirmed the subscription to its channel, and behind any update
+        that arrives meanwhile: none falls in between.
         """
         normal = records.parse_id(task_id)
         if normal is None:
@@ -205,7 +206,7 @@ class Follower:
             if name is None:
                 raise TaskNotFound(task_id)
             self.followed[normal] = Followed(name)
-            self.listener.subscribe(normal, self.inbox)
+            await self.listener.subscribe(normal, self.inbox)
             self.inbox.deliver(Update(normal))
         return normal
 

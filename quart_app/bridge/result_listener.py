@@ -1,13 +1,17 @@
-"""One Redis pub/sub connection per server process, fanning result updates out to websockets.
+"""One Redis pub/sub connection per server process, fanning result updates out to followers.
 
 Celery's Redis result backend publishes every state it stores on `celery-task-meta-<id>`. The
-listener subscribes once, to the pattern, so a follower (`quart_app.bridge.queue.Follower`)
-starts hearing of a task by adding itself to a dict: no round trip, no thread, and nothing
-published after that is missed. The follower then reads the stored state (subscribe first,
-then read: no update falls in between).
+listener subscribes to a task's channel when the first follower of its process starts
+following that task (`quart_app.bridge.queue.Follower`), and unsubscribes when the last one
+stops: a server hears only of the tasks its sockets watch, where a pattern subscription made
+every server hear every state of every task in the system. Subscriptions asked for at the same
+moment go in one SUBSCRIBE (and UNSUBSCRIBE) on the listener's one connection; a follower waits
+for Redis to confirm its channel before it reads the stored state, so that no update falls in
+between.
 
-If Redis goes away the listener reconnects with backoff, and once subscribed again it tells
-every follower to read its tasks' state anew: an update published meanwhile is not lost.
+If Redis goes away the listener reconnects with backoff, subscribes to every channel followed
+again, and, as each is confirmed, tells its followers to read the task's state anew: an update
+published meanwhile is not lost.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Protocol
 
 from quart import Quart
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from quart_app.extensions import celery
@@ -49,29 +54,50 @@ class Recipient(Protocol):
 
 
 class ResultListener:
-    """Listens for every result publish on one connection and hands each to its recipients."""
+    """Subscribes to the channels of the tasks followed, and hands each update to its recipients."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         #: The name its Redis connection goes by (CLIENT LIST), one per listener.
         self.client_name = f"quart_app-results-{os.getpid()}-{id(self):x}"
         self.recipients: defaultdict[str, set[Recipient]] = defaultdict(set)
-        #: Set while subscribed: updates published now reach the recipients.
+        #: Set while connected: the channels followed are (being) subscribed to.
         self.subscribed = asyncio.Event()
         #: Set to stop listening (within `READ_TIMEOUT`).
         self.stopping = asyncio.Event()
+        #: Set when a subscription is to be asked for, or given up.
+        self.changed = asyncio.Event()
+        #: Tasks whose channel this connection has asked for (SUBSCRIBE sent since the last
+        #: UNSUBSCRIBE), with the confirmations still to come for each.
+        self.asked: dict[str, int] = {}
+        #: Tasks whose channel Redis has confirmed: their updates reach the recipients.
+        self.confirmed: set[str] = set()
+        #: Followers waiting for their task's channel to be confirmed.
+        self.confirming: dict[str, asyncio.Future[None]] = {}
+        #: Tasks followed before a reconnection: their followers read again once confirmed.
+        self.to_read_again: set[str] = set()
 
-    def subscribe(self, task_id: str, recipient: Recipient) -> None:
-        """Deliver the task's updates to `recipient` from now on."""
+    async def subscribe(self, task_id: str, recipient: Recipient) -> None:
+        """Deliver the task's updates to `recipient` from now on; return once Redis has
+        confirmed its channel, from which moment nothing published is missed."""
         self.recipients[task_id].add(recipient)
+        if task_id in self.confirmed:
+            return
+        confirmed = self.confirming.get(task_id)
+        if confirmed is None:
+            confirmed = self.confirming[task_id] = asyncio.get_running_loop().create_future()
+            self.changed.set()
+        # Shielded: one waiter that goes (its socket closed) must not cancel the others' wait.
+        await asyncio.shield(confirmed)
 
     def unsubscribe(self, task_id: str, recipient: Recipient) -> None:
-        """Stop delivering the task's updates to `recipient`; forget the task if none is left."""
+        """Stop delivering the task's updates to `recipient`; the channel goes with the last."""
         recipients = self.recipients.get(task_id)
         if recipients is not None:
             recipients.discard(recipient)
             if not recipients:
                 del self.recipients[task_id]
+                self.changed.set()
 
     async def run(self) -> None:
         """Listen until `stopping` is set, reconnecting with backoff whenever Redis goes away.
@@ -86,31 +112,64 @@ class ResultListener:
                     self.url, socket_connect_timeout=2, client_name=self.client_name
                 )
                 async with client, client.pubsub() as pubsub:
-                    await pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
-                    while not self.stopping.is_set():
-                        message = await pubsub.get_message(timeout=READ_TIMEOUT)
-                        if message is not None:
-                            self.handle(message)
-                            backoff = 0.1
+                    await pubsub.connect()
+                    self.subscribed.set()
+                    asking = asyncio.create_task(self.ask(pubsub))
+                    try:
+                        while not self.stopping.is_set():
+                            if asking.done():
+                                asking.result()  # it only ends on an error: raise it here
+                            message = await pubsub.get_message(timeout=READ_TIMEOUT)
+                            if message is not None:
+                                self.handle(message)
+                                backoff = 0.1
+                    finally:
+                        asking.cancel()
+                        with suppress(asyncio.CancelledError):
+                            await asking
             except (RedisError, OSError):
-                self.subscribed.clear()
+                self.lost_connection()
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), backoff)
                 backoff = min(2 * backoff, MAX_BACKOFF)
         self.subscribed.clear()
 
+    async def ask(self, pubsub: PubSub) -> None:
+        """Send the subscriptions asked for and given up since the last time, each kind in
+        one command, whenever there are some."""
+        while True:
+            await self.changed.wait()
+            self.changed.clear()
+            wanted = set(self.recipients) | set(self.confirming)
+            subscribe = [task_id for task_id in wanted if task_id not in self.asked]
+            unsubscribe = [task_id for task_id in self.asked if task_id not in wanted]
+            if subscribe:
+                for task_id in subscribe:
+                    self.asked[task_id] = self.asked.get(task_id, 0) + 1
+                await pubsub.subscribe(*(CHANNEL_PREFIX + task_id for task_id in subscribe))
+            if unsubscribe:  # never none: UNSUBSCRIBE without a channel drops them all
+                for task_id in unsubscribe:
+                    del self.asked[task_id]
+                    self.confirmed.discard(task_id)
+                await pubsub.unsubscribe(*(CHANNEL_PREFIX + task_id for task_id in unsubscribe))
+
+    def lost_connection(self) -> None:
+        """The connection is gone, and its subscriptions with it: ask for all again."""
+        self.subscribed.clear()
+        self.to_read_again |= self.confirmed
+        self.asked.clear()
+        self.confirmed.clear()
+        self.changed.set()
+
     def handle(self, message: dict[str, Any]) -> None:
-        """Hand a published meta to the task's recipients; on (re)subscribing, ask all to
-        read their tasks' stored state again."""
-        if message["type"] == "psubscribe":
-            self.subscribed.set()
-            for followed_id, everyone in self.recipients.items():
-                for recipient in everyone:
-                    recipient.deliver(Update(followed_id))
-            return
-        if message["type"] != "pmessage":
+        """Take a confirmation, or hand a published meta to the task's recipients."""
+        kind = message["type"]
+        if kind not in ("subscribe", "message"):
             return
         task_id = message["channel"].decode().removeprefix(CHANNEL_PREFIX)
+        if kind == "subscribe":
+            self.confirm(task_id)
+            return
         recipients = self.recipients.get(task_id)
         if not recipients:
             return
@@ -122,6 +181,27 @@ class ResultListener:
             return
         for recipient in list(recipients):
             recipient.deliver(Update(task_id, meta))
+
+    def confirm(self, task_id: str) -> None:
+        """Redis confirmed one SUBSCRIBE of the task's channel; once it has confirmed the last
+        one asked for, the channel's followers hear what is published (and those from before
+        a reconnection read the task's state again)."""
+        outstanding = self.asked.get(task_id)
+        if outstanding is None:  # given up meanwhile
+            return
+        self.asked[task_id] = outstanding = outstanding - 1
+        if outstanding > 0:
+            return
+        self.confirmed.add(task_id)
+        waiting = self.confirming.pop(task_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+        if task_id in self.to_read_again:
+            self.to_read_again.discard(task_id)
+            for recipient in self.recipients.get(task_id, ()):
+                recipient.deliver(Update(task_id))
+        if task_id not in self.recipients:  # its follower went while it was confirmed
+            self.changed.set()
 
 
 def init_app(app: Quart) -> None:

@@ -316,7 +316,7 @@ async def test_a_socket_more_than_its_queue_behind_is_closed_with_1013(
             meta = {"status": "PROGRESS", "result": {"current": current, "total": 10}}
             listener.handle(
                 {
-                    "type": "pmessage",
+                    "type": "message",
                     "channel": f"celery-task-meta-{task_id}".encode(),
                     "data": json.dumps(meta).encode(),
                 }

@@ -1,0 +1,102 @@
+"""The listener subscribes to the channels of the tasks followed in its process, and to no more.
+
+Pub/sub ignores database numbers: the subscriptions counted here are each test's own tasks'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
+from redis.asyncio.client import PubSub
+
+from quart_app.bridge import queue
+from quart_app.bridge.queue import Follower
+from quart_app.bridge.result_listener import CHANNEL_PREFIX, ResultListener
+from tests.clients import submit
+from tests.waiting import wait_for_async
+from tests.worker_tasks import echo
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+async def serving(app: Quart, redis_client: redis.Redis) -> AsyncIterator[Quart]:
+    """The app serving, its context pushed."""
+    async with app.test_app(), app.app_context():
+        yield app
+
+
+def subscribers(client: redis.Redis, task_id: str) -> int:
+    """How many connections subscribe to the task's channel (PUBSUB NUMSUB)."""
+    ((_, count),) = client.pubsub_numsub(CHANNEL_PREFIX + task_id)
+    return int(count)
+
+
+def patterns_of(client: redis.Redis, listener: ResultListener) -> int:
+    """The pattern subscriptions of the listener's connection (CLIENT LIST's `psub`)."""
+    (connection,) = [c for c in client.client_list() if c["name"] == listener.client_name]
+    return int(connection["psub"])
+
+
+async def test_a_task_followed_by_two_sockets_is_one_subscription_gone_after_the_last(
+    app: Quart, client: Client, redis_client: redis.Redis
+) -> None:
+    task_id = (await submit(client, "tests.echo", message="watched"))["id"]
+    listener = app.extensions["result_listener"]
+    assert subscribers(redis_client, task_id) == 0
+    async with client.websocket(f"/ws/tasks/{task_id}") as first:
+        assert (await first.receive_json())["state"] == "PENDING"
+        assert subscribers(redis_client, task_id) == 1
+        async with client.websocket("/ws/tasks") as second:
+            await second.send_json({"subscribe": [task_id]})
+            assert (await second.receive_json())["state"] == "PENDING"
+            assert subscribers(redis_client, task_id) == 1  # one per process, not per socket
+        assert subscribers(redis_client, task_id) == 1
+        assert patterns_of(redis_client, listener) == 0
+
+    async def unsubscribed() -> bool:
+        return subscribers(redis_client, task_id) == 0
+
+    await wait_for_async(unsubscribed, TIMEOUT, "the listener to unsubscribe")
+    assert not listener.recipients and not listener.asked
+
+
+async def test_subscriptions_asked_for_at_once_go_in_one_command(
+    serving: Quart, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_ids = [await queue.submit(echo, str(n)) for n in range(100)]
+    commands: list[int] = []
+    subscribe = PubSub.subscribe
+
+    async def counted(self: PubSub, *channels: str) -> None:
+        commands.append(len(channels))
+        await subscribe(self, *channels)
+
+    monkeypatch.setattr(PubSub, "subscribe", counted)
+    followers = [Follower() for _ in task_ids]
+    await asyncio.gather(*(f.follow(t) for f, t in zip(followers, task_ids, strict=True)))
+    assert sum(commands) == 100 and len(commands) <= 3, commands
+    assert [subscribers(redis_client, task_id) for task_id in task_ids] == [1] * 100
+    for follower in followers:
+        follower.close()
+
+
+async def test_an_update_published_once_following_has_begun_is_not_missed(
+    serving: Quart, redis_client: redis.Redis
+) -> None:
+    task_id = await queue.submit(echo, "raced")
+    follower = Follower()
+    await follower.follow(task_id)
+    # Published, not stored: only the subscription, confirmed before `follow` returned, hears it.
+    meta = {"status": "PROGRESS", "result": {"current": 1, "total": 2}, "task_id": task_id}
+    redis_client.publish(CHANNEL_PREFIX + task_id, json.dumps(meta))
+    async with asyncio.timeout(TIMEOUT):
+        first, second = await follower.next_event(), await follower.next_event()
+    assert [getattr(event, "state", None) for event in (first, second)] == ["PENDING", "PROGRESS"]
+    follower.close()
