@@ -215,6 +215,10 @@ class Follower:
         self._drop(task_id)
         self.inbox.deliver(Unfollowed(task_id))
 
+    def waiting(self) -> int:
+        """How many updates wait in the inbox now."""
+        return self.inbox.updates.qsize()
+
     def close(self) -> None:
         """Stop following every task: the consumer is gone, and leaves nothing behind."""
         for task_id in list(self.followed):
