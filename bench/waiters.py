@@ -1,20 +1,24 @@
-"""Concurrent waiters: many websockets on one `hypercorn asgi:app`, each waiting on its own task.
+"""Concurrent waiters: many websockets on one `hypercorn asgi:app`, each waiting on its own task,
+against a bare ASGI app under the same hypercorn whose sockets only stay open.
 
-    .venv/bin/python bench/waiters.py [--waiters 100 1000]
+    .venv/bin/python bench/waiters.py [--waiters 10000] [--deflate 1000]
 
-For each number of waiters, with and without permessage-deflate (which hypercorn accepts
-whenever a client asks, as browsers and the `websockets` client do by default), a fresh server:
+For `waiters` sockets, clients declining compression, a fresh server of the app:
 
 1. takes one request of each kind, so that its pools exist (the baseline),
 2. accepts one `simple_task` per waiter while no worker runs, and gets a websocket per task,
    each of which receives its PENDING snapshot (memory is read here),
 3. then a worker starts, and every socket waits for its SUCCESS.
 
-Reported: the server's thread count (baseline and peak, sampled every 10 ms throughout); its
-memory (RSS) growth per socket (from all tasks accepted to all sockets waiting) and per waiter
-(from the baseline, so with the submission of its task); and the time from the last task's
-completion (the `date_done` the worker stores) to the last delivery. Uses the Redis at
-REDIS_URL (default redis://127.0.0.1:6379/0), database 12, flushed before and after.
+Then a fresh `hypercorn bare_asgi:app` (bench/bare_asgi.py) gets as many sockets, which it only
+holds open: what hypercorn itself spends on a socket. Reported: the server's thread count
+(baseline and peak, sampled every 10 ms), its memory (RSS) growth per socket, the bare app's,
+and the difference, the app's own; how many results were delivered, and the time from the
+last task's completion (its stored `date_done`) to the last delivery. Then the same for
+`deflate` sockets with permessage-deflate and without, the app alone: what compression adds
+(hypercorn accepts it whenever a client offers it, as browsers do, and cannot be told not
+to). Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 12, flushed before
+and after.
 """
 
 from __future__ import annotations
@@ -45,12 +49,15 @@ from submit import flush, free_port, wait_until_serving
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 12
 SAMPLE_INTERVAL = 0.01
+#: Sockets connecting at the same moment: more would overrun the server's listen backlog, and
+#: the kernel would have them try again a second later.
+CONNECTING_AT_ONCE = 200
 Compression = Literal["deflate"] | None
 
 
 @dataclass
 class Round:
-    """What one server did for one number of waiters."""
+    """What one server of the app did for one number of waiters."""
 
     waiters: int
     compression: Compression
@@ -62,38 +69,61 @@ class Round:
     delivered: int
     last_delivery_after_last_completion: float
 
+    @property
+    def per_socket(self) -> float:
+        """Memory per waiting socket, in KiB: from all tasks accepted to all sockets waiting."""
+        return (self.waiting_rss - self.submitted_rss) / self.waiters / 1024
+
     def __str__(self) -> str:
-        per_socket = (self.waiting_rss - self.submitted_rss) / self.waiters / 1024
-        per_waiter = (self.waiting_rss - self.baseline_rss) / self.waiters / 1024
         return (
-            f"{self.waiters:5} waiters  {self.compression or 'none':7}  "
+            f"{self.waiters:6} waiters  {self.compression or 'none':7}  "
             f"threads {self.baseline_threads:2} -> peak {self.peak_threads:2}  "
-            f"RSS per socket +{per_socket:5.1f} KiB, with its task +{per_waiter:5.1f} KiB  "
+            f"RSS per socket +{self.per_socket:5.1f} KiB  "
             f"delivered {self.delivered}/{self.waiters}  "
             f"last completion -> last delivery {self.last_delivery_after_last_completion:6.1f} ms"
         )
 
 
 def main() -> None:
-    """Run every round and print one line for each."""
+    """Run the rounds and print a line for each, and the app's own memory per socket."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--waiters", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--waiters", type=int, default=10_000)
+    parser.add_argument("--deflate", type=int, default=1000, help="sockets, with and without")
     args = parser.parse_args()
 
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
-    for waiters in args.waiters:
-        for compression in ("deflate", None):
-            flush(redis_url)
-            try:
-                print(run_round(redis_url, waiters, compression), flush=True)
-            finally:
-                flush(redis_url)
+    app = fresh(run_round, redis_url, args.waiters, None)
+    print(app, flush=True)
+    bare = fresh(run_bare_round, redis_url, args.waiters)
+    print(
+        f"{args.waiters:6} sockets  bare ASGI app under the same hypercorn: "
+        f"RSS per socket +{bare:5.1f} KiB\n"
+        f"  the app's own memory per waiting socket: {app.per_socket - bare:5.1f} KiB",
+        flush=True,
+    )
+    if args.deflate:
+        plain, deflated = (fresh(run_round, redis_url, args.deflate, c) for c in (None, "deflate"))
+        print(plain, deflated, sep="\n")
+        print(
+            f"  permessage-deflate adds {deflated.per_socket - plain.per_socket:5.1f} KiB "
+            "per socket (hypercorn's zlib state)"
+        )
+
+
+def fresh(run: object, redis_url: str, *arguments: object) -> object:
+    """A round on a flushed database, flushed again after."""
+    flush(redis_url)
+    try:
+        return run(redis_url, *arguments)  # type: ignore[operator]
+    finally:
+        flush(redis_url)
 
 
 def run_round(redis_url: str, waiters: int, compression: Compression) -> Round:
     """One fresh server and `waiters` sockets; a worker joins once they all wait."""
     env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench"}
+    env["WS_MAX_SOCKETS"] = str(waiters + 100)
     port = free_port()
     with started(
         [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"], env
@@ -121,6 +151,39 @@ def run_round(redis_url: str, waiters: int, compression: Compression) -> Round:
         )
 
 
+def run_bare_round(redis_url: str, sockets: int) -> float:
+    """The bare ASGI app's memory per open socket, in KiB, under the same hypercorn."""
+    port = free_port()
+    command = [sys.executable, "-m", "hypercorn", "bare_asgi:app", "--bind", f"127.0.0.1:{port}"]
+    with started(command, dict(os.environ), cwd=Path(__file__).resolve().parent) as server:
+        wait_until_serving(port)
+        pid = serving_process(server.pid)
+        _, before = threads_and_rss(pid)
+
+        async def hold_open() -> int:
+            all_open = asyncio.Barrier(sockets + 1)
+            connecting = asyncio.Semaphore(CONNECTING_AT_ONCE)
+
+            async def hold() -> None:
+                async with connecting:
+                    socket = await websockets.connect(
+                        f"ws://127.0.0.1:{port}/", compression=None, open_timeout=120
+                    )
+                async with socket:
+                    await all_open.wait()
+                    await all_open.wait()
+
+            holding = [asyncio.create_task(hold()) for _ in range(sockets)]
+            await all_open.wait()
+            _, during = threads_and_rss(pid)
+            await all_open.wait()
+            await asyncio.gather(*holding)
+            return during
+
+        during = asyncio.run(hold_open())
+    return (during - before) / sockets / 1024
+
+
 @dataclass
 class Waiting:
     """The server's RSS once every task was accepted and once every socket waited, and when
@@ -144,6 +207,7 @@ async def wait_on_tasks(
 ) -> Waiting:
     """Open a socket per task, read memory once all wait, then start a worker and wait."""
     submitting = asyncio.Semaphore(50)
+    connecting = asyncio.Semaphore(CONNECTING_AT_ONCE)
 
     async def submit() -> str:
         async with submitting:
@@ -157,8 +221,10 @@ async def wait_on_tasks(
 
     async def wait(task_id: str) -> None:
         url = f"ws://127.0.0.1:{port}/ws/tasks/{task_id}"
-        async with websockets.connect(url, compression=compression, open_timeout=60) as socket:
+        async with connecting:
+            socket = await websockets.connect(url, compression=compression, open_timeout=120)
             assert json.loads(await socket.recv())["state"] == "PENDING"
+        async with socket:
             await all_waiting.wait()
             async for message in socket:
                 if json.loads(message)["state"] == "SUCCESS":
@@ -169,7 +235,7 @@ async def wait_on_tasks(
     _, waiting_rss = threads_and_rss(pid)
     worker = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "WARNING"]
     with started(worker, env):
-        await asyncio.wait_for(asyncio.gather(*waiting), 120)
+        await asyncio.wait_for(asyncio.gather(*waiting), 300)
     return Waiting(submitted_rss, waiting_rss, deliveries)
 
 
@@ -186,16 +252,18 @@ def stored_completions(redis_url: str, task_ids: list[str]) -> list[float]:
 
 
 @contextmanager
-def started(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def started(
+    command: list[str], env: dict[str, str], cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
     """A process for the length of the block; stopped gracefully after."""
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         yield process
     finally:
         process.terminate()
-        process.wait(30)
+        process.wait(60)
 
 
 def serving_process(pid: int) -> int:
