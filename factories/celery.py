@@ -43,6 +43,10 @@ JSON_ONLY: dict[str, Any] = {
 }
 _JSON_NAMES = frozenset({"json", "application/json"})
 
+# The settings the placeholder was last configured with, to tell whether a call changes any:
+# Celery's own `conf` cannot, as a setting left out this time reads as its default there.
+_applied: dict[str, Any] | None = None
+
 # A broker or backend that does not answer fails a call within seconds: with Celery's defaults
 # a publish to an unreachable broker retries for minutes, and one to a host that accepts but
 # never answers hangs for good. The web app answers 503 instead.
@@ -88,9 +92,11 @@ def configure_celery(app: WebApp) -> Celery:
         raise ConfigurationError("amqp", f"{celery.amqp!r} must derive from RecordingAMQP")
     # `configured` is public Celery API that celery-types leaves out.
     configured: bool = celery.configured  # type: ignore[attr-defined]
-    if configured and any(celery.conf.get(key) != value for key, value in settings.items()):
+    global _applied
+    if configured and settings != _applied:
         _drop_connections(celery)
     celery.config_from_object(settings, force=True)
+    _applied = settings
     celery.loader.import_default_modules()
     for task in celery.tasks.values():
         if isinstance(task, ContextTask):

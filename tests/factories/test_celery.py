@@ -218,3 +218,5 @@ def test_routes_and_queues_follow_the_config_when_it_changes() -> None:
     assert celery.amqp.router.route({}, "tests.echo")["queue"].name == "one"
     configure_celery(create_application({"CELERY_TASK_ROUTES": {"tests.echo": "two"}}))
     assert celery.amqp.router.route({}, "tests.echo")["queue"].name == "two"
+    configure_celery(create_application({}))  # routes left out: the default queue again
+    assert celery.amqp.router.route({}, "tests.echo")["queue"].name == "celery"
