@@ -46,28 +46,42 @@ class WebsocketAdmission:
             return
         if self.places is None:
             self.places = asyncio.Semaphore(self.limit)
-        places = self.places
-        await places.acquire()
-        held = True
-
-        def leave() -> None:
-            nonlocal held
-            if held:
-                held = False
-                places.release()
-
-        deadline = asyncio.get_running_loop().call_later(MAX_HOLD, leave)
-
-        async def sending(message: ASGISendEvent) -> None:
-            if held and message["type"] in FIRST_SENDS:
-                leave()
-            await send(message)
-
+        await self.places.acquire()
+        place = Place(self.places, send)
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, receive, place.send)
         finally:
-            deadline.cancel()
-            leave()
+            place.leave()
+
+
+class Place:
+    """A socket's place among those being set up, freed at its first send or after `MAX_HOLD`.
+
+    Its `send` stands in for the server's for the socket's whole life: an object with slots,
+    where closures cost each of 10,000 idle sockets 0.6 KiB more.
+    """
+
+    __slots__ = ("deadline", "places", "server_send")
+
+    def __init__(self, places: asyncio.Semaphore, server_send: ASGISendCallable) -> None:
+        self.places = places
+        self.server_send = server_send
+        self.deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            MAX_HOLD, self.leave
+        )
+
+    def leave(self) -> None:
+        """Free the place, if it is still held."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+            self.places.release()
+
+    async def send(self, message: ASGISendEvent) -> None:
+        """Send `message`; the first thing a socket sends frees its place."""
+        if self.deadline is not None and message["type"] in FIRST_SENDS:
+            self.leave()
+        await self.server_send(message)
 
 
 def init_app(app: Quart) -> None:

@@ -153,27 +153,58 @@ class TaskError:
 
 
 class Inbox:
-    """The updates waiting for one follower, at most `size` of them."""
+    """The updates waiting for one follower, at most `size` of them.
+
+    Not an `asyncio.Queue`: a server holds one per waiting socket, and a queue is four deques
+    and an event (3.8 KiB) where this is a list and, only while its follower waits, a future.
+    """
+
+    __slots__ = ("_waiter", "broken", "size", "updates")
 
     def __init__(self, size: int) -> None:
-        self.updates: asyncio.Queue[Update | Unfollowed] = asyncio.Queue(size)
-        #: Set when the follower fell so far behind that updates had to be dropped.
-        self.overflowed = asyncio.Event()
+        self.size = size
+        self.updates: list[Update | Unfollowed] = []
+        #: Why the follower can read no more (it fell behind, the server is going away).
+        self.broken: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def deliver(self, update: Update | Unfollowed) -> None:
-        """Queue an update, or mark the inbox overflowed if the follower can't keep up."""
-        try:
-            self.updates.put_nowait(update)
-        except asyncio.QueueFull:
-            self.overflowed.set()
+        """Queue an update, or mark the follower fallen behind if it can't keep up."""
+        if len(self.updates) < self.size:
+            self.updates.append(update)
+        elif self.broken is None:
+            self.broken = FellBehind(f"more than {self.size} updates waited")
+        self._wake()
+
+    def interrupt(self, reason: Exception) -> None:
+        """End the follower's reading: `get()` raises `reason` from now on."""
+        if self.broken is None:
+            self.broken = reason
+        self._wake()
+
+    async def get(self) -> Update | Unfollowed:
+        """The next update, when there is one; what broke the inbox, if something did."""
+        while self.broken is None and not self.updates:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.broken is not None:
+            raise self.broken
+        return self.updates.pop(0)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
-@dataclass
+@dataclass(slots=True)
 class Followed:
-    """A task a follower follows, and the last snapshot it gave of it."""
+    """A task a follower follows, and the last snapshot it gave of it (as JSON)."""
 
     name: str
-    last: TaskSnapshot | None = None
+    last: str | None = None
 
 
 class Follower:
@@ -217,7 +248,7 @@ class Follower:
 
     def waiting(self) -> int:
         """How many updates wait in the inbox now."""
-        return self.inbox.updates.qsize()
+        return len(self.inbox.updates)
 
     def close(self) -> None:
         """Stop following every task: the consumer is gone, and leaves nothing behind."""
@@ -230,9 +261,7 @@ class Follower:
         `FellBehind` if the inbox overflowed.
         """
         while True:
-            if self.inbox.overflowed.is_set():
-                raise FellBehind(f"more than {self.inbox.updates.maxsize} updates waited")
-            update = await self.inbox.updates.get()
+            update = await self.inbox.get()
             if isinstance(update, Unfollowed):
                 return update
             followed = self.followed.get(update.task_id)
@@ -248,9 +277,10 @@ class Follower:
                 self._drop(update.task_id)
                 failed = APIError(500, "internal_error", "The server failed to read this task.")
                 return TaskError(update.task_id, failed)
-            if self.followed.get(update.task_id) is not followed or snapshot == followed.last:
+            text = snapshot.model_dump_json()
+            if self.followed.get(update.task_id) is not followed or text == followed.last:
                 continue  # unfollowed while it was read, or nothing new
-            followed.last = snapshot
+            followed.last = text
             if snapshot.state in FINAL_STATES:
                 self._drop(update.task_id)
             return snapshot

@@ -20,6 +20,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 from typing import Any, cast
 
 import orjson
@@ -28,7 +29,7 @@ from quart import Blueprint, Quart, current_app, websocket
 
 from quart_app.bridge import access, records, shutdown
 from quart_app.bridge.errors import APIError, TaskNotFound
-from quart_app.bridge.queue import FellBehind, Follower, TaskError, Unfollowed
+from quart_app.bridge.queue import FellBehind, Follower, Inbox, TaskError, Unfollowed
 from quart_app.bridge.states import FINAL_STATES
 
 blueprint = Blueprint("websockets", __name__)
@@ -88,7 +89,7 @@ async def follow_task(task_id: str) -> None:
     """One task: its snapshot, then each change; closed (1000) after the final state."""
     await websocket.accept()
     follower = Follower()
-    await _serve(follower, _follow_one(follower, task_id), _ignore_messages())
+    await _serve(follower, _follow_one(follower, task_id), _ignore_messages)
 
 
 @blueprint.websocket("/ws/tasks")
@@ -96,20 +97,41 @@ async def follow_tasks() -> None:
     """Many tasks on one socket, as the client subscribes and unsubscribes."""
     await websocket.accept()
     follower = Follower()
-    await _serve(follower, _send_changes(follower), _handle_requests(follower))
+    await _serve(follower, _send_changes(follower), partial(_handle_requests, follower))
 
 
-async def _serve(follower: Follower, sending: Awaitable[None], receiving: Awaitable[None]) -> None:
-    """Run the socket's two halves; end it as `CloseSocket` says, or with 1011 for anything
-    unexpected; and stop following, whatever happened."""
+async def _serve(
+    follower: Follower, sending: Awaitable[None], receiving: Callable[[], Awaitable[None]]
+) -> None:
+    """Send from the handler and read the client's messages in a task of its own, until
+    either half ends or the server begins to shut down (1001); end the socket as
+    `CloseSocket` says, or with 1011 for anything unexpected; stop following, whatever
+    happened.
+
+    The reader, and the server's shutdown, end the sending by interrupting the follower's
+    inbox, which the sender reads from: one task per socket besides Quart's own, where a task
+    for each half and one waiting for the shutdown cost 10,000 idle sockets 25 MiB.
+    """
+    inbox = follower.inbox
+    reader = asyncio.create_task(_read(receiving, inbox))
     try:
-        await _until_either_ends(sending, receiving)
+        with shutdown.telling(lambda: inbox.interrupt(_going_away())):
+            await sending
     except CloseSocket as closing:
         await _close_with(closing)
     except Exception:
         await _close_with(_internal_error())
     finally:
+        reader.cancel()
         follower.close()
+
+
+async def _read(receiving: Callable[[], Awaitable[None]], inbox: Inbox) -> None:
+    """Read the client's messages; if that ends the socket, have the sender end it."""
+    try:
+        await receiving()
+    except Exception as error:  # the sender raises it: `_serve` handles it there
+        inbox.interrupt(error)
 
 
 async def _follow_one(follower: Follower, task_id: str) -> None:
@@ -122,23 +144,6 @@ async def _follow_one(follower: Follower, task_id: str) -> None:
     except APIError as error:
         raise CloseSocket.for_error(error) from None
     await _send_changes(follower, one_task=True)
-
-
-async def _until_either_ends(sending: Awaitable[None], receiving: Awaitable[None]) -> None:
-    """Run both halves of a socket until one ends, or the server begins to shut down; stop
-    the rest; raise what the half that ended raised, or `CloseSocket` (1001) on shutdown."""
-    halves = [asyncio.ensure_future(sending), asyncio.ensure_future(receiving)]
-    stopping = asyncio.ensure_future(shutdown.going_away())
-    try:
-        done, _ = await asyncio.wait([*halves, stopping], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in [*halves, stopping]:
-            task.cancel()
-        await asyncio.gather(*halves, stopping, return_exceptions=True)
-    if stopping in done:
-        raise CloseSocket(GOING_AWAY, "going_away", "The server is shutting down; connect again.")
-    for half in done:
-        half.result()
 
 
 async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
@@ -254,6 +259,10 @@ async def _send_error(code: str, message: str, task_id: Any = None) -> None:
     if task_id is not None:
         body = {"id": task_id, **body}
     await _send(body)
+
+
+def _going_away() -> CloseSocket:
+    return CloseSocket(GOING_AWAY, "going_away", "The server is shutting down; connect again.")
 
 
 def _too_slow() -> CloseSocket:
