@@ -14,6 +14,7 @@ from quart_app.blueprints import pages
 from quart_app.bridge import (
     access,
     admission,
+    connection,
     garbage,
     lookups,
     openapi,
@@ -55,11 +56,12 @@ def ensure_secret_key(app: Quart) -> None:
 def register_extensions(app: Quart) -> None:
     """Configure the placeholder extensions, and what opens when serving starts."""
     configure_celery(app)  # and import the task modules
-    # The bridge: who gets in and how many sockets are set up at once, the thread pool and
-    # Redis client, the look-ups, the submitter, the result listener, hearing the server
-    # stop, and the OpenAPI document.
+    # The bridge: who gets in, how many sockets are set up at once and what each costs, the
+    # thread pool and Redis client, the look-ups, the submitter, the result listener, hearing
+    # the server stop, and the OpenAPI document.
     access.init_app(app)
     admission.init_app(app)
+    connection.init_app(app)
     pool.init_app(app)
     records.init_app(app)
     lookups.init_app(app)

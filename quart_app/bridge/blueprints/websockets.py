@@ -165,6 +165,7 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
             if one_task and event.state in FINAL_STATES:
                 await websocket.close(NORMAL)
                 return
+        del event  # not kept while the socket waits: a server holds thousands that wait
         if follower.waiting():
             await asyncio.sleep(0)  # a backlog: let the loop come round between its messages
 
