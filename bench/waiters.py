@@ -31,12 +31,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -53,6 +53,7 @@ SAMPLE_INTERVAL = 0.01
 #: the kernel would have them try again a second later.
 CONNECTING_AT_ONCE = 200
 Compression = Literal["deflate"] | None
+T = TypeVar("T")
 
 
 @dataclass
@@ -111,11 +112,11 @@ def main() -> None:
         )
 
 
-def fresh(run: object, redis_url: str, *arguments: object) -> object:
+def fresh(run: Callable[..., T], redis_url: str, *arguments: object) -> T:
     """A round on a flushed database, flushed again after."""
     flush(redis_url)
     try:
-        return run(redis_url, *arguments)  # type: ignore[operator]
+        return run(redis_url, *arguments)
     finally:
         flush(redis_url)
 
