@@ -17,12 +17,16 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery.utils.saferepr import saferepr
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 from kombu.utils.uuid import uuid
 from quart import Quart
 
 from factories.application import create_application
 from quart_app.bridge import queue
-from quart_app.bridge.publisher import Publisher, Unsupported
+from quart_app.bridge.publisher import Publisher, Unsupported, arguments_repr
 from tests.worker_tasks import count, echo, retried_once
 from tests.workers import ThreadWorker
 
@@ -156,3 +160,32 @@ async def test_a_real_worker_runs_what_this_path_sends(
         assert await queue.result(later, timeout=TIMEOUT) == "later"
     done = datetime.fromisoformat(celery.backend.get_task_meta(later)["date_done"])
     assert done - submitted_at >= timedelta(seconds=1)  # it waited for its countdown
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40)
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
+
+@given(
+    st.one_of(
+        st.tuples() | st.lists(_values, max_size=5).map(tuple),
+        st.dictionaries(st.text(max_size=12), _values, max_size=5),
+    ),
+    st.sampled_from([8, 24, 1024]),
+    st.sampled_from([0, 1, 3]),
+)
+@examples(max_examples=400, deadline=None)
+def test_the_arguments_repr_is_celerys_saferepr(arguments: Any, maxsize: int, levels: int) -> None:
+    assert arguments_repr(arguments, maxsize, levels) == saferepr(
+        arguments, maxsize, maxlevels=levels
+    )
