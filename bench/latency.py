@@ -3,9 +3,12 @@
     .venv/bin/python bench/latency.py [--tasks 500] [--concurrency 25]
 
 Each task is watched at once by a websocket client and by a client polling
-`GET /api/tasks/<id>` every 100 ms, against one `hypercorn asgi:app` and one worker, in the
-same run. As a floor, a Redis pub/sub subscriber in the benchmark's own event loop hears the
-worker's publishes directly: the websocket's latency less this one is what the server adds.
+`GET /api/tasks/<id>` every 100 ms, against one `hypercorn asgi:app` and one worker. As a
+floor, a Redis pub/sub subscriber in the benchmark's own event loop hears the worker's
+publishes directly: the websocket's latency less this one is what the server adds. Then, in
+the same run, the same against `bench/bare_relay.py` under the same hypercorn (the app's
+`/ws/tasks/<id>` replaced by a bare relay of Redis pub/sub to the socket): what one more
+process hop costs with no framework at all.
 The store time is the `date_done` Celery records with the final state. Uses the Redis at
 REDIS_URL (default redis://127.0.0.1:6379/0), database 12, flushed before and after.
 """
@@ -36,10 +39,11 @@ DATABASE = 12
 POLL_INTERVAL = 0.1
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 CHANNEL = "celery-task-meta-"
+FLOOR, PUSH = "Redis pub/sub (floor)", "websocket (push)"
 
 
 def main() -> None:
-    """Run the clients and print the latencies' percentiles."""
+    """Run the clients against the app, then against the bare relay; print the percentiles."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=25, help="tasks in flight at once")
@@ -47,32 +51,51 @@ def main() -> None:
 
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
-    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench"}
-    flush(redis_url)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_serving(port)
-        results = asyncio.run(measure(port, redis_url, args.tasks, args.concurrency))
-        for label, latencies in results.items():
+    ratios = {}
+    for label, server in (("the app", "asgi:app"), ("bare relay", "bare_relay:app")):
+        print(f"{label} (hypercorn {server}):")
+        results = run_round(server, redis_url, args.tasks, args.concurrency)
+        for client, latencies in results.items():
             latencies.sort()
             print(
-                f"{label:22} p50 {percentile(latencies, 50):6.1f} ms   "
+                f"  {client:22} p50 {percentile(latencies, 50):6.1f} ms   "
                 f"p99 {percentile(latencies, 99):6.1f} ms   ({len(latencies)} tasks)"
             )
+        floor, pushed = (percentile(results[c], 50) for c in (FLOOR, PUSH))
+        ratios[label] = pushed / floor
+    print(
+        f"websocket p50 / floor p50: the app {ratios['the app']:.2f}, "
+        f"the bare relay {ratios['bare relay']:.2f}"
+    )
+
+
+def run_round(server: str, redis_url: str, tasks: int, concurrency: int) -> dict[str, list[float]]:
+    """One hypercorn serving `server` and one worker, fresh, on a flushed database."""
+    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench"}
+    # The bare relay is found in this directory, the project's app at the root.
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(Path(__file__).resolve().parent)])
+    flush(redis_url)
+    port = free_port()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", server, "--bind", f"127.0.0.1:{port}"],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "WARNING"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
+    try:
+        wait_until_serving(port)
+        return asyncio.run(measure(port, redis_url, tasks, concurrency))
     finally:
-        for process in (worker, server):
+        for process in reversed(processes):
             process.terminate()
             process.wait(30)
         flush(redis_url)
@@ -121,8 +144,8 @@ async def measure(
     }
     store.close()
     return {
-        "Redis pub/sub (floor)": [(heard[t] - done) * 1000 for t, done in dones.items()],
-        "websocket (push)": pushed,
+        FLOOR: [(heard[t] - done) * 1000 for t, done in dones.items()],
+        PUSH: pushed,
         "polling every 100 ms": polled,
     }
 
