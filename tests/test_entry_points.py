@@ -217,3 +217,22 @@ async def test_a_server_hears_only_the_tasks_its_sockets_watch(
         assert subscribers() == 1  # the first server's; the second hears nothing of it
     wait_for(lambda: subscribers() == 0, 10, "the first server to unsubscribe")
     assert http("GET", f"{second}/healthz")[0] == 200
+
+
+def test_only_the_web_server_says_the_api_is_open(
+    start_server: Server, redis_url: str, tmp_path: Path
+) -> None:
+    start_server()
+    (log,) = tmp_path.glob("hypercorn-*.log")
+    wait_for(lambda: "API_TOKEN is not set" in log.read_text(), START_TIMEOUT, "the warning")
+    assert log.read_text().count("API_TOKEN is not set") == 1  # once, by its one process
+    report = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "report"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "API_TOKEN" not in report.stdout + report.stderr

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from functools import partial
 from typing import cast
 
 from flask.sansio.blueprints import BlueprintSetupState
@@ -65,13 +66,22 @@ def split(value: str | Iterable[str] | None) -> list[str]:
 
 
 def init_app(app: Quart) -> None:
-    """Read the settings, and warn if the API is open."""
+    """Read the settings; warn, when serving starts, if the API is open.
+
+    When serving starts, not here: the Celery commands (`celery -A worker worker`, `inspect`,
+    `beat`) build the app too, and an open API is none of their business. Each server process
+    says it once.
+    """
     access = app.extensions[EXTENSION] = Access(app)
     if not access.tokens:
-        app.logger.warning(
-            "API_TOKEN is not set: the JSON API and the websockets are open to anyone who can "
-            "reach this server (fine for development)"
-        )
+        app.before_serving(partial(_warn_open, app))
+
+
+async def _warn_open(app: Quart) -> None:
+    app.logger.warning(
+        "API_TOKEN is not set: the JSON API and the websockets are open to anyone who can "
+        "reach this server (fine for development)"
+    )
 
 
 def protect_api(blueprint: Blueprint) -> None:
