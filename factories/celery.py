@@ -23,8 +23,10 @@ from factories.configuration import (
     DEFAULT_REDIS_URL,
     DEFAULT_RESULT_EXPIRES,
     ConfigurationError,
+    beat_schedule,
     celery_name,
     check_setting,
+    default_beat_state_file,
     redact,
 )
 from quart_app.bridge import event_loops, records, revocation
@@ -117,6 +119,8 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "result_backend": redis_url,
         "result_expires": DEFAULT_RESULT_EXPIRES,
         "task_track_started": True,
+        # Beat's state file: out of the source tree (Celery's default is the working directory).
+        "beat_schedule_filename": default_beat_state_file(),
         # Keep retrying the broker at start-up, as Celery 5 does, without its warning.
         "broker_connection_retry_on_startup": True,
         # Read by Celery's loader, not a setting: result backends by URL scheme.
@@ -143,6 +147,12 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(default, dict) and isinstance(value, dict):
                 value = {**default, **value}
             settings[name] = value
+    schedule = {
+        **beat_schedule("BEAT_SCHEDULE", config.get("BEAT_SCHEDULE") or {}),
+        **beat_schedule("CELERY_BEAT_SCHEDULE", settings.get("beat_schedule") or {}),
+    }
+    if schedule:
+        settings["beat_schedule"] = schedule
     if "broker_transport" not in settings and _is_redis(settings["broker_url"]):
         settings["broker_transport"] = TRANSPORT
     for name, required in JSON_ONLY.items():

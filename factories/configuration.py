@@ -7,9 +7,11 @@ checked, and every problem is raised as a `ConfigurationError`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -62,6 +64,9 @@ APP_OPTIONS: dict[str, Option] = {
     "CELERY_VISIBILITY_TIMEOUT": Option(3600, type="int", minimum=1),
     # Seconds /readyz waits for a worker to answer a ping (it answers within three of them).
     "READY_TIMEOUT": Option(1.0, type="float", minimum=0.1),
+    # What `celery -A worker beat` runs: {"name": {"task": ..., "schedule": seconds or
+    # {"crontab": {...}}, "args": [...], "kwargs": {...}, "options": {...}}} (JSON).
+    "BEAT_SCHEDULE": Option(None, type="dict"),
 }
 
 # Settings whose values are URLs, and the schemes each accepts.
@@ -96,6 +101,12 @@ def get_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         CELERY_RESULT_BACKEND=None,
         CELERY_RESULT_EXPIRES=DEFAULT_RESULT_EXPIRES,
     )
+    if "CELERY_BEAT_SCHEDULE" in environ:
+        raise ConfigurationError(
+            "CELERY_BEAT_SCHEDULE",
+            "in the environment Celery's command line takes it for the name of beat's state "
+            "file (beat --schedule); give the schedule as BEAT_SCHEDULE instead",
+        )
     for key, raw in environ.items():
         # Celery's command line reads some CELERY_* variables of its own (CELERY_CONFIG_MODULE,
         # CELERY_RDB_PORT, ...): only the names of settings are ours to read.
@@ -126,6 +137,50 @@ def check_setting(key: str, value: Any) -> Any:
     if option is None:
         raise ConfigurationError(key, "is not a Celery setting (see Celery's configuration docs)")
     return _cast(key, value, option)
+
+
+def beat_schedule(key: str, entries: Any) -> dict[str, dict[str, Any]]:
+    """Celery's `beat_schedule` from `entries` as the settings give them; `ConfigurationError`
+    if one is malformed.
+
+    An entry's `schedule` is seconds, `{"crontab": {"minute": "*/5", ...}}` (the arguments of
+    `celery.schedules.crontab`), or anything Celery takes (a timedelta, a crontab) where the
+    schedule is given in a mapping rather than as JSON.
+    """
+    from celery.schedules import crontab  # here: importing the settings imports no scheduler
+
+    if not isinstance(entries, Mapping):
+        raise ConfigurationError(key, f"expected a mapping of named entries, got {entries!r}")
+    schedule: dict[str, dict[str, Any]] = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("task"), str):
+            raise ConfigurationError(key, f"entry {name!r} needs a task name in 'task'")
+        every = entry.get("schedule")
+        if isinstance(every, Mapping) and set(every) == {"crontab"}:
+            try:
+                every = crontab(**every["crontab"])
+            except (TypeError, ValueError) as error:
+                raise ConfigurationError(key, f"entry {name!r}: bad crontab: {error}") from None
+        elif isinstance(every, bool) or not isinstance(every, int | float | timedelta | crontab):
+            raise ConfigurationError(
+                key, f"entry {name!r}: 'schedule' must be seconds or {{\"crontab\": {{...}}}}"
+            )
+        elif not isinstance(every, crontab) and _seconds(every) <= 0:
+            raise ConfigurationError(key, f"entry {name!r}: 'schedule' must be over 0 seconds")
+        schedule[name] = {**entry, "schedule": every}
+    return schedule
+
+
+def _seconds(every: int | float | timedelta) -> float:
+    return every.total_seconds() if isinstance(every, timedelta) else float(every)
+
+
+def default_beat_state_file() -> str:
+    """Where beat keeps its state by default: in the system's temporary directory, named after
+    this checkout, so that running beat leaves the source tree as it was."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256(checkout.encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"quart_app-celerybeat-schedule-{digest}")
 
 
 def check_url(key: str, url: Any, schemes: frozenset[str]) -> str:

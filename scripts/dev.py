@@ -2,6 +2,7 @@
 """The project's two commands, on a machine that has nothing but Python 3.11+.
 
     python3 scripts/dev.py run     # Redis if none answers, a worker, and hypercorn on :8000
+    python3 scripts/dev.py run --beat   # and celery beat, running BEAT_SCHEDULE
     python3 scripts/dev.py test    # ruff, mypy and the whole test suite
 
 Both make a virtual environment in `.venv` and install the project into it (again only when
@@ -47,6 +48,7 @@ def main(argv: Sequence[str]) -> int:
     run = commands.add_parser("run", help="serve the app with a worker (Ctrl-C stops)")
     run.add_argument("--host", default="127.0.0.1", help="address to serve on")
     run.add_argument("--port", type=int, default=8000, help="port to serve on")
+    run.add_argument("--beat", action="store_true", help="run celery beat too (BEAT_SCHEDULE)")
     commands.add_parser(
         "test", help="run ruff, mypy and the test suite; other arguments go to pytest"
     )
@@ -59,7 +61,7 @@ def main(argv: Sequence[str]) -> int:
     redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     if args.command == "run":
         with reachable_redis(redis_url):
-            return serve(args.host, args.port)
+            return serve(args.host, args.port, beat=args.beat)
     failed = [name for name, command in LINTERS.items() if call(command) != 0]
     ensure_chromium()
     with reachable_redis(redis_url):
@@ -173,8 +175,9 @@ def ensure_chromium() -> None:
         os.environ["CHROMIUM"] = found
 
 
-def serve(host: str, port: int) -> int:
-    """Run a worker and hypercorn until either stops or this process is told to stop."""
+def serve(host: str, port: int, *, beat: bool = False) -> int:
+    """Run a worker, hypercorn and, if asked, beat until one stops or this process is told to
+    stop."""
     processes = [
         subprocess.Popen(
             [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO"],
@@ -187,7 +190,11 @@ def serve(host: str, port: int) -> int:
             start_new_session=True,
         ),
     ]
-    log(f"serving http://{host}:{port}/ with a Celery worker; Ctrl-C stops both")
+    if beat:
+        command = [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "INFO"]
+        processes.append(subprocess.Popen(command, cwd=ROOT, start_new_session=True))
+    parts = "a Celery worker and beat" if beat else "a Celery worker"
+    log(f"serving http://{host}:{port}/ with {parts}; Ctrl-C stops them all")
     try:
         pid, _ = os.wait()
         log(f"process {pid} stopped; stopping the others")

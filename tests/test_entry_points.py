@@ -166,13 +166,11 @@ async def test_a_task_that_beat_publishes_is_followed_like_any(
 ) -> None:
     schedule = {"tick": {"task": "tests.echo", "schedule": 0.5, "args": ["from beat"]}}
     command = [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO"]
-    # Its state file in the test's own directory, not the checkout.
-    command += ["--schedule", str(tmp_path / "beat-schedule")]
     log_path = tmp_path / "beat.log"
+    checkout = checkout_state()
     with log_path.open("wb") as log:
-        beat = start_process(
-            command, redis_url, log, {"CELERY_BEAT_SCHEDULE": json.dumps(schedule)}
-        )
+        # Its state file where the settings put it by default: outside the checkout.
+        beat = start_process(command, redis_url, log, {"BEAT_SCHEDULE": json.dumps(schedule)})
         try:
 
             def published() -> list[str]:
@@ -184,12 +182,47 @@ async def test_a_task_that_beat_publishes_is_followed_like_any(
             task_id = wait_for(published, 60, "beat to publish a task")[0]
         finally:
             stop_process_group(beat)
+    assert checkout_state() == checkout, "beat wrote into the checkout"
     status, task = http("GET", f"{server_url}/api/tasks/{task_id}")
     assert (status, task["name"]) == (200, "tests.echo")
     socket_url = server_url.replace("http://", "ws://") + f"/ws/tasks/{task_id}"
     received, code = await asyncio.wait_for(follow(socket_url, process_worker), 60)
     assert code == 1000
     assert (received[-1]["state"], received[-1]["result"]) == ("SUCCESS", "from beat")
+
+
+def checkout_state() -> list[str]:
+    """Every file of the checkout that git does not track, ignored ones too (git's view, or
+    a walk of the tree where it is not a git checkout), but the caches."""
+    listing = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if listing.returncode == 0:
+        lines = listing.stdout.splitlines()
+    else:
+        lines = [str(path) for path in ROOT.rglob("*") if ".venv" not in path.parts]
+    caches = ("__pycache__", ".venv", ".hypothesis")  # Python's, pip's and the tests' own
+    return sorted(line for line in lines if not any(cache in line for cache in caches))
+
+
+def test_a_schedule_in_celerys_variable_stops_beat_with_one_line() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "beat"],
+        cwd=ROOT,
+        env={**os.environ, "CELERY_BEAT_SCHEDULE": '{"tick": {"task": "t", "schedule": 1}}'},
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    lines = (completed.stdout + completed.stderr).splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("configuration error: CELERY_BEAT_SCHEDULE: ")
+    assert "BEAT_SCHEDULE instead" in lines[0]
+    assert completed.returncode == 1
+    assert not list(ROOT.glob("{*")), "beat took the schedule for its state file's name"
 
 
 async def test_a_server_hears_only_the_tasks_its_sockets_watch(

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import tempfile
+from pathlib import Path
 
+import pytest
+from celery.schedules import crontab
+
+from factories.celery import celery_settings
 from factories.configuration import (
     DEFAULT_REDIS_URL,
     ConfigurationError,
     exit_on_configuration_error,
     get_config,
 )
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def test_defaults() -> None:
@@ -101,3 +109,46 @@ def test_start_up_stops_with_one_line_naming_the_setting() -> None:
     expected = "CELERY_RESULT_EXPIRES: expected a number from 0 up, got 'soon'"
     assert message == f"configuration error: {expected}"
     assert raised.value.__cause__ is None
+
+
+def test_a_beat_schedule_in_the_environment_becomes_celerys() -> None:
+    entries = {
+        "every-ten": {"task": "tests.echo", "schedule": 10, "args": ["x"]},
+        "nightly": {"task": "tests.echo", "schedule": {"crontab": {"minute": 0, "hour": 3}}},
+    }
+    settings = celery_settings(get_config({"BEAT_SCHEDULE": json.dumps(entries)}))
+    schedule = settings["beat_schedule"]
+    assert schedule["every-ten"] == entries["every-ten"]
+    assert schedule["nightly"]["schedule"] == crontab(minute=0, hour=3)
+
+
+def test_a_schedule_given_in_a_mapping_keeps_celerys_own_types() -> None:
+    config = {**get_config({}), "CELERY_BEAT_SCHEDULE": {"t": {"task": "x", "schedule": 2.5}}}
+    assert celery_settings(config)["beat_schedule"] == {"t": {"task": "x", "schedule": 2.5}}
+
+
+def test_celerys_schedule_variable_in_the_environment_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="give the schedule as BEAT_SCHEDULE instead"):
+        get_config({"CELERY_BEAT_SCHEDULE": "{}"})
+
+
+@pytest.mark.parametrize(
+    ("entries", "problem"),
+    [
+        ("[1]", "expected a mapping of named entries"),
+        ('{"t": {"schedule": 1}}', "needs a task name"),
+        ('{"t": {"task": "x", "schedule": "daily"}}', "must be seconds or"),
+        ('{"t": {"task": "x", "schedule": 0}}', "over 0 seconds"),
+        ('{"t": {"task": "x", "schedule": {"crontab": {"minute": "61"}}}}', "bad crontab"),
+    ],
+)
+def test_a_malformed_beat_schedule_is_named(entries: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem) as error:
+        celery_settings(get_config({"BEAT_SCHEDULE": entries}))
+    assert error.value.setting == "BEAT_SCHEDULE"
+
+
+def test_beat_keeps_its_state_outside_the_checkout() -> None:
+    state_file = Path(celery_settings(get_config({}))["beat_schedule_filename"])
+    assert ROOT not in state_file.parents
+    assert state_file.parent == Path(tempfile.gettempdir())

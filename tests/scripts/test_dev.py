@@ -7,6 +7,7 @@ told to stop, it stops all three.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import redis
 
 from tests.processes import answers_http, free_port
 from tests.waiting import wait_for
@@ -68,16 +70,19 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[System]:
-    """`scripts/dev.py run` on free ports, with no Redis at its `REDIS_URL`; stopped after."""
+def system(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[System]:
+    """`scripts/dev.py run` on free ports, with no Redis at its `REDIS_URL`; stopped after.
+
+    Parametrized indirectly: more arguments for the run command, and more environment."""
+    arguments, environment = getattr(request, "param", ([], {}))
     port, redis_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     log = tmp_path / "run.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "scripts/dev.py", "run", "--port", str(port)],
+            [sys.executable, "scripts/dev.py", "run", "--port", str(port), *arguments],
             cwd=ROOT,
-            env={**os.environ, "REDIS_URL": redis_url},
+            env={**os.environ, "REDIS_URL": redis_url, **environment},
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -119,6 +124,30 @@ def test_the_run_command_brings_everything_up_and_down(system: System) -> None:
     )
     assert round_trip.stdout.strip() == "round trip", round_trip.stderr
 
+    system.process.send_signal(signal.SIGTERM)
+    assert system.process.wait(STOP_TIMEOUT) == 0
+    assert not [pid for pid in started if alive(pid)]
+
+
+BEAT = {"tick": {"task": "tests.echo", "schedule": 0.5, "args": ["from beat"]}}
+
+
+@pytest.mark.parametrize(
+    "system", [(["--beat"], {"BEAT_SCHEDULE": json.dumps(BEAT)})], indirect=True, ids=["beat"]
+)
+def test_the_run_command_runs_beat_when_asked(system: System) -> None:
+    started = children_of(system.process.pid)
+    assert len(started) == 4, system.log.read_text()  # redis-server, worker, hypercorn, beat
+    store = redis.Redis.from_url(system.redis_url)
+    try:
+
+        def ran_one() -> bool:
+            metas = [store.get(key) for key in store.scan_iter("celery-task-meta-*")]
+            return any(json.loads(meta or b"{}").get("result") == "from beat" for meta in metas)
+
+        wait_for(ran_one, 60, "a task beat sent to run")
+    finally:
+        store.close()
     system.process.send_signal(signal.SIGTERM)
     assert system.process.wait(STOP_TIMEOUT) == 0
     assert not [pid for pid in started if alive(pid)]
