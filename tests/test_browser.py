@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tests.workers import ProcessWorker
 
@@ -78,3 +78,26 @@ def test_the_result_page_follows_the_task_live(
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACTS / "result-page.png", full_page=True)
+
+
+def test_the_api_docs_render_offline(page: Page, server_url: str) -> None:
+    elsewhere: list[str] = []
+
+    def only_the_server(route: Route) -> None:
+        if route.request.url.startswith(server_url):
+            route.continue_()
+        else:  # as a machine without internet, or a strict CSP, would
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    page.goto(f"{server_url}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("quart_app")
+    expect(
+        page.locator(".opblock-summary-path").filter(has_text="/api/tasks").first
+    ).to_be_visible()
+    expect(page.locator(".opblock-post")).to_contain_text("/api/tasks")
+    assert elsewhere == [], elsewhere
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "docs-page.png", full_page=True)

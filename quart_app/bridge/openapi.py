@@ -1,5 +1,11 @@
 """The OpenAPI document at `/openapi.json`, and its interactive page at `/docs` (quart-schema).
 
+The page's script and stylesheet are Swagger UI's own files from the `flask-swagger-ui`
+package (Swagger UI 5, which reads OpenAPI 3.1), served by the app under `/docs/assets/`:
+quart-schema points at a CDN, and the page was blank on a machine without internet or behind a
+strict Content-Security-Policy. Relative links, so that the page works under a `root_path`
+too; `QUART_SCHEMA_SWAGGER_JS_URL` and `QUART_SCHEMA_SWAGGER_CSS_URL` still choose others.
+
 The document is made from the same models that validate requests and answers. quart-schema
 leaves request bodies optional in it, while the API refuses a request without one (schemathesis
 noted the difference); here every documented body is marked required.
@@ -7,13 +13,26 @@ noted the difference); here every documented body is marked required.
 
 from __future__ import annotations
 
+from importlib.resources import files
 from typing import Any
 
-from quart import Quart
-from quart_schema import QuartSchema
+from quart import Blueprint, Quart, Response, send_from_directory
+from quart_schema import QuartSchema, hide
 from quart_schema.openapi import OpenAPIProvider
 from quart_schema.typing import Model
 from quart_schema.validation import DataSource
+
+#: Swagger UI's files, as the package ships them.
+SWAGGER_UI = files("flask_swagger_ui") / "dist"
+
+assets = Blueprint("swagger_ui_assets", __name__)
+
+
+@assets.get("/docs/assets/<path:filename>")
+@hide
+async def swagger_ui_asset(filename: str) -> Response:
+    """One of Swagger UI's files (404 for any other name)."""
+    return await send_from_directory(str(SWAGGER_UI), filename)
 
 
 class RequiredBodies(OpenAPIProvider):
@@ -28,7 +47,10 @@ class RequiredBodies(OpenAPIProvider):
 
 
 def init_app(app: Quart) -> None:
-    """Serve the document and its page."""
+    """Serve the document, its page and the page's assets."""
+    app.config.setdefault("QUART_SCHEMA_SWAGGER_JS_URL", "docs/assets/swagger-ui-bundle.js")
+    app.config.setdefault("QUART_SCHEMA_SWAGGER_CSS_URL", "docs/assets/swagger-ui.css")
+    app.register_blueprint(assets)
     QuartSchema(
         app,
         info={"title": "quart_app", "version": "0.1.0"},

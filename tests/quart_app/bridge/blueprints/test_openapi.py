@@ -61,3 +61,15 @@ async def test_the_docs_page_is_served(client: Client) -> None:
     response = await client.get("/docs")
     assert response.status_code == 200
     assert "openapi.json" in await response.get_data(as_text=True)
+
+
+async def test_the_docs_page_takes_swagger_ui_from_the_app_itself(client: Client) -> None:
+    page = await (await client.get("/docs")).get_data(as_text=True)
+    assert "cdn" not in page.lower()
+    for asset, kind in (("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "text/css")):
+        assert f'"docs/assets/{asset}"' in page
+        response = await client.get(f"/docs/assets/{asset}")
+        assert response.status_code == 200
+        assert kind in response.headers["Content-Type"]
+    for outside in ("../__init__.py", "%2e%2e/__init__.py", "nothing.js"):
+        assert (await client.get(f"/docs/assets/{outside}")).status_code == 404
