@@ -119,6 +119,10 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "result_backend": redis_url,
         "result_expires": DEFAULT_RESULT_EXPIRES,
         "task_track_started": True,
+        # One result backend per process, not one per thread: the app's pool threads each made
+        # their own, with a Redis connection pool that nothing closed when the thread went
+        # (Python 3.13 reported the sockets unclosed). redis-py's client is thread-safe.
+        "result_backend_thread_safe": True,
         # Beat's state file: out of the source tree (Celery's default is the working directory).
         "beat_schedule_filename": default_beat_state_file(),
         # Keep retrying the broker at start-up, as Celery 5 does, without its warning.

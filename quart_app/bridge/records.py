@@ -64,6 +64,7 @@ def init_app(app: Quart) -> None:
         app.extensions[EXTENSION] = Redis(connection_pool=pool)
         yield
         app.extensions.pop(EXTENSION).close()
+        pool.disconnect()  # a client given its pool leaves the pool's connections open
 
 
 def client() -> Redis:
