@@ -16,11 +16,8 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,8 +26,8 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import post
-from submit import flush, free_port, wait_until_serving
-from waiters import serving_process
+from submit import flush
+from waiters import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 12
@@ -62,25 +59,6 @@ def main() -> None:
         )
     finally:
         flush(redis_url)
-
-
-@contextmanager
-def serving(redis_url: str) -> Iterator[tuple[int, int]]:
-    """`hypercorn asgi:app` on a free port: the port, and the pid of its serving process."""
-    port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_serving(port)
-        yield port, serving_process(server.pid)
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -18,7 +18,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit import flush, free_port, percentile, wait_until_serving
+from submit import flush, percentile
+from waiters import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 12
@@ -42,31 +42,20 @@ def main() -> None:
 
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
-    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench"}
-    env["WS_MAX_SOCKETS"] = str(2 * args.sockets)
     flush(redis_url)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        wait_until_serving(port)
-        asyncio.run(measure(port, args.sockets))  # warm up: first uses, memory
-        for round_ in range(1, args.rounds + 1):
-            latencies, burst = asyncio.run(measure(port, args.sockets))
-            latencies.sort()
-            print(
-                f"round {round_}: {len(latencies)} GETs while {args.sockets} sockets connected "
-                f"({burst:.2f} s): p50 {percentile(latencies, 50):.1f} ms, "
-                f"p99 {percentile(latencies, 99):.1f} ms, max {latencies[-1]:.1f} ms",
-                flush=True,
-            )
+        with serving(redis_url, WS_MAX_SOCKETS=str(2 * args.sockets)) as (port, _):
+            asyncio.run(measure(port, args.sockets))  # warm up: first uses, memory
+            for round_ in range(1, args.rounds + 1):
+                latencies, burst = asyncio.run(measure(port, args.sockets))
+                latencies.sort()
+                print(
+                    f"round {round_}: {len(latencies)} GETs while {args.sockets} sockets "
+                    f"connected ({burst:.2f} s): p50 {percentile(latencies, 50):.1f} ms, "
+                    f"p99 {percentile(latencies, 99):.1f} ms, max {latencies[-1]:.1f} ms",
+                    flush=True,
+                )
     finally:
-        server.terminate()
-        server.wait(30)
         flush(redis_url)
 
 

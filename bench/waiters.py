@@ -267,6 +267,26 @@ def started(
         process.wait(60)
 
 
+@contextmanager
+def serving(redis_url: str, **settings: str) -> Iterator[tuple[int, int]]:
+    """`hypercorn asgi:app` on a free port, with more `settings` in its environment: the port,
+    and the pid of its serving process."""
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench", **settings}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_serving(port)
+        yield port, serving_process(server.pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def serving_process(pid: int) -> int:
     """The process that serves: hypercorn runs its worker as a child of `pid`, spawned by
     multiprocessing (beside multiprocessing's resource tracker)."""
