@@ -17,6 +17,7 @@ from quart_app.bridge import (
     connection,
     garbage,
     lookups,
+    metrics,
     openapi,
     pool,
     records,
@@ -56,9 +57,10 @@ def ensure_secret_key(app: Quart) -> None:
 def register_extensions(app: Quart) -> None:
     """Configure the placeholder extensions, and what opens when serving starts."""
     configure_celery(app)  # and import the task modules
-    # The bridge: who gets in, how many sockets are set up at once and what each costs, the
-    # thread pool and Redis client, the look-ups, the submitter, the result listener, hearing
-    # the server stop, and the OpenAPI document.
+    # The bridge: the metrics, who gets in, how many sockets are set up at once and what each
+    # costs, the thread pool and Redis client, the look-ups, the submitter, the result
+    # listener, hearing the server stop, and the OpenAPI document.
+    metrics.init_app(app)
     access.init_app(app)
     admission.init_app(app)
     connection.init_app(app)
@@ -74,7 +76,8 @@ def register_extensions(app: Quart) -> None:
 
 
 def register_blueprints(app: Quart) -> None:
-    """Attach the controllers: the bridge's JSON API, websockets and health checks; your pages."""
+    """Attach the controllers: the bridge's JSON API, websockets, health checks and metrics;
+    your pages."""
     app.register_blueprint(api.create_blueprint(exposed_tasks()))
     app.register_blueprint(websockets.blueprint)
     app.register_blueprint(health.blueprint)

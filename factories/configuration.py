@@ -45,6 +45,8 @@ APP_OPTIONS: dict[str, Option] = {
     "WS_QUEUE_SIZE": Option(256, type="int", minimum=1),
     # Bearer tokens the JSON API and the websockets require, comma-separated; none: open.
     "API_TOKEN": Option(None, type="string"),
+    # Bearer tokens GET /metrics requires, comma-separated; none: open, like /healthz.
+    "METRICS_TOKEN": Option(None, type="string"),
     # Origins (scheme://host[:port]) besides the server's own whose pages may open websockets,
     # comma-separated; "*" allows any.
     "WS_ALLOWED_ORIGINS": Option(None, type="string"),

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,22 @@ Server = Callable[..., str]
 
 @contextmanager
 def serving(
-    redis_url: str, log_dir: Path, settings: Mapping[str, str] | None = None
+    redis_url: str,
+    log_dir: Path,
+    settings: Mapping[str, str] | None = None,
+    arguments: Sequence[str] = (),
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`hypercorn asgi:app` on a free port, logging to `log_dir/hypercorn-<port>.log`: the
-    process and its URL, once it answers. Stopped, with what it started, when the block ends."""
+    """`hypercorn asgi:app` on a free port (with more of hypercorn's `arguments`), logging to
+    `log_dir/hypercorn-<port>.log`: the process and its URL, once it answers. Stopped, with
+    what it started, when the block ends."""
     port = free_port()
     log_path = log_dir / f"hypercorn-{port}.log"
     with log_path.open("wb") as log:
         process = start_process(
-            [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+            [
+                *[sys.executable, "-m", "hypercorn", "asgi:app"],
+                *["--bind", f"127.0.0.1:{port}", *arguments],
+            ],
             redis_url,
             log,
             settings,
@@ -54,12 +61,14 @@ def serving(
 def start_server(redis_url: str, tmp_path: Path) -> Iterator[Server]:
     """Start `hypercorn asgi:app` on a free port: its URL, once it answers. Stopped after.
 
-    `start(redis_url, **settings)` serves against another Redis, with more settings.
+    `start(redis_url, **settings)` serves against another Redis, with more settings;
+    `start(arguments=["--workers", "2"])` passes hypercorn more arguments.
     """
     with ExitStack() as cleanup:
 
-        def start(url: str | None = None, **settings: str) -> str:
-            _, server = cleanup.enter_context(serving(url or redis_url, tmp_path, settings))
+        def start(url: str | None = None, arguments: Sequence[str] = (), **settings: str) -> str:
+            served = serving(url or redis_url, tmp_path, settings, arguments)
+            _, server = cleanup.enter_context(served)
             return server
 
         yield start

@@ -14,6 +14,8 @@
   pass.
 - Sockets. A process serves at most `WS_MAX_SOCKETS` websockets; past that a handshake is
   refused (503), before it costs any memory.
+- Metrics. `GET /metrics` is open, like the health checks, unless `METRICS_TOKEN` is set:
+  then it needs `Authorization: Bearer` with that token (not the API's).
 
 Refusals happen before a websocket is accepted, so the client sees an HTTP status and the
 usual JSON error body, as for any request.
@@ -31,6 +33,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from quart import Blueprint, Quart, current_app, g, request, websocket
 
 from quart_app.bridge.errors import APIError
+from quart_app.bridge.metrics import current as current_metrics
 
 EXTENSION = "access"
 TICKET_SALT = "quart_app.watch-task"
@@ -41,6 +44,7 @@ class Access:
 
     def __init__(self, app: Quart) -> None:
         self.tokens = [token.encode() for token in split(app.config["API_TOKEN"])]
+        self.metrics_tokens = [token.encode() for token in split(app.config["METRICS_TOKEN"])]
         self.origins = frozenset(
             origin.rstrip("/") for origin in split(app.config["WS_ALLOWED_ORIGINS"])
         )
@@ -50,13 +54,15 @@ class Access:
         self.ticket_max_age = int(app.config["CELERY_RESULT_EXPIRES"])
         self.open_sockets = 0
 
-    def token_is_valid(self, token: str | None) -> bool:
-        """Whether `token` is one of the tokens (compared in constant time)."""
+    def token_is_valid(self, token: str | None, tokens: list[bytes] | None = None) -> bool:
+        """Whether `token` is one of the tokens (the API's unless `tokens` are given),
+        compared in constant time."""
         if token is None:
             return False
         given = token.encode()
         # Compare with every token, so that the time taken says nothing about which matched.
-        return sum(hmac.compare_digest(given, known) for known in self.tokens) > 0
+        known_tokens = self.tokens if tokens is None else tokens
+        return sum(hmac.compare_digest(given, known) for known in known_tokens) > 0
 
 
 def split(value: str | Iterable[str] | None) -> list[str]:
@@ -87,6 +93,14 @@ async def _warn_open(app: Quart) -> None:
 def protect_api(blueprint: Blueprint) -> None:
     """Require a token for every request to `blueprint`'s routes."""
     blueprint.before_request(_require_token)
+
+
+async def require_metrics_token() -> None:
+    """With `METRICS_TOKEN` set, a scrape needs `Authorization: Bearer` with it; else 401."""
+    access = _access()
+    token = _bearer(request.headers.get("Authorization"))
+    if access.metrics_tokens and not access.token_is_valid(token, access.metrics_tokens):
+        raise _unauthorized()
 
 
 def protect_websockets(blueprint: Blueprint) -> None:
@@ -134,6 +148,9 @@ async def _admit_websocket() -> None:
         )
     access.open_sockets += 1
     g.counted_socket = True
+    metrics = current_metrics()
+    if metrics is not None:
+        metrics.websockets_open.inc()
 
 
 def _origin_allowed(access: Access, origin: str) -> bool:
@@ -174,3 +191,6 @@ def _release_sockets_at_teardown(state: BlueprintSetupState) -> None:
 async def _release_socket(exception: BaseException | None) -> None:
     if g.pop("counted_socket", False):
         _access().open_sockets -= 1
+        metrics = current_metrics()
+        if metrics is not None:
+            metrics.websockets_open.dec()

@@ -28,8 +28,8 @@ from typing import Any
 from celery import Signature, Task
 from quart import current_app
 
-from quart_app.bridge import records, result_listener
-from quart_app.bridge.errors import APIError, TaskNotFound
+from quart_app.bridge import metrics, records, result_listener
+from quart_app.bridge.errors import APIError, ServiceUnavailable, TaskNotFound
 from quart_app.bridge.lookups import look_ups
 from quart_app.bridge.result_listener import ResultListener, Update
 from quart_app.bridge.schemas import TaskSnapshot
@@ -82,7 +82,12 @@ async def submit(task: Task[Any, Any] | Signature[Any], /, *args: Any, **kwargs:
     else:
         options = {}
     submission = Submission(task, args, kwargs, options, task_id=str(uuid.uuid4()))
-    await submitter().submit(submission)
+    try:
+        await submitter().submit(submission)
+    except ServiceUnavailable:
+        metrics.count_submission(task.name, "unavailable")
+        raise
+    metrics.count_submission(task.name, "accepted")
     return submission.task_id
 
 
@@ -221,6 +226,7 @@ class Follower:
         self.inbox = Inbox(current_app.config["WS_QUEUE_SIZE"])
         self.followed: dict[str, Followed] = {}
         self.debug = current_app.debug
+        self.metrics = metrics.current()
 
     async def follow(self, task_id: object) -> str:
         """Follow a published task from now on; its id in the usual form.
@@ -283,6 +289,8 @@ class Follower:
             followed.last = text
             if snapshot.state in FINAL_STATES:
                 self._drop(update.task_id)
+            if update.meta is not None and self.metrics is not None:
+                self.metrics.observe_delivery(update.meta)  # pushed, as it is handed on
             return snapshot
 
     async def _snapshot(self, update: Update, name: str) -> TaskSnapshot:

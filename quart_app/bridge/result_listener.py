@@ -9,9 +9,9 @@ moment go in one SUBSCRIBE (and UNSUBSCRIBE) on the listener's one connection; a
 for Redis to confirm its channel before it reads the stored state, so that no update falls in
 between.
 
-If Redis goes away the listener reconnects with backoff, subscribes to every channel followed
-again, and, as each is confirmed, tells its followers to read the task's state anew: an update
-published meanwhile is not lost.
+If Redis goes away the listener reconnects with backoff (counted in the metrics), subscribes
+to every channel followed again, and, as each is confirmed, tells its followers to read the
+task's state anew: an update published meanwhile is not lost.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import asyncio
 import json
 import os
 from collections import defaultdict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from quart_app.bridge import metrics
 from quart_app.extensions import celery
 
 EXTENSION = "result_listener"
@@ -56,8 +57,10 @@ class Recipient(Protocol):
 class ResultListener:
     """Subscribes to the channels of the tasks followed, and hands each update to its recipients."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, on_reconnect: Callable[[], None] | None = None) -> None:
         self.url = url
+        #: Called each time the listener has connected again after losing its connection.
+        self.on_reconnect = on_reconnect
         #: The name its Redis connection goes by (CLIENT LIST), one per listener.
         self.client_name = f"quart_app-results-{os.getpid()}-{id(self):x}"
         self.recipients: defaultdict[str, set[Recipient]] = defaultdict(set)
@@ -106,6 +109,7 @@ class ResultListener:
         cancelled at the wrong moment was seen to swallow the cancellation and hang shutdown.
         """
         backoff = 0.1
+        connected_before = False
         while not self.stopping.is_set():
             try:
                 client = Redis.from_url(
@@ -113,6 +117,9 @@ class ResultListener:
                 )
                 async with client, client.pubsub() as pubsub:
                     await pubsub.connect()
+                    if connected_before and self.on_reconnect is not None:
+                        self.on_reconnect()
+                    connected_before = True
                     self.subscribed.set()
                     asking = asyncio.create_task(self.ask(pubsub))
                     try:
@@ -213,7 +220,9 @@ def init_app(app: Quart) -> None:
         url = str(celery.conf.result_backend)
         if not url.startswith(("redis://", "rediss://")):
             url = app.config["REDIS_URL"]
-        result_listener = app.extensions[EXTENSION] = ResultListener(url)
+        served = metrics.of(app)
+        reconnected = served.listener_reconnects.inc if served is not None else None
+        result_listener = app.extensions[EXTENSION] = ResultListener(url, reconnected)
         running = asyncio.create_task(result_listener.run())
         yield
         result_listener.stopping.set()

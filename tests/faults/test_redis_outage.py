@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from functools import partial
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import websockets
 
 from tests.faults.conftest import RedisServer, Worker
+from tests.metrics import sample
 from tests.servers import Server, http, post_task, task_in
 from tests.waiting import wait_for
 
@@ -77,6 +79,18 @@ async def test_redis_going_away_and_coming_back(
 
     wait_for(lambda: submit(server, "after")[0] == 202, 30, "submissions to work again")
     assert http("GET", f"{server}/readyz")[0] == 200
+    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert sample(metrics, "quart_app_listener_reconnects_total") >= 1
+    assert (
+        sample(
+            metrics,
+            "quart_app_tasks_submitted_total",
+            task="tests.async_echo",
+            outcome="unavailable",
+        )
+        == 1
+    )
 
     for n, task in enumerate([running, *queued]):
         message = "running" if n == 0 else f"queued {n - 1}"

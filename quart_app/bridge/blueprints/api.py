@@ -21,9 +21,9 @@ from quart_schema import (
     tag,
     validate_response,
 )
-from werkzeug.exceptions import RequestTimeout
+from werkzeug.exceptions import HTTPException, RequestTimeout
 
-from quart_app.bridge import access, queue, records, revocation
+from quart_app.bridge import access, metrics, queue, records, revocation
 from quart_app.bridge.errors import APIError
 from quart_app.bridge.exposure import ExposedTasks
 from quart_app.bridge.pool import run_in_pool
@@ -83,9 +83,17 @@ def submit_view(exposed: ExposedTasks) -> Callable[..., Any]:
     @document_errors(400, 413, 422, 503)
     async def submit_task() -> Response:
         """Run one of the exposed tasks; follow it at `url` or through `websocket`."""
-        data = await validated(exposed.request)
+        try:
+            data = await validated(exposed.request)
+        except RequestSchemaValidationError as error:
+            metrics.count_submission(_task_named(error, exposed), "invalid")
+            raise
+        except (HTTPException, APIError):
+            metrics.count_submission(metrics.UNKNOWN_TASK, "invalid")
+            raise
         name = data.root.name
         if name not in exposed.by_name:  # only when no task is exposed at all
+            metrics.count_submission(metrics.UNKNOWN_TASK, "invalid")
             raise APIError(422, "unknown_task", f"There is no task {name!r} to run.")
         task = exposed.by_name[name].task
         task_id = await queue.submit(task, **data.root.kwargs.model_dump())
@@ -103,6 +111,17 @@ def submit_view(exposed: ExposedTasks) -> Callable[..., Any]:
 
     view: Callable[..., Any] = submit_task
     return view
+
+
+def _task_named(error: RequestSchemaValidationError, exposed: ExposedTasks) -> str:
+    """The exposed task a refused request names (its arguments did not fit), else "unknown":
+    a metric's label takes no name a client makes up."""
+    cause = error.validation_error
+    problems = cause.errors() if isinstance(cause, ValidationError) else []
+    named = {str(problem["loc"][0]) for problem in problems if problem["loc"]}
+    if len(named) == 1 and named <= exposed.by_name.keys():
+        return named.pop()
+    return metrics.UNKNOWN_TASK
 
 
 async def validated(model: type[RootModel[Any]]) -> RootModel[Any]:

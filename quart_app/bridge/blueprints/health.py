@@ -1,4 +1,4 @@
-"""Health checks for load balancers and orchestrators."""
+"""Health checks for load balancers and orchestrators, and metrics for Prometheus."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from quart import Blueprint, current_app
+from quart import Blueprint, Response, current_app, request
 from quart_schema import document_response, tag
 
-from quart_app.bridge import records
+from quart_app.bridge import access, metrics, records
 from quart_app.bridge.errors import APIError
 from quart_app.bridge.pool import run_in_pool
-from quart_app.bridge.schemas import Healthy, NotReady, Ready
+from quart_app.bridge.schemas import ErrorBody, Healthy, NotReady, Ready
 from quart_app.extensions import celery
 
 blueprint = Blueprint("health", __name__)
@@ -56,6 +56,22 @@ async def readyz() -> tuple[dict[str, Any], int]:
         return {"status": "ready", "checks": checks}, 200
     error = {"code": "not_ready", "message": "; ".join(failed)}
     return {"error": error, "checks": checks}, 503
+
+
+@blueprint.get("/metrics")
+@tag(["health"])
+@document_response(ErrorBody, 401)
+async def prometheus_metrics() -> Response:
+    """The server's metrics, every process's, in Prometheus's text format (or OpenMetrics if
+    asked for); with `METRICS_TOKEN` set, for a bearer of it only."""
+    await access.require_metrics_token()
+    served = metrics.current()
+    if served is None:
+        raise APIError(503, "not_serving", "Metrics are kept while the app serves.")
+    body, content_type = await run_in_pool(
+        "the metrics", served.exposition, request.headers.get("Accept")
+    )
+    return Response(body, content_type=content_type)
 
 
 async def _check(what: str, function: Callable[..., Any], *args: Any, timeout: float) -> str:

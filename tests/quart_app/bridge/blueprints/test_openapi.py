@@ -18,7 +18,7 @@ async def document(client: Client) -> dict[str, Any]:
 
 async def test_the_openapi_document_describes_the_api(client: Client) -> None:
     paths = (await document(client))["paths"]
-    assert set(paths) == {"/api/tasks", "/api/tasks/{task_id}", "/healthz", "/readyz"}
+    assert set(paths) == {"/api/tasks", "/api/tasks/{task_id}", "/healthz", "/readyz", "/metrics"}
     submit = paths["/api/tasks"]["post"]
     assert {"202", "400", "413", "422", "503"} <= set(submit["responses"])
     revoke = paths["/api/tasks/{task_id}"]["delete"]
