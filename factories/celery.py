@@ -32,7 +32,7 @@ from factories.configuration import (
 from quart_app.bridge import event_loops, records, revocation
 from quart_app.bridge.app_context import ContextTask, WebApp
 from quart_app.bridge.backends import BACKENDS
-from quart_app.bridge.transport import TRANSPORT
+from quart_app.bridge.transport import TRANSPORT, Connection
 from quart_app.extensions import celery
 
 # Messages and results travel as JSON only: a pickle accepted from the broker runs code.
@@ -105,6 +105,7 @@ def configure_celery(app: WebApp) -> Celery:
             type(task).take_settings_again(celery)
     task_cls.web_app = app
     app.extensions["celery"] = celery
+    celery.amqp.Connection = Connection  # names the transport `redis` in broker URLs
     event_loops.init_celery()
     revocation.init_celery()
     records.init_celery(app.config, settings["broker_url"], _seconds(settings["result_expires"]))
@@ -119,6 +120,11 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         "result_backend": redis_url,
         "result_expires": DEFAULT_RESULT_EXPIRES,
         "task_track_started": True,
+        # Task events, for Flower and `celery events`: workers send theirs, and every publish
+        # its `task-sent` (`CELERY_WORKER_SEND_TASK_EVENTS=false` and
+        # `CELERY_TASK_SEND_SENT_EVENT=false` turn them off).
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         # One result backend per process, not one per thread: the app's pool threads each made
         # their own, with a Redis connection pool that nothing closed when the thread went
         # (Python 3.13 reported the sockets unclosed). redis-py's client is thread-safe.

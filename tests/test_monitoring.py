@@ -1,14 +1,18 @@
 """What an operator sees of a running system: `GET /metrics` of `hypercorn --workers 2`
-against a real worker, every process's samples in every answer."""
+against a real worker, every process's samples in every answer; and Flower, unchanged,
+showing the workers, the tasks submitted over HTTP, the broker and its queues."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import glob
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ import pytest
 import websockets
 
 from tests.metrics import sample
+from tests.processes import answers_http, free_port, start_process, stop_process_group
 from tests.servers import accepted_task, serving
 from tests.waiting import wait_for
 from tests.workers import ProcessWorker
@@ -100,3 +105,68 @@ async def test_metrics_add_up_every_worker_process(
     text = scrape(server)
     assert sample(text, "quart_app_delivery_seconds_count") == len(states)
     assert 0 < sample(text, "quart_app_delivery_seconds_sum") < len(states)
+
+
+FLOWER_LOGIN = "ops:secret"
+
+
+@pytest.fixture
+def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """`celery -A worker flower` with basic auth, as an operator starts it: its URL."""
+    port = free_port()
+    with (tmp_path / "flower.log").open("wb") as log:
+        process: subprocess.Popen[bytes] = start_process(
+            [
+                *[sys.executable, "-m", "celery", "-A", "worker", "flower"],
+                *[f"--port={port}", "--address=127.0.0.1", f"--basic-auth={FLOWER_LOGIN}"],
+            ],
+            redis_url,
+            log,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for(lambda: process.poll() is None and answers_http(url), 60, "Flower to answer")
+            yield url
+        finally:
+            stop_process_group(process)
+
+
+def flower_get(url: str) -> tuple[int, str]:
+    """GET a page or an API of Flower, logged in: the status and the body."""
+    request = urllib.request.Request(url)
+    request.add_header("Authorization", f"Basic {base64.b64encode(FLOWER_LOGIN.encode()).decode()}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def test_flower_shows_the_workers_tasks_broker_and_queues(
+    flower: str, server_url: str, process_worker: ProcessWorker
+) -> None:
+    process_worker()
+
+    def workers_heard() -> list[dict[str, Any]] | None:
+        workers: list[dict[str, Any]] = json.loads(flower_get(f"{flower}/workers?json=1")[1])[
+            "data"
+        ]
+        return workers if any(worker["status"] for worker in workers) else None
+
+    # Heard through the worker's own events: they are on without Flower turning them on.
+    wait_for(workers_heard, 60, "Flower to hear the worker")
+    task = accepted_task(server_url, "tests.count", steps=2, delay=0.1)
+
+    def task_ended() -> dict[str, Any] | None:
+        tasks = json.loads(flower_get(f"{flower}/api/tasks")[1])
+        found: dict[str, Any] | None = tasks.get(task["id"])
+        return found if found is not None and found["state"] == "SUCCESS" else None
+
+    seen = wait_for(task_ended, 60, "Flower to see the task succeed")
+    assert seen["name"] == "tests.count"
+    # Each step's event: sent by the web server that published it, then the worker's.
+    assert all(seen[step] is not None for step in ("sent", "received", "started", "succeeded"))
+    status, queues = flower_get(f"{flower}/api/queues/length")
+    assert status == 200
+    assert {"name": "celery", "messages": 0} in json.loads(queues)["active_queues"]
+    status, page = flower_get(f"{flower}/broker")
+    assert status == 200
+    assert "redis://" in page
+    assert "not supported" not in page

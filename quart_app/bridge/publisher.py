@@ -12,7 +12,10 @@ is Redis, the web app instead
 - wraps it as kombu's Redis transport does (a JSON envelope, its body base64-encoded, pushed
   onto the queue's list, or the list of its priority step), which
   `tests/quart_app/bridge/test_publisher.py` compares with what kombu itself pushes;
-- and writes a whole batch, messages and records, with one command of `redis.asyncio`
+- publishes each message's `task-sent` event where `task_send_sent_event` is on (as it is
+  by default here, for Flower), as Celery's event dispatcher does on a Redis broker: to the
+  fanout channel of the `celeryev` exchange;
+- and writes a whole batch, messages, records and events, with one command of `redis.asyncio`
   (`Publisher.send`, the script `SEND_BATCH`): one round trip and one reply for the batch, and
   the batch is in Redis whole or not at all. A MULTI/EXEC pipeline was as atomic, but cost
   redis-py a parsed reply for each command: under load, where batches are small, about 80 µs
@@ -21,13 +24,14 @@ is Redis, the web app instead
 Written by hand because no maintained library publishes Celery tasks to a Redis broker from
 asyncio (aio-celery speaks only AMQP, and kombu blocks). What this path does not cover keeps the
 thread pool's: another broker, a broker given as a failover list or with TLS options,
-compression, task-sent events, exchanges other than direct (fanout, topic routes), queues that
-expire, and eager mode.
+compression, exchanges other than direct (fanout, topic routes), queues that expire, and eager
+mode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from bisect import bisect
 from collections.abc import Mapping
 from contextlib import suppress
@@ -38,10 +42,12 @@ from typing import Any
 
 import orjson
 from celery import Celery, signals
+from celery.events import Event
 from celery.local import Proxy
 from celery.utils.functional import maybe_list
+from celery.utils.nodenames import anon_nodename
 from celery.utils.saferepr import saferepr
-from celery.utils.time import maybe_iso8601
+from celery.utils.time import maybe_iso8601, utcoffset
 from kombu import Queue
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import Base64
@@ -97,7 +103,8 @@ PUBLISH_OPTIONS = (
     "expiration",
 )
 #: KEYS: the lists of the batch's messages, then the keys of its records. ARGV: how many
-#: messages, the records' lifetime in seconds, the messages, then the records' task names.
+#: messages, the records' lifetime in seconds, the messages, the records' task names, then a
+#: channel and an event for each task-sent event.
 SEND_BATCH = """
 local messages, expires = tonumber(ARGV[1]), ARGV[2]
 for i = 1, messages do
@@ -106,8 +113,12 @@ end
 for i = messages + 1, #KEYS do
     redis.call("SET", KEYS[i], ARGV[2 + i], "EX", expires)
 end
+for i = 3 + #KEYS, #ARGV, 2 do
+    redis.call("PUBLISH", ARGV[i], ARGV[i + 1])
+end
 """
 JSON = "application/json"
+SENT_ROUTING_KEY = "task.sent"
 _BASE64 = Base64()
 #: kombu's JSON encoder, made once rather than for every message as `kombu.utils.json.dumps`
 #: makes it: the same text.
@@ -131,6 +142,8 @@ class Outgoing:
     headers: dict[str, Any]
     properties: dict[str, Any]
     declare: list[Queue]
+    #: Its `task-sent` event, as kombu publishes it; None where events are off.
+    event: bytes | None = None
 
 
 def arguments_repr(arguments: Any, maxsize: int, maxlevels: int) -> str:
@@ -199,6 +212,25 @@ class Publisher:
         )
         #: The records' own Redis where it is not the broker; None: the broker keeps them.
         self.records = records
+        self.sent_events: bool = conf.task_send_sent_event
+        # Where Celery's event dispatcher publishes on a Redis broker: the `celeryev` exchange
+        # is a fanout there (`celery.events.event.get_exchange`), which kombu's Redis channel
+        # publishes to the channel `_get_publish_topic` names.
+        fanout_prefix = options.get("fanout_prefix", kombu_redis.Channel.fanout_prefix)
+        database = self.client.connection_pool.connection_kwargs.get("db", 0)
+        if isinstance(fanout_prefix, str):
+            prefix = fanout_prefix
+        else:
+            prefix = f"/{database}." if fanout_prefix else ""
+        self.event_exchange: str = conf.event_exchange
+        topic = self.prefix + prefix + self.event_exchange
+        if options.get("fanout_patterns", kombu_redis.Channel.fanout_patterns):
+            topic += f"/{SENT_ROUTING_KEY}"
+        self.event_topic = topic
+        # Who sent it, as the dispatcher names a process that is no worker.
+        self.event_hostname = anon_nodename()
+        self.event_pid = os.getpid()
+        self.clock = celery.clock  # type: ignore[attr-defined]  # missing from the stubs
 
     @classmethod
     def for_app(cls, celery: Celery, redis_url: str) -> Publisher | None:
@@ -211,7 +243,6 @@ class Publisher:
             or ";" in url
             or conf.broker_use_ssl
             or conf.task_compression
-            or conf.task_send_sent_event
             or conf.task_always_eager
             or conf.task_protocol != 2
         ):
@@ -266,7 +297,7 @@ class Publisher:
             parent_id = parent_id or parent.request.id
             if self.inherit_parent_priority:
                 options.setdefault("priority", parent.request.delivery_info.get("priority"))
-        headers, properties, body, _ = self.build(
+        headers, properties, body, sent_event = self.build(
             task_id,
             task.name,
             args,
@@ -283,7 +314,7 @@ class Publisher:
             named["reply_to"] or celery.thread_oid,
             time_limit,
             soft_time_limit,
-            False,  # task-sent events go through the thread pool's path
+            self.sent_events,
             root_id,
             parent_id,
             shadow,
@@ -352,6 +383,9 @@ class Publisher:
             "headers": headers,
             "properties": properties,
         }
+        event = None
+        if sent_event is not None:
+            event = self._sent_event(sent_event, queue.name, exchange, routing_key)
         return Outgoing(
             task_id=task_id,
             name=task.name,
@@ -366,7 +400,37 @@ class Publisher:
             headers=headers,
             properties=properties,
             declare=declare,
+            event=event,
         )
+
+    def _sent_event(
+        self, fields: dict[str, Any], queue: str, exchange: str, routing_key: str
+    ) -> bytes:
+        """The `task-sent` event of a message, as Celery's event dispatcher and kombu's Redis
+        channel publish it (`send_task_message`, `EventDispatcher.publish`)."""
+        fields.update(queue=queue, exchange=exchange, routing_key=routing_key)
+        event = Event(
+            "task-sent",
+            hostname=self.event_hostname,
+            utcoffset=utcoffset(),
+            pid=self.event_pid,
+            clock=self.clock.forward(),
+            **fields,
+        )
+        envelope = {
+            "body": _BASE64.encode(_ENVELOPE.encode(event)),
+            "content-encoding": "utf-8",
+            "content-type": JSON,
+            "headers": {"hostname": self.event_hostname},
+            "properties": {
+                "delivery_mode": _DELIVERY_MODES["transient"],
+                "delivery_info": {"exchange": self.event_exchange, "routing_key": SENT_ROUTING_KEY},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": uuid(),
+            },
+        }
+        return orjson.dumps(envelope)
 
     async def send(self, batch: list[Outgoing], expires: int, timeout: float) -> None:
         """Write a batch with its records, in one round trip; raise if it cannot be written.
@@ -418,6 +482,9 @@ class Publisher:
         args: list[str | bytes | int] = [len(messages), expires]
         args += [outgoing.payload for outgoing in messages]
         args += [outgoing.name for outgoing in records]
+        for outgoing in messages:
+            if outgoing.event is not None:
+                args += [self.event_topic, outgoing.event]
         async with asyncio.timeout(timeout):
             await self._send_batch[client](keys=keys, args=args, client=client)
 
