@@ -24,6 +24,7 @@ from quart_app.bridge import (
     result_listener,
     shutdown,
     submitter,
+    tracing,
 )
 from quart_app.bridge.blueprints import api, health, websockets
 from quart_app.bridge.errors import register_error_handlers
@@ -71,6 +72,7 @@ def register_extensions(app: Quart) -> None:
     result_listener.init_app(app)
     shutdown.init_app(app)
     openapi.init_app(app)
+    tracing.init_app(app)  # where OTEL_* asks for it
     # Your extensions here.
     garbage.init_app(app)  # last: it freezes what the others open
 

@@ -434,6 +434,7 @@ class Publisher:
 
     async def send(self, batch: list[Outgoing], expires: int, timeout: float) -> None:
         """Write a batch with its records, in one round trip; raise if it cannot be written.
+        Each message's submitter then calls `published`.
 
         Where the records have a Redis of their own, they are written first, and dropped again
         if the messages cannot be.
@@ -447,14 +448,22 @@ class Publisher:
                 raise
         else:
             await self._write(self.client, batch, batch, expires, timeout)
-        for outgoing in batch:
-            signals.after_task_publish.send(
-                sender=outgoing.name,
-                body=outgoing.body,
-                headers=outgoing.headers,
-                exchange=outgoing.exchange,
-                routing_key=outgoing.routing_key,
-            )
+
+    @staticmethod
+    def published(outgoing: Outgoing) -> None:
+        """Fire `after_task_publish` for a message that was sent.
+
+        Called by the task that submitted it, as `before_task_publish` was: a receiver may
+        keep state between the two in a context variable, as OpenTelemetry's Celery
+        instrumentation keeps its span, and contexts are a task's own.
+        """
+        signals.after_task_publish.send(
+            sender=outgoing.name,
+            body=outgoing.body,
+            headers=outgoing.headers,
+            exchange=outgoing.exchange,
+            routing_key=outgoing.routing_key,
+        )
 
     async def close(self) -> None:
         """Close the connections to the broker and to the records' Redis."""

@@ -14,6 +14,7 @@ Use it through `quart_app.bridge.queue.submit`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncGenerator
 from contextlib import suppress
@@ -43,6 +44,9 @@ class Submission:
     kwargs: dict[str, Any]
     options: dict[str, Any]
     task_id: str
+    #: The submitter's context: the pool publishes in it, so that what Celery's publish
+    #: signals keep in context variables (a trace's span) is the submitter's.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 @dataclass(slots=True)
@@ -85,6 +89,8 @@ class Submitter:
         if self.sending is None:
             self.sending = asyncio.create_task(self.send_waiting())
         await waiting.sent
+        if outgoing is not None:
+            Publisher.published(outgoing)
 
     async def send_waiting(self) -> None:
         """Send batches until none waits (a task of its own, outliving any one request).
@@ -204,7 +210,8 @@ def _send(
     if time.monotonic() > deadline:
         return TimeoutError("the batch ran out of time")
     try:
-        submission.task.apply_async(
+        submission.context.run(
+            submission.task.apply_async,
             submission.args,
             submission.kwargs,
             task_id=submission.task_id,
