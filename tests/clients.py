@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any
 
-from quart.testing.connections import WebsocketDisconnectError
+from hypercorn.typing import ASGISendEvent
+from quart.testing.connections import TestWebsocketConnection
 from quart.typing import TestClientProtocol as Client
 from quart.typing import TestWebsocketConnectionProtocol as Socket
 
@@ -12,6 +14,39 @@ from tests.waiting import wait_for_async
 
 TIMEOUT = 20.0
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
+
+
+class WebsocketClosed(Exception):
+    """The server closed the socket, with `code`."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class ClosingWebsocket(TestWebsocketConnection):
+    """Quart's test websocket, on which reading a socket the server closed raises
+    `WebsocketClosed` with the close code.
+
+    Quart 0.22 raised its own `WebsocketDisconnectError(code)`; Quart 0.23 tells nothing of a
+    close (the read waits for good), so the tests read close codes through this on both.
+    `tests/conftest.py` makes every test client use it.
+    """
+
+    async def _asgi_send(self, message: ASGISendEvent) -> None:
+        if message["type"] != "websocket.close":
+            await super()._asgi_send(message)
+            return
+        await self._receive_queue.put(WebsocketClosed(message.get("code", 1000)))
+        await self.disconnect()  # as a server does once the app has closed
+
+    async def __aexit__(self, exc_type: type, exc_value: BaseException, tb: TracebackType) -> None:
+        await self.disconnect()
+        await self._task
+        while not self._receive_queue.empty():
+            data = await self._receive_queue.get()
+            if isinstance(data, Exception) and not isinstance(data, WebsocketClosed):
+                raise data
 
 
 async def submit(client: Client, name: str, **kwargs: Any) -> dict[str, Any]:
@@ -60,5 +95,5 @@ async def messages_until_closed(socket: Socket) -> tuple[list[dict[str, Any]], i
     while True:
         try:
             received.append(await socket.receive_json())
-        except WebsocketDisconnectError as closed:
-            return received, closed.args[0]
+        except WebsocketClosed as closed:
+            return received, closed.code

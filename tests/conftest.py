@@ -14,10 +14,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 from quart import Quart
+from quart.testing import QuartClient
 from quart.typing import TestClientProtocol as Client
 
 from factories.application import create_application
 from factories.configuration import DEFAULT_REDIS_URL
+from tests.clients import ClosingWebsocket
 
 pytest_plugins = ["tests.workers", "tests.servers"]
 PROBES = "tests.worker_tasks"
@@ -46,6 +48,15 @@ def redis_url() -> Iterator[str]:
         patch.setenv("REDIS_URL", url)
         patch.setenv("CELERY_IMPORTS", json.dumps([PROBES]))
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def websockets_that_tell_their_close() -> Iterator[None]:
+    """Every test client's websockets raise `tests.clients.WebsocketClosed` with the code the
+    server closed them with, whichever Quart runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(QuartClient, "websocket_connection_class", ClosingWebsocket)
+        yield
 
 
 @pytest.fixture(scope="session")

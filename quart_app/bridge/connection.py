@@ -11,6 +11,9 @@ Quart's own. As in Quart, the client's going away cancels the handler, and an er
 reading the client's messages ends the socket and is raised to the server.
 
 Quart lets an app choose this class (`Quart.asgi_websocket_class`); nothing else changes.
+It is made for the connection of Quart 0.20 to 0.22. Quart 0.23 (which needs Python 3.13)
+rebuilt that connection around a task group and a buffer on the websocket itself; there the
+app keeps Quart's own, and its sockets cost what Quart's do.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, WebsocketScope
 from quart import Quart
 from quart.asgi import ASGIWebsocketConnection
+from quart.wrappers import Websocket
 
 
 class Mailbox:
@@ -83,5 +87,13 @@ class WebsocketConnection(ASGIWebsocketConnection):
 
 
 def init_app(app: Quart) -> None:
-    """Serve the app's websockets with `WebsocketConnection`."""
+    """Serve the app's websockets with `WebsocketConnection`, where Quart's connection is the
+    one it was made for (a Quart whose websockets have no `buffer_class`: before 0.23)."""
+    if not fits_this_quart():
+        return
     app.asgi_websocket_class = WebsocketConnection
+
+
+def fits_this_quart() -> bool:
+    """Whether this Quart's websocket connection is the one `WebsocketConnection` refines."""
+    return not hasattr(Websocket, "buffer_class")

@@ -196,3 +196,47 @@ def test_the_test_command_installs_chromium_only_where_it_can(
     dev.ensure_chromium()
     assert bool(commands) == installs
     assert os.environ.get("CHROMIUM") == chromium
+
+
+def test_the_test_command_skips_a_python_that_is_not_installed_and_says_so() -> None:
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "dev.py"), "test", "--python", "3.99"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shown.returncode == 0
+    assert "Python 3.99 is not installed here: its tests are skipped" in shown.stderr
+
+
+@pytest.mark.parametrize(
+    ("version", "error"),
+    [("3.9", "needs Python 3.11 or newer"), ("three", "takes a version such as 3.13")],
+)
+def test_the_test_command_refuses_a_python_it_cannot_take(version: str, error: str) -> None:
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "dev.py"), "test", "--python", version],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shown.returncode == 2
+    assert error in shown.stderr
+
+
+def test_another_python_is_found_on_the_path_or_under_pyenv(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dev = load_dev_script()
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.setattr(dev.shutil, "which", lambda name: None)
+    assert dev.find_python("3.11") is None
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for release in ("9", "10"):
+        binary = tmp_path / "versions" / f"{version}.{release}" / "bin" / f"python{version}"
+        binary.parent.mkdir(parents=True)
+        binary.symlink_to(sys.executable)
+    # The newest release of the version (3.x.10 after 3.x.9), which answers to that version.
+    assert dev.find_python(version) == str(
+        tmp_path / "versions" / f"{version}.10" / "bin" / f"python{version}"
+    )
