@@ -32,6 +32,7 @@ import tempfile
 import time
 import venv
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
@@ -100,15 +101,24 @@ LINTERS = {
 def test_on(versions: list[str], pytest_args: list[str]) -> int:
     """Run pytest on each Python of `versions` that is installed here, all at once, each in a
     virtual environment (`.venv-X.Y`) and in Redis databases of its own; skip the others."""
-    environments: dict[str, Path] = {}
+    pythons: dict[str, str] = {}
     for version in dict.fromkeys(versions):
         python = find_python(version)
         if python is None:
             log(f"Python {version} is not installed here: its tests are skipped")
-            continue
-        environments[version] = prepare_virtualenv(ROOT / f".venv-{version}", python, ["dev"])
-    if not environments:
+        else:
+            pythons[version] = python
+    if not pythons:
         return 0
+    # Installed side by side: each install mostly waits on unpacking and the network.
+    with ThreadPoolExecutor(len(pythons)) as installers:
+        prepared = {
+            version: installers.submit(
+                prepare_virtualenv, ROOT / f".venv-{version}", python, ["dev"]
+            )
+            for version, python in pythons.items()
+        }
+        environments = {version: future.result() for version, future in prepared.items()}
     ensure_chromium()
     first = int(os.environ.get("TEST_REDIS_DB", "13"))
     with reachable_redis(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)):
