@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,34 @@ async def test_two_servers_share_one_redis(
     assert code == 1000
     assert received[-1]["result"] == {"message": "across", "app": "quart_app"}
     assert http("GET", f"{second}/api/tasks/{accepted['id']}")[1]["state"] == "SUCCESS"
+
+
+def test_fifty_repeats_at_once_on_two_servers_send_one_message(
+    start_server: Server, redis_client: redis.Redis
+) -> None:
+    servers = [start_server(), start_server()]
+    body = json.dumps({"name": "tests.echo", "kwargs": {"message": "once"}}).encode()
+
+    def submit(n: int) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(f"{servers[n % 2]}/api/tasks", data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        request.add_header("Idempotency-Key", "retried-fifty-times")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    with ThreadPoolExecutor(50) as clients:
+        answers = list(clients.map(submit, range(50)))
+    # One claimed the key and sent; the rest saw it sent (202, replayed) or being sent (409).
+    assert {status for status, _ in answers} <= {202, 409}
+    accepted = [answer for status, answer in answers if status == 202]
+    assert accepted
+    assert len({answer["id"] for answer in accepted}) == 1
+    refused = [answer for status, answer in answers if status == 409]
+    assert all(answer["error"]["code"] == "idempotency_key_in_use" for answer in refused)
+    assert redis_client.llen("celery") == 1
 
 
 async def test_an_empty_binary_message_gets_an_error_and_the_socket_stays_open(

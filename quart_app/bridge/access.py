@@ -112,6 +112,13 @@ def protect_websockets(blueprint: Blueprint) -> None:
     blueprint.record_once(_release_sockets_at_teardown)
 
 
+def request_token() -> str | None:
+    """The API token this request came with, where tokens are on (None where they are off)."""
+    if not _access().tokens:
+        return None
+    return _bearer(request.headers.get("Authorization"))
+
+
 def watch_ticket(task_id: str) -> str:
     """A ticket that opens `/ws/tasks/<task_id>`, for the result page."""
     ticket: str = _access().tickets.dumps(task_id)

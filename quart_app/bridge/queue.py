@@ -66,7 +66,8 @@ class FellBehind(Exception):
 async def submit(task: Task[Any, Any] | Signature[Any], /, *args: Any, **kwargs: Any) -> str:
     """Send a run of `task` with these arguments; its id, once the broker has it.
 
-    For Celery's options, pass a signature instead: `submit(report.s(7).set(countdown=60))`.
+    For Celery's options, pass a signature instead: `submit(report.s(7).set(countdown=60))`
+    (with `task_id` among them, the task gets that id).
     `ServiceUnavailable` (503) if the broker does not take it within `BLOCKING_TIMEOUT`: it was
     not sent then, and it will not be.
     """
@@ -81,7 +82,8 @@ async def submit(task: Task[Any, Any] | Signature[Any], /, *args: Any, **kwargs:
         options = dict(signature.options)
     else:
         options = {}
-    submission = Submission(task, args, kwargs, options, task_id=str(uuid.uuid4()))
+    task_id = str(options.pop("task_id", None) or uuid.uuid4())
+    submission = Submission(task, args, kwargs, options, task_id=task_id)
     try:
         await submitter().submit(submission)
     except ServiceUnavailable:

@@ -16,6 +16,7 @@ from pydantic import RootModel, ValidationError
 from quart import Blueprint, Response, request
 from quart_schema import (
     RequestSchemaValidationError,
+    document_headers,
     document_request,
     document_response,
     tag,
@@ -23,7 +24,7 @@ from quart_schema import (
 )
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
-from quart_app.bridge import access, metrics, queue, records, revocation
+from quart_app.bridge import access, idempotency, metrics, queue, records, revocation
 from quart_app.bridge.errors import APIError
 from quart_app.bridge.exposure import ExposedTasks
 from quart_app.bridge.pool import run_in_pool
@@ -79,11 +80,18 @@ def submit_view(exposed: ExposedTasks) -> Callable[..., Any]:
 
     @tag(["tasks"])
     @document_request(exposed.request)
+    @document_headers(idempotency.IdempotencyHeaders)
     @document_response(TaskAccepted, 202)
-    @document_errors(400, 413, 422, 503)
+    @document_errors(400, 409, 413, 422, 503)
     async def submit_task() -> Response:
-        """Run one of the exposed tasks; follow it at `url` or through `websocket`."""
+        """Run one of the exposed tasks; follow it at `url` or through `websocket`.
+
+        With an `Idempotency-Key`, a repeat of the same request sends nothing and answers as
+        the first did, with `Idempotent-Replayed: true`; the same key with another request is
+        422, and a repeat while the first is being sent 409.
+        """
         try:
+            key = idempotency.requested_key()
             data = await validated(exposed.request)
         except RequestSchemaValidationError as error:
             metrics.count_submission(_task_named(error, exposed), "invalid")
@@ -96,7 +104,24 @@ def submit_view(exposed: ExposedTasks) -> Callable[..., Any]:
             metrics.count_submission(metrics.UNKNOWN_TASK, "invalid")
             raise APIError(422, "unknown_task", f"There is no task {name!r} to run.")
         task = exposed.by_name[name].task
-        task_id = await queue.submit(task, **data.root.kwargs.model_dump())
+        kwargs = data.root.kwargs.model_dump()
+        headers: dict[str, str] = {}
+        if key is None:
+            task_id = await queue.submit(task, **kwargs)
+        else:
+
+            async def send(task_id: str) -> None:
+                await queue.submit(task.s(**kwargs).set(task_id=task_id))
+
+            try:
+                outcome = await idempotency.submit_once(key, name, kwargs, send)
+            except APIError as error:
+                if error.code == "idempotency_key_reused":
+                    metrics.count_submission(name, "invalid")
+                raise
+            task_id = outcome.task_id
+            if outcome.replayed:
+                headers[idempotency.REPLAYED] = "true"
         url = request.root_path + PREFIX + TASK.format(task_id)
         accepted = {  # a TaskAccepted, as documented: its fields, in its order
             "id": task_id,
@@ -106,7 +131,10 @@ def submit_view(exposed: ExposedTasks) -> Callable[..., Any]:
             "websocket": f"/ws/tasks/{task_id}",
         }
         return Response(
-            orjson.dumps(accepted), status=202, headers={"Location": url}, mimetype=JSON
+            orjson.dumps(accepted),
+            status=202,
+            headers={"Location": url, **headers},
+            mimetype=JSON,
         )
 
     view: Callable[..., Any] = submit_task
