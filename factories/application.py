@@ -21,6 +21,7 @@ from quart_app.bridge import (
     metrics,
     openapi,
     pool,
+    rate_limits,
     records,
     result_listener,
     shutdown,
@@ -60,8 +61,9 @@ def register_extensions(app: Quart) -> None:
     """Configure the placeholder extensions, and what opens when serving starts."""
     configure_celery(app)  # and import the task modules
     # The bridge: the metrics, who gets in, how many sockets are set up at once and what each
-    # costs, the thread pool and Redis client, the look-ups, the submitter and its idempotency
-    # keys, the result listener, hearing the server stop, and the OpenAPI document.
+    # costs, the thread pool and Redis client, the look-ups, the submitter with its idempotency
+    # keys and rate limits, the result listener, hearing the server stop, and the OpenAPI
+    # document.
     metrics.init_app(app)
     access.init_app(app)
     admission.init_app(app)
@@ -71,6 +73,7 @@ def register_extensions(app: Quart) -> None:
     lookups.init_app(app)
     submitter.init_app(app)
     idempotency.init_app(app)
+    rate_limits.init_app(app)
     result_listener.init_app(app)
     shutdown.init_app(app)
     openapi.init_app(app)

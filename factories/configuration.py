@@ -47,6 +47,8 @@ APP_OPTIONS: dict[str, Option] = {
     "API_TOKEN": Option(None, type="string"),
     # Bearer tokens GET /metrics requires, comma-separated; none: open, like /healthz.
     "METRICS_TOKEN": Option(None, type="string"),
+    # Submissions one client may make: N/second, N/minute or N/hour; none: no limit.
+    "API_RATE_LIMIT": Option(None, type="string"),
     # Origins (scheme://host[:port]) besides the server's own whose pages may open websockets,
     # comma-separated; "*" allows any.
     "WS_ALLOWED_ORIGINS": Option(None, type="string"),
@@ -132,7 +134,15 @@ def check_setting(key: str, value: Any) -> Any:
     if key in _URL_SETTINGS:
         return None if value is None else check_url(key, value, _URL_SETTINGS[key])
     if key in APP_OPTIONS:
-        return None if value is None else _cast(key, value, APP_OPTIONS[key])
+        value = None if value is None else _cast(key, value, APP_OPTIONS[key])
+        if key == "API_RATE_LIMIT" and value:
+            from quart_app.bridge.rate_limits import parse_limit  # here: no limiter on import
+
+            try:
+                parse_limit(value)
+            except ValueError as error:
+                raise ConfigurationError(key, str(error)) from None
+        return value
     if not key.startswith(CELERY_PREFIX):
         return value
     option = celery_options().get(celery_name(key))

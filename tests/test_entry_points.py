@@ -175,6 +175,22 @@ def test_fifty_repeats_at_once_on_two_servers_send_one_message(
     assert redis_client.llen("celery") == 1
 
 
+def test_two_servers_share_one_rate_limit(start_server: Server) -> None:
+    servers = [start_server(API_RATE_LIMIT="4/minute") for _ in range(2)]
+    statuses = []
+    for n in range(8):
+        server = servers[n % 2]
+        assert http("GET", f"{server}/healthz")[0] == 200  # never counts
+        status, answer = http(
+            "POST", f"{server}/api/tasks", {"name": "tests.echo", "kwargs": {"message": str(n)}}
+        )
+        statuses.append(status)
+        if status == 429:
+            assert answer["error"]["code"] == "rate_limited"
+    # One count for the client, whichever process it reached.
+    assert statuses == [202] * 4 + [429] * 4
+
+
 async def test_an_empty_binary_message_gets_an_error_and_the_socket_stays_open(
     server_url: str,
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, render_template, request, url_for
 from quart_schema import hide
 
-from quart_app.bridge import queue, watch_ticket
+from quart_app.bridge import limits_submissions, queue, watch_ticket
 from quart_app.bridge.errors import TaskNotFound
 from quart_app.forms import message_form
 from quart_app.tasks import simple_task
@@ -22,6 +22,7 @@ async def index() -> str:
 
 @blueprint.post("/")
 @hide
+@limits_submissions
 async def submit_message() -> tuple[str, int]:
     """Submit `simple_task` with the message; show the form again with the new task's id."""
     form = message_form(await request.form)

@@ -28,6 +28,7 @@ from quart_app.bridge import access, idempotency, metrics, queue, records, revoc
 from quart_app.bridge.errors import APIError
 from quart_app.bridge.exposure import ExposedTasks
 from quart_app.bridge.pool import run_in_pool
+from quart_app.bridge.rate_limits import limits_submissions
 from quart_app.bridge.schemas import ErrorBody, TaskAccepted, TaskSnapshot
 from quart_app.bridge.states import TaskState
 
@@ -82,7 +83,8 @@ def submit_view(exposed: ExposedTasks) -> Callable[..., Any]:
     @document_request(exposed.request)
     @document_headers(idempotency.IdempotencyHeaders)
     @document_response(TaskAccepted, 202)
-    @document_errors(400, 409, 413, 422, 503)
+    @document_errors(400, 409, 413, 422, 429, 503)
+    @limits_submissions
     async def submit_task() -> Response:
         """Run one of the exposed tasks; follow it at `url` or through `websocket`.
 

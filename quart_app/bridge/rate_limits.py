@@ -1,0 +1,126 @@
+"""Rate limits on submissions: `API_RATE_LIMIT` (`100/minute`; `N/second`, `N/minute`,
+`N/hour`; unset: no limit) caps how often one client submits.
+
+The client is its API token where tokens are on (by its digest), else its address (behind a
+reverse proxy, have hypercorn trust the proxy's forwarded address, or every client is the
+proxy). Over the limit a submission is answered 429 `rate_limited`, with `Retry-After`: the
+seconds until the oldest submission in the window leaves it. Only the views marked with
+`@limits_submissions` count: the JSON API's `POST /api/tasks` and the HTML form's post; the
+health checks, `/metrics` and the reads never do.
+
+The count is kept in the app's Redis by the `limits` library (the one Flask-Limiter and
+slowapi use), with its moving window: every server process shares it, and each hit is one
+atomic script, so that two processes taking the last place at once cannot both get it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from quart import Quart, current_app, request
+from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
+
+from quart_app.bridge import access
+from quart_app.bridge.errors import APIError, ServiceUnavailable
+
+EXTENSION = "rate_limits"
+#: The forms `API_RATE_LIMIT` takes.
+FORM = re.compile(r"\s*([1-9]\d*)\s*/\s*(second|minute|hour)\s*")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def parse_limit(value: str) -> RateLimitItem:
+    """`N/second`, `N/minute` or `N/hour` as a limit; `ValueError` for anything else."""
+    found = FORM.fullmatch(value)
+    if found is None:
+        raise ValueError(f"{value!r} is not N/second, N/minute or N/hour")
+    return parse(f"{found.group(1)}/{found.group(2)}")
+
+
+class Limiter:
+    """The limit, and the window of each client's submissions in Redis."""
+
+    def __init__(self, limit: RateLimitItem, redis_url: str, timeout: float) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self.pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=2)
+        storage = RedisStorage(
+            "async+" + redis_url,
+            implementation="redispy",
+            key_prefix="quart_app:rate",
+            connection_pool=self.pool,  # type: ignore[arg-type]  # taken, though not typed so
+        )
+        self.windows = MovingWindowRateLimiter(storage)
+
+    async def take(self, client: str) -> None:
+        """Count a submission of `client`'s; 429 if its window is full."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                if await self.windows.hit(self.limit, client):
+                    return
+                window = await self.windows.get_window_stats(self.limit, client)
+        except TimeoutError:
+            raise ServiceUnavailable("Redis did not answer in time.") from None
+        except (StorageError, RedisError, OSError) as error:
+            raise ServiceUnavailable(f"Redis cannot be reached: {error}") from None
+        retry_after = max(1, math.ceil(window.reset_time - time.time()))
+        raise APIError(
+            429,
+            "rate_limited",
+            f"At most {self.limit.amount} submissions per {self.limit.GRANULARITY.name}; "
+            f"try again in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def close(self) -> None:
+        """Close the connections to Redis."""
+        await self.pool.disconnect()
+
+
+def limits_submissions(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Count each request to `view` against its client's `API_RATE_LIMIT`; 429 beyond it."""
+
+    @wraps(view)
+    async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+        limiter: Limiter | None = current_app.extensions.get(EXTENSION)
+        if limiter is not None:
+            await limiter.take(client())
+        return await view(*args, **kwargs)
+
+    return limited
+
+
+def client() -> str:
+    """Who is submitting: its API token's digest where tokens are on, else its address."""
+    token = access.request_token()
+    if token:
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    return f"address:{request.remote_addr}"
+
+
+def init_app(app: Quart) -> None:
+    """Where `API_RATE_LIMIT` is set, keep the windows in the app's Redis while serving."""
+    setting: Any = app.config.get("API_RATE_LIMIT")
+    if not setting:
+        return
+    limit = parse_limit(str(setting))
+
+    @app.while_serving
+    async def limiter() -> AsyncGenerator[None, None]:
+        timeout = 0.8 * app.config["BLOCKING_TIMEOUT"]
+        app.extensions[EXTENSION] = Limiter(limit, app.config["REDIS_URL"], timeout)
+        yield
+        await app.extensions.pop(EXTENSION).close()
