@@ -29,7 +29,7 @@ from factories.configuration import (
     default_beat_state_file,
     redact,
 )
-from quart_app.bridge import event_loops, records, revocation
+from quart_app.bridge import cancellation, event_loops, records, revocation
 from quart_app.bridge.app_context import ContextTask, WebApp
 from quart_app.bridge.backends import BACKENDS
 from quart_app.bridge.transport import TRANSPORT, Connection
@@ -108,6 +108,7 @@ def configure_celery(app: WebApp) -> Celery:
     celery.amqp.Connection = Connection  # names the transport `redis` in broker URLs
     event_loops.init_celery()
     revocation.init_celery()
+    cancellation.init_celery(app.config.get("REDIS_URL"))
     records.init_celery(app.config, settings["broker_url"], _seconds(settings["result_expires"]))
     return celery
 

@@ -16,7 +16,7 @@ from celery import Task
 from pydantic import Field, model_validator
 from quart import current_app
 
-from quart_app.bridge import ArgumentRules, expose
+from quart_app.bridge import ArgumentRules, checkpoint, expose
 from quart_app.bridge.states import TaskState
 from quart_app.extensions import celery
 
@@ -55,12 +55,14 @@ def simple_task(message: Message) -> str:
 @expose(rules=AtMostTenMinutes)
 @celery.task(name="progress_task", bind=True)
 def progress_task(self: Task[Any, Any], steps: Steps, delay: Delay = 0.1) -> dict[str, int]:
-    """Work through `steps` steps of `delay` seconds, recording PROGRESS after each."""
+    """Work through `steps` steps of `delay` seconds, recording PROGRESS after each, and
+    stopping there if it was cancelled (`DELETE /api/tasks/<id>`)."""
     for current in range(1, steps + 1):
         time.sleep(delay)
         # Called directly rather than as a task, there is no task id to record progress under.
         if self.request.id is not None:
             self.update_state(state=TaskState.PROGRESS, meta={"current": current, "total": steps})
+        checkpoint()
     return {"steps": steps}
 
 

@@ -163,6 +163,17 @@ async def increment_later(key: str, seconds: float) -> None:
     await client.aclose()
 
 
+@celery.task(name="tests.sleeps_then_cleans_up")
+async def sleeps_then_cleans_up(key: str, seconds: float) -> None:
+    """Sleep; whatever ends the sleep, note in `key` that the `finally` block ran."""
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        client = Redis.from_url(quart.current_app.config["REDIS_URL"])
+        await client.set(key, "cleaned up")
+        await client.aclose()
+
+
 @celery.task(name="tests.acks_late_always", acks_late=True)
 def acks_late_always() -> None:
     """A task that sets an option itself, which the settings must not override."""

@@ -10,7 +10,9 @@ What your own code uses of it is here:
 - `watch_ticket`: lets a page of yours follow one task over its websocket
   (`quart_app.bridge.access`);
 - `limits_submissions`: counts a view of yours that submits against `API_RATE_LIMIT`
-  (`quart_app.bridge.rate_limits`).
+  (`quart_app.bridge.rate_limits`);
+- `checkpoint`: where a long sync task of yours may stop if it is cancelled
+  (`quart_app.bridge.cancellation`).
 
 The rest is plumbing: the task base class and event loops that run tasks in the app context,
 the Redis transport and result backend, records, revocation, the submitter, the result
@@ -23,8 +25,17 @@ from __future__ import annotations
 
 from quart_app.bridge import queue
 from quart_app.bridge.access import watch_ticket
+from quart_app.bridge.cancellation import checkpoint
 from quart_app.bridge.errors import APIError
 from quart_app.bridge.exposure import ArgumentRules, expose
 from quart_app.bridge.rate_limits import limits_submissions
 
-__all__ = ["APIError", "ArgumentRules", "expose", "limits_submissions", "queue", "watch_ticket"]
+__all__ = [
+    "APIError",
+    "ArgumentRules",
+    "checkpoint",
+    "expose",
+    "limits_submissions",
+    "queue",
+    "watch_ticket",
+]

@@ -9,6 +9,7 @@ app's context is async-only, so it is pushed and popped on the thread's own even
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 from collections.abc import Awaitable, Callable
@@ -16,9 +17,11 @@ from functools import partial
 from typing import Any, ClassVar, TypeAlias
 
 from celery import Celery, Task
+from celery.exceptions import Ignore
 from flask import Flask
 from quart import Quart
 
+from quart_app.bridge.cancellation import Running, TaskCancelled, cancellable
 from quart_app.bridge.event_loops import call_outside_loop, run_coroutine
 
 WebApp: TypeAlias = Quart | Flask
@@ -84,23 +87,41 @@ class ContextTask(Task[Any, Any]):
         carried = request is not None and stack.top is not request
         if carried:
             stack.push(request)
+        # A worker's run can be cancelled (`quart_app.bridge.cancellation`); a direct or
+        # eager call cannot: no worker hears the request.
+        task_id = None if request is None or request.is_eager else request.id
         try:
-            return _call_in_app_context(app, self.run, args, kwargs)
+            with cancellable(task_id) as running:
+                try:
+                    return _call_in_app_context(app, self.run, args, kwargs, running)
+                except (TaskCancelled, asyncio.CancelledError):
+                    if running is None or not running.cancelled.is_set():
+                        raise
+                # Ended as REVOKED; Ignore has the worker acknowledge the message, so late
+                # acknowledgement does not hand it to another worker.
+                self.backend.mark_as_revoked(running.task_id, "cancelled", request=request)
+                raise Ignore()
         finally:
             if carried:
                 stack.pop()
 
 
 def _call_in_app_context(
-    app: WebApp, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    app: WebApp,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    running: Running | None = None,
 ) -> Any:
-    """Call a task's body inside `app`'s context, awaiting it if it is a coroutine."""
+    """Call a task's body inside `app`'s context, awaiting it if it is a coroutine (so that
+    `running` can cancel it)."""
     context = contextvars.copy_context()
     pop_app_context = _push_app_context(app, context)
     try:
         result = context.run(function, *args, **kwargs)
         if inspect.isawaitable(result):
-            result = run_coroutine(_as_coroutine(result), context)
+            awaited = _as_coroutine(result)
+            result = run_coroutine(running.run(awaited) if running else awaited, context)
     except BaseException as error:
         pop_app_context(error)
         raise

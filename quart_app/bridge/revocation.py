@@ -4,7 +4,8 @@ Workers keep the revocations they hear in memory only: one that restarted, or st
 the revoke, would run the task anyway. So the web app also marks a task it revokes before it
 starts as REVOKED in the result backend (`revoke`, which blocks: run it in the thread pool), and
 every worker looks there before running a task it receives (`init_celery`), one read per task.
-A task already running is not interrupted, and a later retry of it is not stopped either.
+A task already running is asked to stop (`quart_app.bridge.cancellation`): an `async def` task
+stops at once, a sync task at its next `checkpoint()`, and it ends REVOKED.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from celery.worker.request import Request
 from redis import Redis
 from redis.exceptions import WatchError
 
+from quart_app.bridge.cancellation import request_cancel
 from quart_app.bridge.errors import APIError
 from quart_app.bridge.schemas import TaskSnapshot
 from quart_app.bridge.snapshots import name_of_published, read_snapshot
@@ -31,7 +33,7 @@ NOT_STARTED = frozenset({states.PENDING, states.RETRY})
 
 
 def revoke(redis: Redis, task_id: str) -> TaskSnapshot:
-    """Revoke the task: one not started yet will never run; one running runs to its end.
+    """Revoke the task: one not started yet will never run; one running is asked to stop.
 
     409 if the task already ended: revoking it changes nothing.
     """
@@ -44,6 +46,7 @@ def revoke(redis: Redis, task_id: str) -> TaskSnapshot:
                 "task_finished",
                 f"Task {task_id} already ended in {current.state}; nothing was revoked.",
             )
+        request_cancel(redis, task_id, int(celery.backend.expires))  # type: ignore[attr-defined]
     celery.control.revoke(task_id)
     return read_snapshot(task_id, name)
 

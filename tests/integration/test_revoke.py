@@ -1,17 +1,21 @@
 """A revoked task never runs: not when the worker that heard the revoke restarts, nor when a
 worker starts only after it. Celery keeps revocations in worker memory; the app keeps them in
-the result backend too."""
+the result backend too. A running task is stopped: an `async def` one at once, a sync one at
+its next checkpoint, under the prefork and the threads pools; it ends REVOKED, for good."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import redis
 from celery import Celery
 from quart.typing import TestClientProtocol as Client
 
-from tests.clients import finished, snapshot, submit
+from tests.clients import WebsocketClosed, finished, snapshot, snapshot_in, submit
 from tests.processes import stop_process_group
 from tests.waiting import wait_for_async
+from tests.worker_tasks import sleeps_then_cleans_up
 from tests.workers import ProcessWorker
 
 pytestmark = pytest.mark.integration
@@ -41,3 +45,64 @@ async def test_a_revoked_task_stays_revoked_across_a_worker_restart(
     assert (await snapshot(client, busy))["state"] == "SUCCESS"
     assert redis_client.llen("celery") == 0
     assert redis_client.hlen("unacked") == 0  # the second worker took it, and dropped it
+
+
+async def revoke_and_follow(client: Client, task_id: str) -> tuple[list[str], int, float]:
+    """Revoke a running task while its websocket is open: the states pushed after the answer,
+    the close code, and the seconds from the answer to REVOKED."""
+    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        assert (await socket.receive_json())["state"] in ("STARTED", "PROGRESS")
+        response = await client.delete(f"/api/tasks/{task_id}")
+        answered = time.monotonic()
+        assert response.status_code == 202, await response.get_data(as_text=True)
+        states: list[str] = []
+        stopped = float("inf")
+        while True:
+            try:
+                states.append((await socket.receive_json())["state"])
+            except WebsocketClosed as closed:
+                return states, closed.code, stopped
+            if states[-1] == "REVOKED":
+                stopped = time.monotonic() - answered
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+async def test_a_running_sync_task_stops_at_its_next_checkpoint(
+    client: Client, process_worker: ProcessWorker, redis_client: redis.Redis, pool: str
+) -> None:
+    process_worker(pool=pool, concurrency=2)
+    task_id = (await submit(client, "progress_task", steps=100, delay=0.1))["id"]
+    await snapshot_in(client, task_id, "PROGRESS")
+    states, code, stopped = await revoke_and_follow(client, task_id)
+    assert (states[-1], code) == ("REVOKED", 1000)
+    print(f"{pool}: progress_task REVOKED {stopped:.3f} s after the answer")  # for the docs
+    assert stopped < 0.5, f"it stopped {stopped:.3f} s after the answer"
+    assert (await snapshot(client, task_id))["state"] == "REVOKED"
+    # Acknowledged: late acknowledgement does not hand it to anyone again.
+    await wait_for_async(lambda: _no_unacked(redis_client), 20, "the message to be acknowledged")
+    assert redis_client.llen("celery") == 0
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+async def test_a_running_async_task_is_cancelled_at_once_and_cleans_up(
+    client: Client, process_worker: ProcessWorker, redis_client: redis.Redis, pool: str
+) -> None:
+    process_worker(pool=pool, concurrency=2)
+    task_id = (await submit(client, "async_task", message="long", delay=10))["id"]
+    await snapshot_in(client, task_id, "STARTED")
+    states, code, stopped = await revoke_and_follow(client, task_id)
+    assert (states[-1], code) == ("REVOKED", 1000)
+    print(f"{pool}: async_task REVOKED {stopped:.3f} s after the answer")  # for the docs
+    assert stopped < 0.2, f"it stopped {stopped:.3f} s after the answer"
+    await wait_for_async(lambda: _no_unacked(redis_client), 20, "the message to be acknowledged")
+
+    key = f"cleanup-{pool}"
+    sleeper = sleeps_then_cleans_up.delay(key, 30).id
+    await snapshot_in(client, sleeper, "STARTED")
+    assert (await client.delete(f"/api/tasks/{sleeper}")).status_code == 202
+    assert (await snapshot_in(client, sleeper, "REVOKED"))["state"] == "REVOKED"
+    assert redis_client.get(key) == b"cleaned up"  # its `finally` ran before it ended
+
+
+async def _no_unacked(redis_client: redis.Redis) -> bool:
+    return redis_client.hlen("unacked") == 0
