@@ -48,9 +48,15 @@ async def test_a_revoked_task_stays_revoked_across_a_worker_restart(
 
 
 async def revoke_and_follow(client: Client, task_id: str) -> tuple[list[str], int, float]:
-    """Revoke a running task while its websocket is open: the states pushed after the answer,
-    the close code, and the seconds from the answer to REVOKED."""
-    async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+    """Revoke a running task while both websockets follow it: the states `/ws/tasks/<id>` got
+    after the answer, its close code, and the seconds from the answer to REVOKED there; the
+    many-task socket must get REVOKED too."""
+    async with (
+        client.websocket(f"/ws/tasks/{task_id}") as socket,
+        client.websocket("/ws/tasks") as many,
+    ):
+        await many.send_json({"subscribe": [task_id]})
+        assert (await many.receive_json())["state"] in ("STARTED", "PROGRESS")
         assert (await socket.receive_json())["state"] in ("STARTED", "PROGRESS")
         response = await client.delete(f"/api/tasks/{task_id}")
         answered = time.monotonic()
@@ -61,9 +67,13 @@ async def revoke_and_follow(client: Client, task_id: str) -> tuple[list[str], in
             try:
                 states.append((await socket.receive_json())["state"])
             except WebsocketClosed as closed:
-                return states, closed.code, stopped
+                code = closed.code
+                break
             if states[-1] == "REVOKED":
                 stopped = time.monotonic() - answered
+        while (await many.receive_json())["state"] != "REVOKED":
+            pass
+    return states, code, stopped
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
