@@ -10,14 +10,11 @@ from typing import Any
 import pytest
 from hypercorn.typing import ASGISendEvent, ConnectionState, WebsocketScope
 from quart import Quart, websocket
+from quart.wrappers import base as quart_wrappers
 
 from quart_app.bridge import connection
 from quart_app.bridge.connection import Mailbox
 from tests.waiting import wait_for_async
-
-pytestmark = pytest.mark.skipif(
-    not connection.fits_this_quart(), reason="Quart 0.23 keeps its own websocket connection"
-)
 
 
 class Client:
@@ -139,3 +136,16 @@ async def test_a_mailbox_hands_messages_over_in_order_to_a_waiting_reader() -> N
     await mailbox.put(b"second")
     assert await asyncio.wait_for(reading, 10) == "first"
     assert await mailbox.get() == b"second"
+
+
+@pytest.mark.skipif(not connection.BUFFERED, reason="Quart 0.22 never tells a mailbox")
+async def test_a_mailbox_whose_client_went_raises_once_it_is_empty() -> None:
+    mailbox = Mailbox()
+    await mailbox.put("last")
+    reading = asyncio.ensure_future(mailbox.get())
+    assert await asyncio.wait_for(reading, 10) == "last"
+    waiting = asyncio.ensure_future(mailbox.get())
+    await asyncio.sleep(0)
+    mailbox.disconnect()
+    with pytest.raises(quart_wrappers.ClientDisconnectedError):  # type: ignore[attr-defined]
+        await asyncio.wait_for(waiting, 10)
