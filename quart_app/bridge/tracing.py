@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import urllib.parse
 from typing import Any
 
 from quart import Quart, request
@@ -29,6 +30,9 @@ from quart import Quart, request
 #: What the extra installs, found without importing it.
 INSTRUMENTATIONS = ("opentelemetry.instrumentation.asgi", "opentelemetry.instrumentation.celery")
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+#: Query parameters that carry secrets, and the span attributes a URL with its query goes in.
+SECRET_PARAMETERS = frozenset({"token", "ticket"})
+URL_ATTRIBUTES = frozenset({"http.url", "http.target", "url.full"})
 
 
 def installed() -> bool:
@@ -95,12 +99,29 @@ def _instrument(app: Quart) -> None:
     # Without spans of their own for each `receive` and `send` of a request: a trace shows
     # the request, the submission and the run, not the ASGI messages between them.
     app.asgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign, assignment]
-        app.asgi_app, exclude_spans=["receive", "send"]
+        app.asgi_app, exclude_spans=["receive", "send"], server_request_hook=_redact_secrets
     )
     app.before_request(_name_span_by_route)
     instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
+
+
+def _redact_secrets(span: Any, scope: dict[str, Any]) -> None:
+    """Keep the query's tokens and watch tickets out of the span (a browser's websocket sends
+    its token as `?token=`), where the middleware writes the whole URL."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    if not span.is_recording() or not any(f"{name}=" in query for name in SECRET_PARAMETERS):
+        return
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    redacted = urllib.parse.urlencode(
+        [(name, "REDACTED" if name in SECRET_PARAMETERS else value) for name, value in pairs]
+    )
+    for key, value in dict(getattr(span, "attributes", None) or {}).items():
+        if key == "url.query":
+            span.set_attribute(key, redacted)
+        elif key in URL_ATTRIBUTES and isinstance(value, str) and "?" in value:
+            span.set_attribute(key, value.split("?", 1)[0] + "?" + redacted)
 
 
 async def _name_span_by_route() -> None:

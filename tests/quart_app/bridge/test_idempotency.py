@@ -5,6 +5,7 @@ be sent leaves no claim."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -82,19 +83,41 @@ async def test_a_key_is_its_tokens_own(client: Client, redis_client: redis.Redis
     assert not any(b"token-" in key for key in redis_client.keys(CLAIMS))
 
 
+def unsend_claim(redis_client: redis.Redis, **changes: Any) -> bytes:
+    """Make the one claim stand as it does while its task is being sent: its key."""
+    (key,) = redis_client.keys(CLAIMS)
+    raw = redis_client.get(key)
+    assert isinstance(raw, bytes)
+    unsent = {**json.loads(raw), "sent": False, **changes}
+    redis_client.set(key, json.dumps(unsent, separators=(",", ":")), ex=60)  # as the app writes
+    assert isinstance(key, bytes)
+    return key
+
+
 async def test_a_repeat_while_the_first_is_being_sent_is_409(
     client: Client, redis_client: redis.Redis
 ) -> None:
     assert (await post(client)).status_code == 202
-    # As the claim stands while its task is being sent.
-    (key,) = redis_client.keys(CLAIMS)
-    raw = redis_client.get(key)
-    assert isinstance(raw, bytes)
-    redis_client.set(key, json.dumps({**json.loads(raw), "sent": False}), keepttl=True)
+    unsend_claim(redis_client, task_id=str(uuid.uuid4()))  # a task not recorded (yet)
     response = await post(client)
     assert response.status_code == 409
     assert (await error_of(response))["code"] == "idempotency_key_in_use"
     assert response.headers["Retry-After"] == "1"
+
+
+async def test_a_claim_left_unsent_whose_task_was_recorded_replays_that_task(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    # As after a send that timed out once Redis had taken it: the task and its record exist.
+    first = await post(client)
+    key = unsend_claim(redis_client)
+    again = await post(client)
+    assert again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert (await again.get_json())["id"] == (await first.get_json())["id"]
+    assert json.loads(redis_client.get(key) or b"{}")["sent"] is True
+    assert redis_client.ttl(key) > 3600  # kept as long as the task, no longer as pending
+    assert messages(redis_client) == 1
 
 
 @pytest.mark.settings(CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")

@@ -109,6 +109,22 @@ TRACING_MODULES = (
 )
 
 
+async def test_a_token_in_the_query_stays_out_of_the_spans(
+    exported: InMemorySpanExporter, redis_client: redis.Redis
+) -> None:
+    app = create_application({"TESTING": True, "API_TOKEN": "secret-token"})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket("/ws/tasks?token=secret-token&x=1") as socket:
+            await socket.send_json({"subscribe": ["nope"]})
+            assert (await socket.receive_json())["error"]["code"] == "not_found"
+    spans = exported.get_finished_spans()
+    assert spans
+    values = [str(value) for span in spans for value in (span.attributes or {}).values()]
+    assert not any("secret-token" in value for value in values)
+    assert any("token=REDACTED" in value for value in values)
+
+
 @pytest.mark.parametrize("extra", ["installed", "block"])
 def test_where_tracing_is_off_nothing_of_it_is_imported(extra: str) -> None:
     environment = {"PATH": "", "REDIS_URL": "redis://127.0.0.1:6379/0"}
