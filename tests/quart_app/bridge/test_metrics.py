@@ -131,3 +131,10 @@ def test_the_live_gauges_of_processes_that_are_gone_are_dropped(tmp_path: Path) 
     assert not gone.exists()
     assert alive.exists()
     assert counted.exists()  # what it counted still counts
+
+
+async def test_a_method_a_client_makes_up_is_counted_as_other(client: Client) -> None:
+    await client.open("/healthz", method="FROBNICATE")  # type: ignore[call-arg]
+    text = await scrape(client)
+    assert "FROBNICATE" not in text
+    assert "other" in label_values(text, REQUESTS, "method")

@@ -58,3 +58,15 @@ def test_the_setting_takes_n_per_second_minute_or_hour(value: str) -> None:
 def test_any_other_form_stops_start_up_naming_the_setting(value: str) -> None:
     with pytest.raises(ConfigurationError, match="API_RATE_LIMIT"):
         get_config({"API_RATE_LIMIT": value})
+
+
+@pytest.mark.settings(API_RATE_LIMIT="2/hour", API_TOKEN="token-a")
+async def test_a_made_up_token_counts_as_its_address(client: Client) -> None:
+    # The form takes no token, so a made-up one must not open a count of its own.
+    statuses = []
+    for n in range(3):
+        headers = {"Authorization": f"Bearer made-up-{n}"}
+        statuses.append(
+            (await client.post("/", form={"message": "hi"}, headers=headers)).status_code
+        )
+    assert statuses == [400, 400, 429]
