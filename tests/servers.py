@@ -80,11 +80,15 @@ def server_url(start_server: Server) -> str:
     return start_server()
 
 
-def http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
-    """One request over real HTTP; the status and the JSON answer."""
+def http(
+    method: str, url: str, body: object = None, headers: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """One request over real HTTP (with more `headers`); the status and the JSON answer."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())

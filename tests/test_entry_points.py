@@ -151,17 +151,11 @@ def test_fifty_repeats_at_once_on_two_servers_send_one_message(
     start_server: Server, redis_client: redis.Redis
 ) -> None:
     servers = [start_server(), start_server()]
-    body = json.dumps({"name": "tests.echo", "kwargs": {"message": "once"}}).encode()
+    body = {"name": "tests.echo", "kwargs": {"message": "once"}}
 
     def submit(n: int) -> tuple[int, dict[str, Any]]:
-        request = urllib.request.Request(f"{servers[n % 2]}/api/tasks", data=body, method="POST")
-        request.add_header("Content-Type", "application/json")
-        request.add_header("Idempotency-Key", "retried-fifty-times")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+        key = {"Idempotency-Key": "retried-fifty-times"}
+        return http("POST", f"{servers[n % 2]}/api/tasks", body, key)
 
     with ThreadPoolExecutor(50) as clients:
         answers = list(clients.map(submit, range(50)))

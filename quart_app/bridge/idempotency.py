@@ -31,8 +31,8 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,10 +40,10 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Quart, current_app, request
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from quart_app.bridge import access, records
 from quart_app.bridge.errors import APIError, ServiceUnavailable
+from quart_app.bridge.pool import answering
 
 logger = logging.getLogger(__name__)
 
@@ -222,16 +222,9 @@ class Keys:
         except ServiceUnavailable:
             pass  # the claim expires with the records anyway
 
-    @asynccontextmanager
-    async def _answering(self) -> AsyncIterator[None]:
+    def _answering(self) -> AbstractAsyncContextManager[None]:
         """A block in which Redis must answer within `timeout`: else 503."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                yield
-        except TimeoutError:
-            raise ServiceUnavailable("Redis did not answer in time.") from None
-        except (RedisError, OSError) as error:
-            raise ServiceUnavailable(f"Redis cannot be reached: {error}") from None
+        return answering("Redis", self.timeout)
 
     async def close(self) -> None:
         """Close the connections to Redis."""

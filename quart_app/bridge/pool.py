@@ -10,8 +10,9 @@ when it stops; a call that takes longer than `BLOCKING_TIMEOUT` is answered 503.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
 
@@ -52,8 +53,17 @@ async def run_in_pool(
     pool: ThreadPoolExecutor = current_app.extensions[EXTENSION]
     timeout = current_app.config["BLOCKING_TIMEOUT"] if timeout is None else timeout
     call = asyncio.get_running_loop().run_in_executor(pool, partial(function, *args))
+    async with answering(what, timeout):
+        return await call
+
+
+@asynccontextmanager
+async def answering(what: str, timeout: float) -> AsyncIterator[None]:
+    """A block of calls to `what` that must answer within `timeout` seconds; 503 if it does
+    not, or cannot be reached (the pool's calls, and the awaited Redis calls of the bridge)."""
     try:
-        return await asyncio.wait_for(call, timeout)
+        async with asyncio.timeout(timeout):
+            yield
     except TimeoutError:
         message = f"{what.capitalize()} did not answer within {timeout} s."
         raise ServiceUnavailable(message) from None

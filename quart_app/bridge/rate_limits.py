@@ -15,7 +15,6 @@ atomic script, so that two processes taking the last place at once cannot both g
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import re
@@ -27,13 +26,12 @@ from typing import Any, ParamSpec, TypeVar
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from limits.errors import StorageError
 from quart import Quart, current_app, request
 from redis.asyncio import ConnectionPool
-from redis.exceptions import RedisError
 
 from quart_app.bridge import access
-from quart_app.bridge.errors import APIError, ServiceUnavailable
+from quart_app.bridge.errors import APIError
+from quart_app.bridge.pool import answering
 
 EXTENSION = "rate_limits"
 #: The forms `API_RATE_LIMIT` takes.
@@ -67,15 +65,10 @@ class Limiter:
 
     async def take(self, client: str) -> None:
         """Count a submission of `client`'s; 429 if its window is full."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                if await self.windows.hit(self.limit, client):
-                    return
-                window = await self.windows.get_window_stats(self.limit, client)
-        except TimeoutError:
-            raise ServiceUnavailable("Redis did not answer in time.") from None
-        except (StorageError, RedisError, OSError) as error:
-            raise ServiceUnavailable(f"Redis cannot be reached: {error}") from None
+        async with answering("Redis", self.timeout):
+            if await self.windows.hit(self.limit, client):
+                return
+            window = await self.windows.get_window_stats(self.limit, client)
         retry_after = max(1, math.ceil(window.reset_time - time.time()))
         raise APIError(
             429,
