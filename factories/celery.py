@@ -20,7 +20,6 @@ from celery import Celery
 from factories.configuration import (
     APP_OPTIONS,
     CELERY_PREFIX,
-    DEFAULT_REDIS_URL,
     DEFAULT_RESULT_EXPIRES,
     ConfigurationError,
     beat_schedule,
@@ -28,11 +27,12 @@ from factories.configuration import (
     check_setting,
     default_beat_state_file,
     redact,
+    redis_address,
 )
 from quart_app.bridge import cancellation, event_loops, records, revocation
 from quart_app.bridge.app_context import ContextTask, WebApp
 from quart_app.bridge.backends import BACKENDS
-from quart_app.bridge.transport import TRANSPORT, Connection
+from quart_app.bridge.transport import SENTINEL_TRANSPORT, TRANSPORT, Connection
 from quart_app.extensions import celery
 
 # Messages and results travel as JSON only: a pickle accepted from the broker runs code.
@@ -108,17 +108,20 @@ def configure_celery(app: WebApp) -> Celery:
     celery.amqp.Connection = Connection  # names the transport `redis` in broker URLs
     event_loops.init_celery()
     revocation.init_celery()
-    cancellation.init_celery(app.config.get("REDIS_URL"))
-    records.init_celery(app.config, settings["broker_url"], _seconds(settings["result_expires"]))
+    # An app without `REDIS_URL` (a plain Flask app) has no records, and nothing to cancel.
+    address = redis_address(app.config) if app.config.get("REDIS_URL") else None
+    cancellation.init_celery(address)
+    with_messages = address is not None and settings["broker_url"] == address.broker_url
+    records.init_celery(address, with_messages, _seconds(settings["result_expires"]))
     return celery
 
 
 def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """Return Celery's settings for an app's `config`: its `CELERY_*` keys over our defaults."""
-    redis_url = check_setting("REDIS_URL", config.get("REDIS_URL") or DEFAULT_REDIS_URL)
+    address = redis_address(config)
     settings: dict[str, Any] = {
-        "broker_url": redis_url,
-        "result_backend": redis_url,
+        "broker_url": address.broker_url,
+        "result_backend": address.broker_url,
         "result_expires": DEFAULT_RESULT_EXPIRES,
         "task_track_started": True,
         # Task events, for Flower and `celery events`: workers send theirs, and every publish
@@ -147,7 +150,10 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     settings["broker_transport_options"] = {
         **settings["broker_transport_options"],
         **redelivery_options(visibility_timeout),
+        **address.transport_options,  # with Sentinel: the master's name
     }
+    if address.transport_options:
+        settings["result_backend_transport_options"] = address.transport_options
     for key, value in config.items():
         if key == "CELERY_VISIBILITY_TIMEOUT":
             continue
@@ -164,8 +170,12 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     }
     if schedule:
         settings["beat_schedule"] = schedule
-    if "broker_transport" not in settings and _is_redis(settings["broker_url"]):
-        settings["broker_transport"] = TRANSPORT
+    if "broker_transport" not in settings:
+        scheme = _scheme(settings["broker_url"])
+        if scheme in ("redis", "rediss"):
+            settings["broker_transport"] = TRANSPORT
+        elif scheme == "sentinel":
+            settings["broker_transport"] = SENTINEL_TRANSPORT
     for name, required in JSON_ONLY.items():
         value = settings[name]
         names = {value} if isinstance(value, str) else set(value or ())
@@ -200,9 +210,10 @@ def redelivery_options(visibility_timeout: int) -> dict[str, int]:
     }
 
 
-def _is_redis(url: str) -> bool:
-    """Whether every URL in a (";"-separated) broker URL names a Redis server."""
-    return all(one.strip().split("://", 1)[0] in ("redis", "rediss") for one in url.split(";"))
+def _scheme(url: str) -> str | None:
+    """The scheme of every URL in a (";"-separated) broker URL; None if they differ."""
+    schemes = {one.strip().split("://", 1)[0] for one in url.split(";")}
+    return schemes.pop() if len(schemes) == 1 else None
 
 
 def _drop_connections(instance: Celery) -> None:

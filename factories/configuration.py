@@ -16,13 +16,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from celery.app.backends import BACKEND_ALIASES
 from celery.app.defaults import NAMESPACES, Option, flatten
 from celery.utils.serialization import strtobool
 from kombu.transport import TRANSPORT_ALIASES
+
+if TYPE_CHECKING:
+    from quart_app.bridge.redis_address import RedisAddress
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_RESULT_EXPIRES = 24 * 60 * 60
@@ -43,6 +46,11 @@ APP_OPTIONS: dict[str, Option] = {
     "WS_MAX_TASKS": Option(1000, type="int", minimum=1),
     # Updates that may wait for one websocket; a socket further behind is closed (1013).
     "WS_QUEUE_SIZE": Option(256, type="int", minimum=1),
+    # Redis Sentinel: the sentinels (host:port,host:port,...) and the name of the master they
+    # monitor. With both set, every client finds the current master through them, and only
+    # the database, credentials and TLS of REDIS_URL are used.
+    "REDIS_SENTINELS": Option(None, type="string"),
+    "REDIS_SENTINEL_MASTER": Option(None, type="string"),
     # Bearer tokens the JSON API and the websockets require, comma-separated; none: open.
     "API_TOKEN": Option(None, type="string"),
     # Bearer tokens GET /metrics requires, comma-separated; none: open, like /healthz.
@@ -142,6 +150,15 @@ def check_setting(key: str, value: Any) -> Any:
                 parse_limit(value)
             except ValueError as error:
                 raise ConfigurationError(key, str(error)) from None
+        if key == "REDIS_SENTINELS" and value:
+            from quart_app.bridge.redis_address import parse_sentinels  # here: no redis import
+
+            try:
+                parse_sentinels(value)
+            except ValueError as error:
+                raise ConfigurationError(
+                    key, f"expected host:port,host:port,...: {error}"
+                ) from None
         return value
     if not key.startswith(CELERY_PREFIX):
         return value
@@ -149,6 +166,29 @@ def check_setting(key: str, value: Any) -> Any:
     if option is None:
         raise ConfigurationError(key, "is not a Celery setting (see Celery's configuration docs)")
     return _cast(key, value, option)
+
+
+def redis_address(config: Mapping[str, Any]) -> RedisAddress:
+    """Where the app's Redis is: `REDIS_URL`, or the master `REDIS_SENTINELS` know as
+    `REDIS_SENTINEL_MASTER`; `ConfigurationError` if the settings do not go together."""
+    from quart_app.bridge.redis_address import RedisAddress, parse_sentinels
+
+    url = check_setting("REDIS_URL", config.get("REDIS_URL") or DEFAULT_REDIS_URL)
+    sentinels = check_setting("REDIS_SENTINELS", config.get("REDIS_SENTINELS"))
+    master = check_setting("REDIS_SENTINEL_MASTER", config.get("REDIS_SENTINEL_MASTER"))
+    if not sentinels:
+        if master:
+            raise ConfigurationError("REDIS_SENTINEL_MASTER", "needs REDIS_SENTINELS too")
+        return RedisAddress(url)
+    if not master:
+        raise ConfigurationError(
+            "REDIS_SENTINELS", "needs REDIS_SENTINEL_MASTER: the name the sentinels monitor"
+        )
+    if urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ConfigurationError(
+            "REDIS_URL", "with REDIS_SENTINELS it must be redis:// or rediss:// (for TLS)"
+        )
+    return RedisAddress(url, parse_sentinels(sentinels), master)
 
 
 def beat_schedule(key: str, entries: Any) -> dict[str, dict[str, Any]]:

@@ -34,6 +34,9 @@ from celery import signals
 from redis import Redis
 from redis.exceptions import RedisError
 
+from quart_app.bridge import redis_address
+from quart_app.bridge.redis_address import RedisAddress
+
 logger = logging.getLogger(__name__)
 
 MARK = "quart_app:cancel:{}"
@@ -91,8 +94,8 @@ class Running:
 class Listener:
     """This process's subscription to the cancel requests, and the tasks running in it."""
 
-    def __init__(self, redis_url: str) -> None:
-        self.redis = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    def __init__(self, address: RedisAddress) -> None:
+        self.redis = address.client(socket_connect_timeout=2, socket_timeout=2)
         database = self.redis.connection_pool.connection_kwargs.get("db", 0)
         self.channel = CHANNEL.format(database)
         self.running: dict[str, Running] = {}
@@ -147,7 +150,7 @@ class Listener:
                 self.subscribed.clear()
                 self.stopping.wait(backoff)
                 backoff = min(2 * backoff, MAX_BACKOFF)
-        self.redis.close()
+        redis_address.close(self.redis)
 
     def _read_marks(self) -> None:
         """Stop the running tasks whose cancel mark was set (while not subscribed)."""
@@ -165,17 +168,17 @@ class Listener:
 
 
 _listener: Listener | None = None
-_redis_url: str | None = None
+_address: RedisAddress | None = None
 _lock = threading.Lock()
 
 
-def init_celery(redis_url: str | None) -> None:
-    """Hear cancel requests on the Redis at `redis_url` (the app's), once tasks run; stop
-    when the worker (or its pool process) shuts down."""
-    global _redis_url
+def init_celery(address: RedisAddress | None) -> None:
+    """Hear cancel requests on the app's Redis at `address`, once tasks run; stop when the
+    worker (or its pool process) shuts down."""
+    global _address
     with _lock:
-        if redis_url != _redis_url:
-            _redis_url = redis_url
+        if address != _address:
+            _address = address
             _stop_listener()
     for signal in (signals.worker_process_shutdown, signals.worker_shutdown):
         signal.connect(_on_shutdown, weak=False, dispatch_uid=__name__)
@@ -199,10 +202,10 @@ def listener() -> Listener | None:
     """This process's listener, started on first use (again in a forked child)."""
     global _listener
     with _lock:
-        if _redis_url is None:
+        if _address is None:
             return None
         if _listener is None or _listener.pid != os.getpid():
-            _listener = Listener(_redis_url)
+            _listener = Listener(_address)
         return _listener
 
 

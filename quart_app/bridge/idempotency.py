@@ -39,11 +39,11 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Quart, current_app, request
-from redis.asyncio import Redis
 
 from quart_app.bridge import access, records
 from quart_app.bridge.errors import APIError, ServiceUnavailable
 from quart_app.bridge.pool import answering
+from quart_app.bridge.redis_address import RedisAddress, aclose
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ end
 class Keys:
     """The claims of keys, in the app's Redis, each kept as long as the tasks' records."""
 
-    def __init__(self, url: str, expires: int, timeout: float) -> None:
-        self.client = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=timeout)
+    def __init__(self, address: RedisAddress, expires: int, timeout: float) -> None:
+        self.client = address.async_client(socket_connect_timeout=2, socket_timeout=timeout)
         self.expires = expires
         self.timeout = timeout
         self._mark_sent = self.client.register_script(_MARK_SENT)
@@ -228,7 +228,7 @@ class Keys:
 
     async def close(self) -> None:
         """Close the connections to Redis."""
-        await self.client.aclose()
+        await aclose(self.client)
 
 
 def _encoded(claim: Claim) -> bytes:
@@ -241,7 +241,8 @@ def init_app(app: Quart) -> None:
     @app.while_serving
     async def keys() -> AsyncGenerator[None, None]:
         expires = int(app.config["CELERY_RESULT_EXPIRES"])
-        keys = Keys(app.config["REDIS_URL"], expires, 0.8 * app.config["BLOCKING_TIMEOUT"])
+        timeout = 0.8 * app.config["BLOCKING_TIMEOUT"]
+        keys = Keys(RedisAddress.of(app.config), expires, timeout)
         app.extensions[EXTENSION] = keys
         yield
         await app.extensions.pop(EXTENSION).close()

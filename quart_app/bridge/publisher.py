@@ -23,7 +23,8 @@ is Redis, the web app instead
 
 Written by hand because no maintained library publishes Celery tasks to a Redis broker from
 asyncio (aio-celery speaks only AMQP, and kombu blocks). What this path does not cover keeps the
-thread pool's: another broker, a broker given as a failover list or with TLS options,
+thread pool's: another broker, a broker given as a failover list (Sentinel's list of the app's
+Redis aside) or with TLS options,
 compression, exchanges other than direct (fanout, topic routes), queues that expire, and eager
 mode.
 """
@@ -57,6 +58,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from quart_app.bridge.records import KEY
+from quart_app.bridge.redis_address import RedisAddress, aclose
 
 #: The options Celery's `send_task` takes by name; the rest go into the message's properties.
 NAMED_OPTIONS = (
@@ -181,7 +183,7 @@ class Unsupported(Exception):
 class Publisher:
     """Builds the app's task messages and writes them, with their records, to its Redis broker."""
 
-    def __init__(self, celery: Celery, broker_url: str, records: Redis | None) -> None:
+    def __init__(self, celery: Celery, broker: RedisAddress, records: Redis | None) -> None:
         self.celery = celery
         conf, amqp = celery.conf, celery.amqp
         self.amqp = amqp  # `celery.amqp` takes a lock on each read
@@ -205,8 +207,7 @@ class Publisher:
         )
         self.prefix: str = options.get("global_keyprefix", "")
         self.body_encoding: str = options.get("body_encoding", "base64")
-        self.client = Redis.from_url(
-            broker_url,
+        self.client = broker.async_client(
             socket_connect_timeout=options.get("socket_connect_timeout", 2),
             socket_timeout=options.get("socket_timeout", 2),
         )
@@ -233,22 +234,28 @@ class Publisher:
         self.clock = celery.clock  # type: ignore[attr-defined]  # missing from the stubs
 
     @classmethod
-    def for_app(cls, celery: Celery, redis_url: str) -> Publisher | None:
-        """A publisher for `celery`'s broker, with the records in the Redis at `redis_url`; None
-        where this path cannot send to the broker."""
+    def for_app(cls, celery: Celery, address: RedisAddress) -> Publisher | None:
+        """A publisher for `celery`'s broker, with the records in the app's Redis at `address`;
+        None where this path cannot send to the broker."""
         conf = celery.conf
         url = str(conf.broker_url or "")
+        if url == address.broker_url:  # the app's Redis (through Sentinel, where it is)
+            broker = address
+        elif url.split("://", 1)[0] in ("redis", "rediss") and ";" not in url:
+            broker = RedisAddress(url)
+        else:
+            return None
         if (
-            url.split("://", 1)[0] not in ("redis", "rediss")
-            or ";" in url
-            or conf.broker_use_ssl
+            conf.broker_use_ssl
             or conf.task_compression
             or conf.task_always_eager
             or conf.task_protocol != 2
         ):
             return None
-        records = None if url == redis_url else Redis.from_url(redis_url, socket_connect_timeout=2)
-        return cls(celery, url, records)
+        records = None
+        if broker != address:
+            records = address.async_client(socket_connect_timeout=2)
+        return cls(celery, broker, records)
 
     def message(
         self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
@@ -467,9 +474,9 @@ class Publisher:
 
     async def close(self) -> None:
         """Close the connections to the broker and to the records' Redis."""
-        await self.client.aclose()
+        await aclose(self.client)
         if self.records is not None:
-            await self.records.aclose()
+            await aclose(self.records)
 
     @cached_property
     def _send_batch(self) -> dict[Redis, AsyncScript]:

@@ -27,11 +27,11 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from quart import Quart, current_app, request
-from redis.asyncio import ConnectionPool
 
 from quart_app.bridge import access
 from quart_app.bridge.errors import APIError
 from quart_app.bridge.pool import answering
+from quart_app.bridge.redis_address import RedisAddress, close_pool
 
 EXTENSION = "rate_limits"
 #: The forms `API_RATE_LIMIT` takes.
@@ -51,12 +51,13 @@ def parse_limit(value: str) -> RateLimitItem:
 class Limiter:
     """The limit, and the window of each client's submissions in Redis."""
 
-    def __init__(self, limit: RateLimitItem, redis_url: str, timeout: float) -> None:
+    def __init__(self, limit: RateLimitItem, address: RedisAddress, timeout: float) -> None:
         self.limit = limit
         self.timeout = timeout
-        self.pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=2)
+        self.pool = address.async_pool(socket_connect_timeout=2)
         storage = RedisStorage(
-            "async+" + redis_url,
+            # The storage connects through the pool: the URL only names the kind of storage.
+            "async+redis://",
             implementation="redispy",
             key_prefix="quart_app:rate",
             connection_pool=self.pool,  # type: ignore[arg-type]  # taken, though not typed so
@@ -80,7 +81,7 @@ class Limiter:
 
     async def close(self) -> None:
         """Close the connections to Redis."""
-        await self.pool.disconnect()
+        await close_pool(self.pool)
 
 
 def limits_submissions(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -114,6 +115,6 @@ def init_app(app: Quart) -> None:
     @app.while_serving
     async def limiter() -> AsyncGenerator[None, None]:
         timeout = 0.8 * app.config["BLOCKING_TIMEOUT"]
-        app.extensions[EXTENSION] = Limiter(limit, app.config["REDIS_URL"], timeout)
+        app.extensions[EXTENSION] = Limiter(limit, RedisAddress.of(app.config), timeout)
         yield
         await app.extensions.pop(EXTENSION).close()

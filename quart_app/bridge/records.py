@@ -36,8 +36,11 @@ from typing import Any
 
 from celery.app.amqp import AMQP
 from quart import Quart, current_app
-from redis import BlockingConnectionPool, Redis
+from redis import Redis
 from redis.exceptions import RedisError
+
+from quart_app.bridge import redis_address
+from quart_app.bridge.redis_address import RedisAddress
 
 EXTENSION = "redis"
 KEY = "quart_app:task:{}"
@@ -53,18 +56,15 @@ def init_app(app: Quart) -> None:
 
     @app.while_serving
     async def redis_client() -> AsyncGenerator[None, None]:
-        # A blocking pool makes a burst of requests wait for a connection, not fail for one.
-        pool = BlockingConnectionPool.from_url(
-            app.config["REDIS_URL"],
+        # A waiting pool makes a burst of requests wait for a connection, not fail for one.
+        app.extensions[EXTENSION] = RedisAddress.of(app.config).waiting_client(
             max_connections=app.config["BLOCKING_POOL_SIZE"],
             timeout=app.config["BLOCKING_TIMEOUT"],
             socket_connect_timeout=2,
             socket_timeout=2,
         )
-        app.extensions[EXTENSION] = Redis(connection_pool=pool)
         yield
-        app.extensions.pop(EXTENSION).close()
-        pool.disconnect()  # a client given its pool leaves the pool's connections open
+        redis_address.close(app.extensions.pop(EXTENSION))
 
 
 def client() -> Redis:
@@ -111,15 +111,15 @@ def names_of(redis: Redis, task_ids: list[str]) -> list[str | None]:
 class PublishRecorder:
     """Records each task the app publishes, where the transport has not (`RecordingAMQP`)."""
 
-    redis_url: str
+    address: RedisAddress
     expires: int
-    #: Whether the broker is the Redis at `redis_url`, so the transport records with messages.
+    #: Whether the broker is the Redis at `address`, so the transport records with messages.
     with_messages: bool
 
     @cached_property
     def redis(self) -> Redis:
         """A client of this process's own, made on first use (redis-py reconnects after fork)."""
-        return Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        return self.address.client(socket_connect_timeout=2, socket_timeout=2)
 
     def sent(self, headers: Mapping[str, Any]) -> None:
         """Record the task whose message, with these headers, the broker now has."""
@@ -198,13 +198,11 @@ class RecordingAMQP(AMQP):
         return send_task_message
 
 
-def init_celery(config: Mapping[str, Any], broker_url: str, expires: int) -> None:
-    """Record every task the app publishes from now on, in the Redis at `REDIS_URL`.
+def init_celery(address: RedisAddress | None, with_messages: bool, expires: int) -> None:
+    """Record every task the app publishes from now on, in the app's Redis at `address`
+    (with their messages where it is the broker: `with_messages`).
 
     An app without `REDIS_URL` (a plain Flask app) has no records, and nothing reads them.
     """
     global _recorder
-    redis_url = config.get("REDIS_URL")
-    _recorder = None
-    if redis_url:
-        _recorder = PublishRecorder(str(redis_url), expires, with_messages=broker_url == redis_url)
+    _recorder = None if address is None else PublishRecorder(address, expires, with_messages)

@@ -30,6 +30,7 @@ from quart_app.bridge import records
 from quart_app.bridge.errors import ServiceUnavailable
 from quart_app.bridge.pool import UNREACHABLE, as_api_error, run_in_pool
 from quart_app.bridge.publisher import Outgoing, Publisher, Unsupported
+from quart_app.bridge.redis_address import RedisAddress
 from quart_app.extensions import celery
 
 EXTENSION = "submitter"
@@ -229,7 +230,7 @@ def init_app(app: Quart) -> None:
     @app.while_serving
     async def submitter() -> AsyncGenerator[None, None]:
         expires = int(app.config["CELERY_RESULT_EXPIRES"])
-        publisher = Publisher.for_app(celery, app.config["REDIS_URL"])
+        publisher = Publisher.for_app(celery, RedisAddress.of(app.config))
         app.extensions[EXTENSION] = Submitter(records.client(), expires, publisher)
         yield
         await app.extensions.pop(EXTENSION).close()

@@ -1,5 +1,6 @@
-"""kombu's Redis transport, publishing through one Redis client per channel, with records; and
-kombu's connection, naming it `redis` in the broker's URL.
+"""kombu's Redis transport (and its Sentinel variant), publishing through one Redis client per
+channel, with records; and kombu's connection, naming them `redis` and `sentinel` in the
+broker's URL.
 
 kombu's Redis channel makes a new `redis.Redis` client for every message it publishes; building
 one (with its table of response callbacks) cost about a quarter of each `apply_async` here.
@@ -89,14 +90,25 @@ class Channel(redis.Channel):
         yield client or self._publishing_client
 
 
+class SentinelChannel(Channel, redis.SentinelChannel):
+    """The channel above, on the master Redis Sentinel names (kombu's `sentinel://`)."""
+
+
 class Transport(redis.Transport):
     """kombu's Redis transport, with the channel above."""
 
     Channel = Channel
 
 
-#: Celery's `broker_transport` setting for a Redis broker.
+class SentinelTransport(redis.SentinelTransport):
+    """kombu's Redis Sentinel transport, with the channel above."""
+
+    Channel = SentinelChannel
+
+
+#: Celery's `broker_transport` setting for a Redis broker, and for one reached through Sentinel.
 TRANSPORT = f"{__name__}:Transport"
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"
 
 
 class Connection(kombu.Connection):
@@ -109,4 +121,8 @@ class Connection(kombu.Connection):
     """
 
     # A dict, as kombu's own is (an instance attribute there, to mypy).
-    resolve_aliases = {**kombu.Connection.resolve_aliases, TRANSPORT: "redis"}  # noqa: RUF012
+    resolve_aliases = {  # noqa: RUF012
+        **kombu.Connection.resolve_aliases,
+        TRANSPORT: "redis",
+        SENTINEL_TRANSPORT: "sentinel",
+    }

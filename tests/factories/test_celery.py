@@ -18,7 +18,8 @@ from factories.celery import configure_celery
 from factories.configuration import ConfigurationError
 from quart_app import extensions
 from quart_app.bridge.app_context import ContextTask
-from quart_app.bridge.backends import RedisBackend
+from quart_app.bridge.backends import RedisBackend, SentinelBackend
+from quart_app.bridge.transport import SENTINEL_TRANSPORT
 from tests.worker_tasks import acks_late_always, async_echo, count, echo, fail
 
 
@@ -69,6 +70,31 @@ def test_broker_and_backend_are_each_configurable() -> None:
     )
     assert celery.conf.broker_url == "redis://broker:6379/5"
     assert celery.conf.result_backend == "redis://results:6379/6"
+
+
+def test_with_sentinels_the_broker_and_backend_find_the_master_through_them() -> None:
+    celery = configure_celery(
+        create_application(
+            {
+                "REDIS_URL": "redis://:secret@ignored:6379/4",
+                "REDIS_SENTINELS": "s1:26379,s2:26380",
+                "REDIS_SENTINEL_MASTER": "main",
+            }
+        )
+    )
+    sentinels = "sentinel://:secret@s1:26379/4;sentinel://:secret@s2:26380/4"
+    assert celery.conf.broker_url == celery.conf.result_backend == sentinels
+    assert celery.conf.broker_transport == SENTINEL_TRANSPORT
+    for options in (
+        celery.conf.broker_transport_options,
+        celery.conf.result_backend_transport_options,
+    ):
+        assert options["master_name"] == "main"
+        assert options["sentinel_kwargs"]["socket_timeout"] == 2
+    assert celery.conf.broker_transport_options["visibility_timeout"] == 3600
+    assert isinstance(celery.backend, SentinelBackend)
+    with celery.connection_for_write() as connection:
+        assert connection.as_uri().startswith("sentinel://")  # the transport's name, not path
 
 
 def test_any_celery_setting_in_the_namespace_is_read() -> None:

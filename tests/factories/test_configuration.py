@@ -15,6 +15,7 @@ from factories.configuration import (
     ConfigurationError,
     exit_on_configuration_error,
     get_config,
+    redis_address,
 )
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -85,6 +86,8 @@ def test_variables_of_celerys_command_line_are_not_settings() -> None:
         ("CELERY_WORKER_PREFETCH_MULTIPLIER", "1.5", "expected a whole number from 0 up"),
         ("CELERY_TASK_ACKS_LATE", "maybe", "expected true or false, got 'maybe'"),
         ("CELERY_BROKER_TRANSPORT_OPTIONS", "{visibility", "expected a JSON dict"),
+        ("REDIS_SENTINELS", "sentinel-1,sentinel-2:26379", "'sentinel-1' is not host:port"),
+        ("REDIS_SENTINELS", "sentinel-1:99999", "'sentinel-1:99999' is not host:port"),
     ],
 )
 def test_a_malformed_setting_is_named(name: str, value: str, problem: str) -> None:
@@ -152,3 +155,28 @@ def test_beat_keeps_its_state_outside_the_checkout() -> None:
     state_file = Path(celery_settings(get_config({}))["beat_schedule_filename"])
     assert ROOT not in state_file.parents
     assert state_file.parent == Path(tempfile.gettempdir())
+
+
+@pytest.mark.parametrize(
+    ("settings", "named", "problem"),
+    [
+        ({"REDIS_SENTINELS": "s1:26379"}, "REDIS_SENTINELS", "needs REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINEL_MASTER": "main"}, "REDIS_SENTINEL_MASTER", "needs REDIS_SENTINELS"),
+        (
+            {
+                "REDIS_SENTINELS": "s1:26379",
+                "REDIS_SENTINEL_MASTER": "main",
+                "REDIS_URL": "unix:///run/redis.sock",
+            },
+            "REDIS_URL",
+            "must be redis:// or rediss://",
+        ),
+    ],
+)
+def test_sentinel_settings_that_do_not_go_together_are_named(
+    settings: dict[str, str], named: str, problem: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        redis_address(settings)
+    assert raised.value.setting == named
+    assert problem in str(raised.value)

@@ -27,6 +27,7 @@ from quart import Quart
 from factories.application import create_application
 from quart_app.bridge import queue
 from quart_app.bridge.publisher import Publisher, Unsupported, arguments_repr
+from quart_app.bridge.redis_address import RedisAddress
 from tests.worker_tasks import count, echo, retried_once
 from tests.workers import ThreadWorker
 
@@ -37,7 +38,7 @@ ETA = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
 @pytest.fixture
 def publisher(celery: Celery, redis_url: str) -> Iterator[Publisher]:
     """The publisher of the configured app, as the web app makes it."""
-    made = Publisher.for_app(celery, redis_url)
+    made = Publisher.for_app(celery, RedisAddress(redis_url))
     assert made is not None
     yield made
 
@@ -109,7 +110,7 @@ def test_the_message_is_the_one_kombu_pushes(
 
 def test_a_route_of_the_app_is_followed(redis_url: str, redis_client: redis.Redis) -> None:
     app = create_application({"CELERY_TASK_ROUTES": {"tests.count": {"queue": "second"}}})
-    publisher = Publisher.for_app(app.extensions["celery"], redis_url)
+    publisher = Publisher.for_app(app.extensions["celery"], RedisAddress(redis_url))
     assert publisher is not None
     task_id = uuid()
     count.apply_async((), {"steps": 1}, task_id=task_id)
@@ -151,22 +152,22 @@ def test_the_task_sent_event_is_the_one_celery_publishes(
 
 def test_without_sent_events_no_event_is_made(redis_url: str) -> None:
     app = create_application({"CELERY_TASK_SEND_SENT_EVENT": False})
-    publisher = Publisher.for_app(app.extensions["celery"], redis_url)
+    publisher = Publisher.for_app(app.extensions["celery"], RedisAddress(redis_url))
     assert publisher is not None
     assert publisher.message(echo, ("hi",), {}, {}).event is None
 
 
 def test_what_this_path_does_not_send_goes_through_the_pool(celery: Celery, redis_url: str) -> None:
-    publisher = Publisher.for_app(celery, redis_url)
+    publisher = Publisher.for_app(celery, RedisAddress(redis_url))
     assert publisher is not None
     with pytest.raises(Unsupported):
         publisher.message(echo, ("x",), {}, {"compression": "zlib"})
     with pytest.raises(TypeError):  # the task's own check of its arguments, as apply_async's
         publisher.message(echo, ("x", "y"), {}, {})
     app = create_application({"CELERY_TASK_COMPRESSION": "gzip"})
-    assert Publisher.for_app(app.extensions["celery"], redis_url) is None
+    assert Publisher.for_app(app.extensions["celery"], RedisAddress(redis_url)) is None
     other_broker = create_application({"CELERY_BROKER_URL": "amqp://guest@127.0.0.1//"})
-    assert Publisher.for_app(other_broker.extensions["celery"], redis_url) is None
+    assert Publisher.for_app(other_broker.extensions["celery"], RedisAddress(redis_url)) is None
 
 
 @pytest.fixture

@@ -1,0 +1,186 @@
+"""Where the app's Redis is: the server `REDIS_URL` names, or the master Redis Sentinel names.
+
+With `REDIS_SENTINELS` (`host:port,host:port,...`) and `REDIS_SENTINEL_MASTER` set, every
+client of the app asks the sentinels for the current master whenever it connects, so that
+when a master fails and Sentinel promotes its replica, each finds the new one by itself once
+its connection to the old one breaks: nothing is restarted. `REDIS_URL` still gives the
+database, the user and password, and TLS (`rediss://`); its host and port are not used then.
+
+Every Redis client of the app is made here, from one `RedisAddress`: the web app's records
+and look-ups, its result listener and publisher, idempotency keys and rate limits, and the
+workers' cancel listener. Celery and kombu reach the same master through their own
+`sentinel://` support, with the URL and options `broker_url` and `transport_options` give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+from redis.connection import parse_url as _untyped_parse_url
+
+#: How long a sentinel may take to connect and to answer: Celery passes sentinels no timeouts
+#: of their own, and redis-py then waits on one that accepts and never answers for good.
+SENTINEL_TIMEOUTS = {"socket_connect_timeout": 2, "socket_timeout": 2}
+
+
+# redis-py's URL reader, typed: the options it reads off a URL.
+parse_url: Callable[[str], dict[str, Any]] = _untyped_parse_url
+
+
+def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    """The sentinels' addresses in `host:port,host:port,...`; ValueError if malformed."""
+    sentinels = []
+    for one in value.split(","):
+        host, colon, port = one.strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{one.strip()!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    return tuple(sentinels)
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """How to reach the app's Redis: a URL, or the sentinels that know its master."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    #: The name the sentinels monitor the master by (`REDIS_SENTINEL_MASTER`).
+    master: str | None = None
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any], url: str | None = None) -> RedisAddress:
+        """The app's Redis, as its settings give it (at `url`, where that is given)."""
+        sentinels = config.get("REDIS_SENTINELS")
+        if not sentinels:
+            return cls(url or str(config["REDIS_URL"]))
+        return cls(
+            url or str(config["REDIS_URL"]),
+            parse_sentinels(str(sentinels)),
+            str(config["REDIS_SENTINEL_MASTER"]),
+        )
+
+    @property
+    def database(self) -> int:
+        """The database number the app uses."""
+        return int(parse_url(self.url).get("db", 0))
+
+    @property
+    def broker_url(self) -> str:
+        """The URL Celery and kombu reach this Redis by (with `transport_options`)."""
+        if not self.sentinels:
+            return self.url
+        parts = urlsplit(self.url)
+        credentials = parts.netloc.rpartition("@")[0]
+        credentials += "@" if credentials else ""
+        path = f"/{self.database}"
+        return ";".join(
+            f"sentinel://{credentials}{_host(host)}:{port}{path}" for host, port in self.sentinels
+        )
+
+    @property
+    def transport_options(self) -> dict[str, Any]:
+        """kombu's and Celery's transport options for `broker_url` (none without Sentinel)."""
+        if not self.sentinels:
+            return {}
+        return {"master_name": self.master, "sentinel_kwargs": dict(SENTINEL_TIMEOUTS)}
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A blocking client (`options` are redis-py's connection options)."""
+        if not self.sentinels:
+            return redis.Redis.from_url(self.url, **options)
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            self.sentinels, sentinel_kwargs=dict(SENTINEL_TIMEOUTS), **self._master_options()
+        )
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            str(self.master), **options
+        )
+        return client
+
+    def waiting_client(self, max_connections: int, timeout: float, **options: Any) -> redis.Redis:
+        """A blocking client whose callers wait up to `timeout` for one of `max_connections`.
+
+        redis-py has no waiting pool for Sentinel: there, the callers (the app's thread pool
+        threads, one connection each) are what bound the connections.
+        """
+        if self.sentinels:
+            return self.client(**options)
+        pool = redis.BlockingConnectionPool.from_url(
+            self.url, max_connections=max_connections, timeout=timeout, **options
+        )
+        return redis.Redis(connection_pool=pool)
+
+    def async_client(self, **options: Any) -> redis.asyncio.Redis:
+        """A `redis.asyncio` client (`options` are redis-py's connection options)."""
+        if not self.sentinels:
+            return redis.asyncio.Redis.from_url(self.url, **options)
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            self.sentinels, sentinel_kwargs=dict(SENTINEL_TIMEOUTS), **self._master_options()
+        )
+        client: redis.asyncio.Redis = sentinel.master_for(str(self.master), **options)
+        return client
+
+    def async_pool(self, **options: Any) -> redis.asyncio.ConnectionPool:
+        """A `redis.asyncio` connection pool, for a library that takes one."""
+        return self.async_client(**options).connection_pool
+
+    def _master_options(self) -> dict[str, Any]:
+        """What `REDIS_URL` says of the connections besides where: database, user, password,
+        TLS and its options."""
+        options = parse_url(self.url)
+        for where in ("host", "port", "path"):
+            options.pop(where, None)
+        if options.pop("connection_class", None) is redis.SSLConnection:
+            options["ssl"] = True
+        return options
+
+
+def close(client: redis.Redis) -> None:
+    """Close a blocking client of `RedisAddress`'s, and its connections to the sentinels.
+
+    A Sentinel-managed client's pool holds the `Sentinel` it asks, whose own clients closing
+    the pool leaves open.
+    """
+    client.close()
+    client.connection_pool.disconnect()  # a client given its pool leaves it open
+    for sentinel in _sentinels_of(client.connection_pool):
+        sentinel.close()
+
+
+async def aclose(client: redis.asyncio.Redis) -> None:
+    """Close an async client of `RedisAddress`'s, and its connections to the sentinels."""
+    await client.aclose()
+    await close_pool(client.connection_pool)
+
+
+@asynccontextmanager
+async def aclosing_client(client: redis.asyncio.Redis) -> AsyncIterator[redis.asyncio.Redis]:
+    """A block that closes an async client of `RedisAddress`'s as it ends (`aclose`)."""
+    try:
+        yield client
+    finally:
+        await aclose(client)
+
+
+async def close_pool(pool: redis.asyncio.ConnectionPool) -> None:
+    """Close an async pool of `RedisAddress`'s, and its connections to the sentinels."""
+    await pool.disconnect()
+    for sentinel in _sentinels_of(pool):
+        await sentinel.aclose()
+
+
+def _sentinels_of(pool: Any) -> list[Any]:
+    """The clients of the sentinels a Sentinel-managed pool asks (none for another pool)."""
+    return list(getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()))
+
+
+def _host(host: str) -> str:
+    """A host as it goes in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host

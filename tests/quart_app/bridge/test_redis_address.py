@@ -1,0 +1,76 @@
+"""Where the app's Redis is: a URL, or a master the sentinels name. These tests make no
+connection; `tests/faults/test_sentinel.py` fails a real master over."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+from celery import Celery
+
+from factories.application import create_application
+from quart_app.bridge.publisher import Publisher
+from quart_app.bridge.redis_address import RedisAddress, aclose, close, parse_sentinels
+
+SENTINELS = {"REDIS_SENTINELS": "127.0.0.1:26379,[::1]:26380", "REDIS_SENTINEL_MASTER": "main"}
+
+
+def test_sentinels_are_read_as_host_and_port() -> None:
+    assert parse_sentinels(" s1:26379, [::1]:26380") == (("s1", 26379), ("::1", 26380))
+    with pytest.raises(ValueError, match="'s1' is not host:port"):
+        parse_sentinels("s1")
+
+
+def test_without_sentinels_the_url_is_all() -> None:
+    address = RedisAddress.of({"REDIS_URL": "redis://cache:6379/3"})
+    assert (address.broker_url, address.transport_options, address.database) == (
+        "redis://cache:6379/3",
+        {},
+        3,
+    )
+    client = address.client()
+    assert type(client.connection_pool) is redis.ConnectionPool
+    close(client)
+
+
+def test_with_sentinels_the_url_gives_the_database_and_credentials() -> None:
+    address = RedisAddress.of({"REDIS_URL": "redis://app:secret@ignored:6379/3", **SENTINELS})
+    assert address.broker_url == (
+        "sentinel://app:secret@127.0.0.1:26379/3;sentinel://app:secret@[::1]:26380/3"
+    )
+    assert address.transport_options["master_name"] == "main"
+    client = address.client(socket_timeout=1)
+    pool = client.connection_pool
+    assert isinstance(pool, redis.sentinel.SentinelConnectionPool)
+    assert pool.service_name == "main"
+    kwargs = pool.connection_kwargs
+    assert (kwargs["db"], kwargs["username"], kwargs["password"]) == (3, "app", "secret")
+    assert kwargs["socket_timeout"] == 1
+    # The sentinels are asked with timeouts of their own.
+    asked = pool.sentinel_manager.sentinels[0].connection_pool.connection_kwargs
+    assert asked["socket_timeout"] == 2
+    close(client)
+
+
+async def test_async_clients_and_pools_find_the_master_through_the_sentinels() -> None:
+    address = RedisAddress.of({"REDIS_URL": "rediss://:secret@ignored/5", **SENTINELS})
+    client = address.async_client()
+    pool = client.connection_pool
+    assert isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool)
+    assert pool.connection_class is redis.asyncio.sentinel.SentinelManagedSSLConnection
+    assert pool.connection_kwargs["db"] == 5
+    await aclose(client)
+
+
+async def test_the_event_loop_publisher_sends_to_the_master_too() -> None:
+    app = create_application(SENTINELS)
+    celery: Celery = app.extensions["celery"]
+    publisher = Publisher.for_app(celery, RedisAddress.of(app.config))
+    assert publisher is not None
+    assert publisher.records is None  # the broker is the app's Redis: records go with messages
+    assert isinstance(
+        publisher.client.connection_pool, redis.asyncio.sentinel.SentinelConnectionPool
+    )
+    await publisher.close()
