@@ -18,20 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from quart import Quart
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from quart_app.bridge import metrics
+from quart_app.bridge.redis_address import RedisAddress, aclosing_client
 from quart_app.extensions import celery
+
+logger = logging.getLogger(__name__)
 
 EXTENSION = "result_listener"
 CHANNEL_PREFIX = "celery-task-meta-"
@@ -57,8 +61,10 @@ class Recipient(Protocol):
 class ResultListener:
     """Subscribes to the channels of the tasks followed, and hands each update to its recipients."""
 
-    def __init__(self, url: str, on_reconnect: Callable[[], None] | None = None) -> None:
-        self.url = url
+    def __init__(
+        self, address: RedisAddress, on_reconnect: Callable[[], None] | None = None
+    ) -> None:
+        self.address = address
         #: Called each time the listener has connected again after losing its connection.
         self.on_reconnect = on_reconnect
         #: The name its Redis connection goes by (CLIENT LIST), one per listener.
@@ -103,7 +109,8 @@ class ResultListener:
                 self.changed.set()
 
     async def run(self) -> None:
-        """Listen until `stopping` is set, reconnecting with backoff whenever Redis goes away.
+        """Listen until `stopping` is set, reconnecting with backoff whenever Redis goes away
+        (or anything else goes wrong: it is logged).
 
         It reads with a timeout rather than waiting to be cancelled: a redis-py pub/sub read
         cancelled at the wrong moment was seen to swallow the cancellation and hang shutdown.
@@ -112,10 +119,10 @@ class ResultListener:
         connected_before = False
         while not self.stopping.is_set():
             try:
-                client = Redis.from_url(
-                    self.url, socket_connect_timeout=2, client_name=self.client_name
+                client = self.address.async_client(
+                    socket_connect_timeout=2, client_name=self.client_name
                 )
-                async with client, client.pubsub() as pubsub:
+                async with aclosing_client(client), client.pubsub() as pubsub:
                     await pubsub.connect()
                     if connected_before and self.on_reconnect is not None:
                         self.on_reconnect()
@@ -134,7 +141,11 @@ class ResultListener:
                         asking.cancel()
                         with suppress(asyncio.CancelledError):
                             await asking
-            except (RedisError, OSError):
+            except Exception as error:
+                # Anything else is logged, and the listener goes on: with it gone, no socket
+                # of this process would hear of its tasks again.
+                if not isinstance(error, RedisError | OSError):
+                    logger.exception("the result listener failed; it connects again")
                 self.lost_connection()
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), backoff)
@@ -153,12 +164,13 @@ class ResultListener:
             if subscribe:
                 for task_id in subscribe:
                     self.asked[task_id] = self.asked.get(task_id, 0) + 1
-                await pubsub.subscribe(*(CHANNEL_PREFIX + task_id for task_id in subscribe))
+                await _sent(pubsub.subscribe(*(CHANNEL_PREFIX + task_id for task_id in subscribe)))
             if unsubscribe:  # never none: UNSUBSCRIBE without a channel drops them all
                 for task_id in unsubscribe:
                     del self.asked[task_id]
                     self.confirmed.discard(task_id)
-                await pubsub.unsubscribe(*(CHANNEL_PREFIX + task_id for task_id in unsubscribe))
+                channels = (CHANNEL_PREFIX + task_id for task_id in unsubscribe)
+                await _sent(pubsub.unsubscribe(*channels))
 
     def lost_connection(self) -> None:
         """The connection is gone, and its subscriptions with it: ask for all again."""
@@ -211,18 +223,32 @@ class ResultListener:
             self.changed.set()
 
 
+async def _sent(command: Awaitable[Any]) -> None:
+    """Send a (un)subscription; a connection error if its connection went meanwhile.
+
+    redis-py's pub/sub reconnects inside `get_message`: a command sent by `ask` while it does
+    found the connection's stream gone (AttributeError: 'NoneType' object has no attribute
+    'writelines', seen under a Sentinel failover), which ended the listener for good.
+    """
+    try:
+        await command
+    except AttributeError as error:
+        raise RedisConnectionError("the pub/sub connection went while sending") from error
+
+
 def init_app(app: Quart) -> None:
     """Run the listener while the app serves."""
 
     @app.while_serving
     async def listener() -> AsyncGenerator[None, None]:
-        # Celery publishes on the result backend's Redis.
+        # Celery publishes on the result backend's Redis: the app's, unless one of its own.
         url = str(celery.conf.result_backend)
-        if not url.startswith(("redis://", "rediss://")):
-            url = app.config["REDIS_URL"]
+        address = RedisAddress.of(app.config)
+        if url.startswith(("redis://", "rediss://")):
+            address = RedisAddress(url)
         served = metrics.of(app)
         reconnected = served.listener_reconnects.inc if served is not None else None
-        result_listener = app.extensions[EXTENSION] = ResultListener(url, reconnected)
+        result_listener = app.extensions[EXTENSION] = ResultListener(address, reconnected)
         running = asyncio.create_task(result_listener.run())
         yield
         result_listener.stopping.set()

@@ -1,9 +1,12 @@
 """Fixtures for breaking things for real: a Redis server of the test's own, which it can stop
-and start again, and workers started against it as `celery -A worker worker` processes."""
+and start again; a Redis Sentinel set-up of its own, whose master it can kill; and workers
+started against them as `celery -A worker worker` processes."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -11,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -25,9 +29,11 @@ class RedisServer:
     """A `redis-server` on a free port that keeps its data on disk (an append-only file, which
     a graceful shutdown writes out), so that stopping and starting it loses nothing."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, *options: str) -> None:
         self.binary = binary
         self.directory = directory
+        #: More of redis-server's options (`--replicaof HOST PORT`).
+        self.options = options
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -40,6 +46,7 @@ class RedisServer:
                 *[self.binary, "--port", str(self.port), "--bind", "127.0.0.1"],
                 *["--dir", str(self.directory), "--save", ""],
                 *["--appendonly", "yes", "--appendfsync", "everysec", "--loglevel", "warning"],
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
@@ -52,6 +59,13 @@ class RedisServer:
             stop_process_group(self.process)
             self.process = None
 
+    def kill(self) -> None:
+        """Kill it at once (SIGKILL): what it had not written out or passed on is gone."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
     def answers(self) -> bool:
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
@@ -62,18 +76,117 @@ class RedisServer:
             client.close()
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis server of this test's own, running; stopped after the test."""
+def redis_binary() -> str:
+    """The `redis-server` to start (the system's, or the embedded-redis extra's); else skip."""
     binary = shutil.which("redis-server") or str(Path(sys.executable).parent / "redis-server")
     if not Path(binary).exists():
         pytest.skip("no redis-server to start (install Redis, or the embedded-redis extra)")
+    return binary
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server of this test's own, running; stopped after the test."""
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(binary, directory)
+    server = RedisServer(redis_binary(), directory)
     server.start()
     yield server
     server.stop()
+
+
+class SentinelSetUp:
+    """A master, its replica and three sentinels monitoring it (a quorum of two), each a
+    `redis-server` on a free port: Redis's own high availability, on one machine."""
+
+    MASTER_NAME = "quart_app-test"
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        directory.mkdir()
+        self.master = RedisServer(binary, self._made("master"))
+        self.replica = RedisServer(
+            binary, self._made("replica"), "--replicaof", "127.0.0.1", str(self.master.port)
+        )
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    def _made(self, name: str) -> Path:
+        directory = self.directory / name
+        directory.mkdir()
+        return directory
+
+    def settings(self) -> dict[str, str]:
+        """The app's settings to find the master through the sentinels."""
+        sentinels = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return {"REDIS_SENTINELS": sentinels, "REDIS_SENTINEL_MASTER": self.MASTER_NAME}
+
+    def start(self) -> None:
+        """Start them all; return once the sentinels know the replica and one another."""
+        self.master.start()
+        self.replica.start()
+        for n, port in enumerate(self.sentinel_ports):
+            config = self._made(f"sentinel-{n}") / "sentinel.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {config.parent}\n"
+                f"sentinel monitor {self.MASTER_NAME} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER_NAME} 1000\n"
+                f"sentinel failover-timeout {self.MASTER_NAME} 5000\n"
+            )
+            self.sentinels.append(
+                subprocess.Popen(
+                    [self.binary, str(config), "--sentinel", "--loglevel", "warning"],
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        wait_for(self.watching, START_TIMEOUT, "the sentinels to see the replica and each other")
+
+    def watching(self) -> bool:
+        """Whether every sentinel sees the master, its replica and the two other sentinels."""
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_connect_timeout=0.5, decode_responses=True)
+            try:
+                master: Any = client.sentinel_master(self.MASTER_NAME)
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            if master["num-slaves"] < 1 or master["num-other-sentinels"] < 2:
+                return False
+        return True
+
+    def current_master_port(self) -> int | None:
+        """The port of the master the sentinels name now, as the first that answers says."""
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_connect_timeout=0.5)
+            try:
+                address: Any = client.sentinel_get_master_addr_by_name(self.MASTER_NAME)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+            if address:
+                return int(address[1])
+        return None
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            stop_process_group(sentinel)
+        self.replica.stop()
+        self.master.stop()
+
+
+@pytest.fixture
+def sentinel_set_up(tmp_path: Path) -> Iterator[SentinelSetUp]:
+    """A master, a replica and three sentinels of this test's own, running; stopped after."""
+    set_up = SentinelSetUp(redis_binary(), tmp_path / "sentinel")
+    try:
+        set_up.start()
+        yield set_up
+    finally:
+        set_up.stop()
 
 
 @dataclass

@@ -105,3 +105,30 @@ async def test_an_update_published_once_following_has_begun_is_not_missed(
         first, second = await follower.next_event(), await follower.next_event()
     assert [getattr(event, "state", None) for event in (first, second)] == ["PENDING", "PROGRESS"]
     follower.close()
+
+
+async def test_a_subscription_sent_as_the_connection_goes_counts_as_losing_it(
+    serving: Quart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py's pub/sub reconnects inside get_message; a SUBSCRIBE sent at that moment found
+    # the stream gone, and the listener died of the AttributeError (seen under a failover).
+    failed: list[tuple[object, ...]] = []
+    subscribe = PubSub.subscribe
+
+    async def subscribe_the_first_time_into_a_closed_stream(
+        pubsub: PubSub, *channels: object, **more: object
+    ) -> object:
+        if not failed:
+            failed.append(channels)
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        return await subscribe(pubsub, *channels, **more)
+
+    monkeypatch.setattr(PubSub, "subscribe", subscribe_the_first_time_into_a_closed_stream)
+    task_id = await queue.submit(echo, "raced")
+    follower = Follower()
+    async with asyncio.timeout(TIMEOUT):
+        await follower.follow(task_id)  # confirmed on the connection made after
+        first = await follower.next_event()
+    assert failed
+    assert getattr(first, "state", None) == "PENDING"
+    follower.close()
