@@ -119,8 +119,11 @@ class ResultListener:
         connected_before = False
         while not self.stopping.is_set():
             try:
+                # A socket timeout bounds the hand-shake (CLIENT SETNAME): a Redis that accepts
+                # and never answers held the listener, and the server's shutdown, for good.
+                # Reads of messages wait `READ_TIMEOUT` each, as `get_message` says.
                 client = self.address.async_client(
-                    socket_connect_timeout=2, client_name=self.client_name
+                    socket_connect_timeout=2, socket_timeout=2, client_name=self.client_name
                 )
                 async with aclosing_client(client), client.pubsub() as pubsub:
                     await pubsub.connect()

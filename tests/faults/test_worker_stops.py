@@ -15,7 +15,7 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-VISIBILITY_TIMEOUT = 10
+VISIBILITY_TIMEOUT = 5
 
 
 def submit(server: str, message: str, delay: float) -> str:

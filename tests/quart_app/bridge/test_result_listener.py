@@ -9,6 +9,7 @@ import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -116,12 +117,12 @@ async def test_a_subscription_sent_as_the_connection_goes_counts_as_losing_it(
     subscribe = PubSub.subscribe
 
     async def subscribe_the_first_time_into_a_closed_stream(
-        pubsub: PubSub, *channels: object, **more: object
-    ) -> object:
+        pubsub: PubSub, *channels: str, **more: Any
+    ) -> None:
         if not failed:
             failed.append(channels)
             raise AttributeError("'NoneType' object has no attribute 'writelines'")
-        return await subscribe(pubsub, *channels, **more)
+        await subscribe(pubsub, *channels, **more)
 
     monkeypatch.setattr(PubSub, "subscribe", subscribe_the_first_time_into_a_closed_stream)
     task_id = await queue.submit(echo, "raced")
