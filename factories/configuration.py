@@ -51,6 +51,8 @@ APP_OPTIONS: dict[str, Option] = {
     # the database, credentials and TLS of REDIS_URL are used.
     "REDIS_SENTINELS": Option(None, type="string"),
     "REDIS_SENTINEL_MASTER": Option(None, type="string"),
+    # The sentinels' own password (their `requirepass`), where they have one.
+    "REDIS_SENTINEL_PASSWORD": Option(None, type="string"),
     # Bearer tokens the JSON API and the websockets require, comma-separated; none: open.
     "API_TOKEN": Option(None, type="string"),
     # Bearer tokens GET /metrics requires, comma-separated; none: open, like /healthz.
@@ -171,7 +173,7 @@ def check_setting(key: str, value: Any) -> Any:
 def redis_address(config: Mapping[str, Any]) -> RedisAddress:
     """Where the app's Redis is: `REDIS_URL`, or the master `REDIS_SENTINELS` know as
     `REDIS_SENTINEL_MASTER`; `ConfigurationError` if the settings do not go together."""
-    from quart_app.bridge.redis_address import RedisAddress, parse_sentinels
+    from quart_app.bridge.redis_address import RedisAddress
 
     url = check_setting("REDIS_URL", config.get("REDIS_URL") or DEFAULT_REDIS_URL)
     sentinels = check_setting("REDIS_SENTINELS", config.get("REDIS_SENTINELS"))
@@ -188,7 +190,15 @@ def redis_address(config: Mapping[str, Any]) -> RedisAddress:
         raise ConfigurationError(
             "REDIS_URL", "with REDIS_SENTINELS it must be redis:// or rediss:// (for TLS)"
         )
-    return RedisAddress(url, parse_sentinels(sentinels), master)
+    password = check_setting("REDIS_SENTINEL_PASSWORD", config.get("REDIS_SENTINEL_PASSWORD"))
+    return RedisAddress.of(
+        {
+            "REDIS_URL": url,
+            "REDIS_SENTINELS": sentinels,
+            "REDIS_SENTINEL_MASTER": master,
+            "REDIS_SENTINEL_PASSWORD": password,
+        }
+    )
 
 
 def beat_schedule(key: str, entries: Any) -> dict[str, dict[str, Any]]:

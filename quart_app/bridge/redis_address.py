@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,17 +54,20 @@ class RedisAddress:
     sentinels: tuple[tuple[str, int], ...] = ()
     #: The name the sentinels monitor the master by (`REDIS_SENTINEL_MASTER`).
     master: str | None = None
+    #: The sentinels' own password, where they have one (`REDIS_SENTINEL_PASSWORD`).
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, config: Mapping[str, Any], url: str | None = None) -> RedisAddress:
-        """The app's Redis, as its settings give it (at `url`, where that is given)."""
+    def of(cls, config: Mapping[str, Any]) -> RedisAddress:
+        """The app's Redis, as its (checked) settings give it."""
         sentinels = config.get("REDIS_SENTINELS")
         if not sentinels:
-            return cls(url or str(config["REDIS_URL"]))
+            return cls(str(config["REDIS_URL"]))
         return cls(
-            url or str(config["REDIS_URL"]),
+            str(config["REDIS_URL"]),
             parse_sentinels(str(sentinels)),
             str(config["REDIS_SENTINEL_MASTER"]),
+            config.get("REDIS_SENTINEL_PASSWORD") or None,
         )
 
     @property
@@ -90,14 +93,14 @@ class RedisAddress:
         """kombu's and Celery's transport options for `broker_url` (none without Sentinel)."""
         if not self.sentinels:
             return {}
-        return {"master_name": self.master, "sentinel_kwargs": dict(SENTINEL_TIMEOUTS)}
+        return {"master_name": self.master, "sentinel_kwargs": self._sentinel_options()}
 
     def client(self, **options: Any) -> redis.Redis:
         """A blocking client (`options` are redis-py's connection options)."""
         if not self.sentinels:
             return redis.Redis.from_url(self.url, **options)
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            self.sentinels, sentinel_kwargs=dict(SENTINEL_TIMEOUTS), **self._master_options()
+            self.sentinels, sentinel_kwargs=self._sentinel_options(), **self._master_options()
         )
         client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
             str(self.master), **options
@@ -122,7 +125,7 @@ class RedisAddress:
         if not self.sentinels:
             return redis.asyncio.Redis.from_url(self.url, **options)
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            self.sentinels, sentinel_kwargs=dict(SENTINEL_TIMEOUTS), **self._master_options()
+            self.sentinels, sentinel_kwargs=self._sentinel_options(), **self._master_options()
         )
         client: redis.asyncio.Redis = sentinel.master_for(str(self.master), **options)
         return client
@@ -130,6 +133,13 @@ class RedisAddress:
     def async_pool(self, **options: Any) -> redis.asyncio.ConnectionPool:
         """A `redis.asyncio` connection pool, for a library that takes one."""
         return self.async_client(**options).connection_pool
+
+    def _sentinel_options(self) -> dict[str, Any]:
+        """How to talk to the sentinels themselves: with timeouts, and their password."""
+        options: dict[str, Any] = dict(SENTINEL_TIMEOUTS)
+        if self.sentinel_password:
+            options["password"] = self.sentinel_password
+        return options
 
     def _master_options(self) -> dict[str, Any]:
         """What `REDIS_URL` says of the connections besides where: database, user, password,

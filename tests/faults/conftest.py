@@ -29,16 +29,21 @@ class RedisServer:
     """A `redis-server` on a free port that keeps its data on disk (an append-only file, which
     a graceful shutdown writes out), so that stopping and starting it loses nothing."""
 
-    def __init__(self, binary: str, directory: Path, *options: str) -> None:
+    def __init__(
+        self, binary: str, directory: Path, *options: str, password: str | None = None
+    ) -> None:
         self.binary = binary
         self.directory = directory
         #: More of redis-server's options (`--replicaof HOST PORT`).
         self.options = options
+        #: Its `requirepass`, if it has one.
+        self.password = password
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, database: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{database}"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -46,6 +51,7 @@ class RedisServer:
                 *[self.binary, "--port", str(self.port), "--bind", "127.0.0.1"],
                 *["--dir", str(self.directory), "--save", ""],
                 *["--appendonly", "yes", "--appendfsync", "everysec", "--loglevel", "warning"],
+                *(["--requirepass", self.password] if self.password else []),
                 *self.options,
             ],
             stdout=subprocess.DEVNULL,
@@ -67,7 +73,7 @@ class RedisServer:
             self.process = None
 
     def answers(self) -> bool:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         try:
             return bool(client.ping())
         except redis.ConnectionError:
@@ -97,17 +103,25 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 class SentinelSetUp:
     """A master, its replica and three sentinels monitoring it (a quorum of two), each a
-    `redis-server` on a free port: Redis's own high availability, on one machine."""
+    `redis-server` on a free port: Redis's own high availability, on one machine. As in
+    production, each needs a password: the servers one, the sentinels another."""
 
     MASTER_NAME = "quart_app-test"
+    PASSWORD = "server-secret"
+    SENTINEL_PASSWORD = "sentinel-secret"
 
     def __init__(self, binary: str, directory: Path) -> None:
         self.binary = binary
         self.directory = directory
         directory.mkdir()
-        self.master = RedisServer(binary, self._made("master"))
+        self.master = RedisServer(
+            binary, self._made("master"), "--masterauth", self.PASSWORD, password=self.PASSWORD
+        )
         self.replica = RedisServer(
-            binary, self._made("replica"), "--replicaof", "127.0.0.1", str(self.master.port)
+            binary,
+            self._made("replica"),
+            *["--replicaof", "127.0.0.1", str(self.master.port), "--masterauth", self.PASSWORD],
+            password=self.PASSWORD,
         )
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
@@ -120,7 +134,11 @@ class SentinelSetUp:
     def settings(self) -> dict[str, str]:
         """The app's settings to find the master through the sentinels."""
         sentinels = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return {"REDIS_SENTINELS": sentinels, "REDIS_SENTINEL_MASTER": self.MASTER_NAME}
+        return {
+            "REDIS_SENTINELS": sentinels,
+            "REDIS_SENTINEL_MASTER": self.MASTER_NAME,
+            "REDIS_SENTINEL_PASSWORD": self.SENTINEL_PASSWORD,
+        }
 
     def start(self) -> None:
         """Start them all; return once the sentinels know the replica and one another."""
@@ -133,6 +151,9 @@ class SentinelSetUp:
                 f"sentinel monitor {self.MASTER_NAME} 127.0.0.1 {self.master.port} 2\n"
                 f"sentinel down-after-milliseconds {self.MASTER_NAME} 1000\n"
                 f"sentinel failover-timeout {self.MASTER_NAME} 5000\n"
+                f"sentinel auth-pass {self.MASTER_NAME} {self.PASSWORD}\n"
+                f"requirepass {self.SENTINEL_PASSWORD}\n"
+                f"sentinel sentinel-pass {self.SENTINEL_PASSWORD}\n"
             )
             self.sentinels.append(
                 subprocess.Popen(
@@ -146,7 +167,7 @@ class SentinelSetUp:
     def watching(self) -> bool:
         """Whether every sentinel sees the master, its replica and the two other sentinels."""
         for port in self.sentinel_ports:
-            client = redis.Redis(port=port, socket_connect_timeout=0.5, decode_responses=True)
+            client = self._sentinel(port, decode_responses=True)
             try:
                 master: Any = client.sentinel_master(self.MASTER_NAME)
             except redis.RedisError:
@@ -160,7 +181,7 @@ class SentinelSetUp:
     def current_master_port(self) -> int | None:
         """The port of the master the sentinels name now, as the first that answers says."""
         for port in self.sentinel_ports:
-            client = redis.Redis(port=port, socket_connect_timeout=0.5)
+            client = self._sentinel(port)
             try:
                 address: Any = client.sentinel_get_master_addr_by_name(self.MASTER_NAME)
             except redis.RedisError:
@@ -170,6 +191,11 @@ class SentinelSetUp:
             if address:
                 return int(address[1])
         return None
+
+    def _sentinel(self, port: int, **options: Any) -> redis.Redis:
+        return redis.Redis(
+            port=port, password=self.SENTINEL_PASSWORD, socket_connect_timeout=0.5, **options
+        )
 
     def stop(self) -> None:
         for sentinel in self.sentinels:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import websockets
 
 from tests.faults.conftest import SentinelSetUp, Worker
+from tests.metrics import sample
 from tests.servers import Server, http, post_task
 from tests.waiting import wait_for, wait_for_async
 
@@ -81,12 +83,15 @@ async def test_a_failover_to_the_replica_is_found_without_restarting_anything(
     worker = start_worker(url, "--pool", "threads", "--concurrency", "4", **settings)
     socket_url = server.replace("http://", "ws://") + "/ws/tasks"
 
-    async with websockets.connect(socket_url) as socket:
+    # One task runs across the failover, and ends while the master is gone; its own socket
+    # watches it too.
+    status, across = post_task(server, "tests.async_echo", message="across", delay=3.0)
+    assert status == 202, across
+    one_task_url = server.replace("http://", "ws://") + across["websocket"]
+    async with websockets.connect(socket_url) as socket, websockets.connect(one_task_url) as one:
         trickle = Trickle(server, socket)
         reading = asyncio.create_task(trickle.read())
-        # One task runs across the failover; it ends while the master is gone.
-        status, across = post_task(server, "tests.async_echo", message="across", delay=3.0)
-        assert status == 202, across
+        across_states = asyncio.create_task(_states_until_closed(one))
         await socket.send(json.dumps({"subscribe": [across["id"]]}))
         submitting = asyncio.create_task(trickle.submit())
         await wait_for_async(
@@ -123,9 +128,15 @@ async def test_a_failover_to_the_replica_is_found_without_restarting_anything(
             60,
             "every task accepted after the failover, and the long one, to end on the socket",
         )
+        assert not reading.done(), reading.result()  # raises what ended it, if anything did
         reading.cancel()
+        async with asyncio.timeout(10):
+            assert (await across_states)[-1] == "SUCCESS"
+        assert one.close_code == 1000
 
     assert sentinel_set_up.current_master_port() == sentinel_set_up.replica.port
+    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as response:
+        assert sample(response.read().decode(), "quart_app_listener_reconnects_total") >= 1
     wait_for(lambda: http("GET", f"{server}/readyz")[0] == 200, 30, "/readyz to answer 200")
     assert trickle.states[across["id"]][-1] == "SUCCESS"
     assert all(trickle.states[task_id][-1] == "SUCCESS" for task_id in after)
@@ -143,6 +154,11 @@ async def test_a_failover_to_the_replica_is_found_without_restarting_anything(
     )
     assert worker.running(), worker.log()
     assert "Unrecoverable error" not in worker.log()
+
+
+async def _states_until_closed(socket: Any) -> list[str]:
+    """The states a one-task socket sends, until it closes."""
+    return [json.loads(message)["state"] async for message in socket]
 
 
 def _true(condition: Any) -> Any:

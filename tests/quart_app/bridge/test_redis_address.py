@@ -48,9 +48,23 @@ def test_with_sentinels_the_url_gives_the_database_and_credentials() -> None:
     kwargs = pool.connection_kwargs
     assert (kwargs["db"], kwargs["username"], kwargs["password"]) == (3, "app", "secret")
     assert kwargs["socket_timeout"] == 1
-    # The sentinels are asked with timeouts of their own.
+    # The sentinels are asked with timeouts of their own, and no password they were not given.
     asked = pool.sentinel_manager.sentinels[0].connection_pool.connection_kwargs
     assert asked["socket_timeout"] == 2
+    assert asked.get("password") is None
+    close(client)
+
+
+def test_the_sentinels_password_is_theirs_alone() -> None:
+    address = RedisAddress.of(
+        {"REDIS_URL": "redis://:secret@x/0", "REDIS_SENTINEL_PASSWORD": "theirs", **SENTINELS}
+    )
+    assert "theirs" not in repr(address)
+    assert address.transport_options["sentinel_kwargs"]["password"] == "theirs"
+    client = address.client()
+    manager = client.connection_pool.sentinel_manager  # type: ignore[attr-defined]
+    assert manager.sentinels[0].connection_pool.connection_kwargs["password"] == "theirs"
+    assert client.connection_pool.connection_kwargs["password"] == "secret"
     close(client)
 
 
