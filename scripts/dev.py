@@ -84,7 +84,7 @@ def main(argv: Sequence[str]) -> int:
     failed = [name for name, command in LINTERS.items() if call(command) != 0]
     ensure_chromium()
     with reachable_redis(redis_url):
-        status = call([str(BIN / "pytest"), *pytest_args])
+        status = call([str(BIN / "pytest"), *in_processes(pytest_args)])
     if failed:
         log(f"failed: {', '.join(failed)}")
     return status or int(bool(failed))
@@ -95,6 +95,25 @@ LINTERS = {
     "ruff format": [str(BIN / "ruff"), "format", "--check", "."],
     "mypy": [str(BIN / "mypy")],
 }
+
+
+#: The suite's processes (pytest-xdist), each with its own two Redis databases: its tests
+#: spend much of their time waiting on the servers and workers they start.
+TEST_PROCESSES = 2
+
+
+def in_processes(pytest_args: list[str]) -> list[str]:
+    """pytest's arguments to run the tests in `TEST_PROCESSES` processes, a test file's tests in
+    the same one; as they are where they choose otherwise (`-n 0`, `-p no:xdist`) or ask for
+    the tests' output (`-s`, which pytest-xdist's processes do not pass on)."""
+    chosen = any(
+        argument in ("-n", "--numprocesses", "no:xdist", "-s", "--capture=no")
+        or argument.startswith(("-n", "--numprocesses="))
+        for argument in pytest_args
+    )
+    if chosen:
+        return pytest_args
+    return ["-n", str(TEST_PROCESSES), "--dist", "loadfile", *pytest_args]
 
 
 def test_on(versions: list[str], pytest_args: list[str]) -> int:
@@ -116,7 +135,8 @@ def test_on(versions: list[str], pytest_args: list[str]) -> int:
     }
     ensure_chromium()
     first = int(os.environ.get("TEST_REDIS_DB", "13"))
-    databases = [first - 3 * n for n in range(len(environments))]  # each one and the next
+    # Each run's two databases (four for two processes of its own): first, first - 4, ...
+    databases = [first - 4 * n for n in range(len(environments))]
     if databases[-1] < 0:
         raise SystemExit(f"TEST_REDIS_DB={first} leaves too few databases for each Python")
     redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)

@@ -1,7 +1,8 @@
 """Fixtures for the whole suite: an environment of the tests' own, the app, a clean Redis.
 
-The tests use Redis databases of their own (`TEST_REDIS_DB`, default 13, and the one after it)
-on the server at `REDIS_URL`, and flush only those.
+The tests use Redis databases of their own (`TEST_REDIS_DB`, default 13, and the one after it;
+pytest-xdist's second process the two below) on the server at `REDIS_URL`, and flush only
+those.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ pytest_plugins = ["tests.workers", "tests.servers"]
 PROBES = "tests.worker_tasks"
 
 
+def _worker_index() -> int:
+    """Which of pytest-xdist's processes this is (0 without xdist): each has two databases."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
 def _database_url(url: str, database: int) -> str:
     """`url` with its database number replaced by `database`."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
@@ -39,7 +45,7 @@ def redis_url() -> Iterator[str]:
     tests start. Every app the tests build, in this process or in the servers and workers they
     start, imports the probe tasks (`CELERY_IMPORTS`).
     """
-    database = int(os.environ.get("TEST_REDIS_DB", "13"))
+    database = int(os.environ.get("TEST_REDIS_DB", "13")) - 2 * _worker_index()
     url = _database_url(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), database)
     with pytest.MonkeyPatch.context() as patch:
         for name in os.environ:

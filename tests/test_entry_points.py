@@ -21,6 +21,7 @@ import redis
 import websockets
 
 from quart_app.bridge.records import KEY
+from tests.connections import connections
 from tests.processes import start_process, stop_process_group
 from tests.servers import START_TIMEOUT, Server, http
 from tests.waiting import wait_for
@@ -278,9 +279,7 @@ async def test_a_server_hears_only_the_tasks_its_sockets_watch(
         ((_, count),) = redis_client.pubsub_numsub(channel)
         return int(count)
 
-    listeners = [
-        c for c in redis_client.client_list() if c["name"].startswith("quart_app-results-")
-    ]
+    listeners = [c for c in connections(redis_client) if c["name"].startswith("quart_app-results-")]
     assert len(listeners) == 2, listeners  # one connection for each server
     assert [int(c["psub"]) for c in listeners] == [0, 0]  # no pattern subscription
     assert subscribers() == 0

@@ -13,6 +13,7 @@ import pytest
 import redis
 import websockets
 
+from tests.connections import connections
 from tests.servers import accepted_task, serving
 from tests.waiting import wait_for
 
@@ -61,5 +62,5 @@ def group_gone(group: int) -> bool:
 
 
 def client_names(client: redis.Redis) -> list[str]:
-    """The names of the connections Redis has open now."""
-    return [str(entry.get("name", "")) for entry in client.client_list()]
+    """The names of the connections Redis has open now to the tests' database."""
+    return [str(entry.get("name", "")) for entry in connections(client)]

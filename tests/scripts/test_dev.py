@@ -82,7 +82,14 @@ def system(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[System]:
         process = subprocess.Popen(
             [sys.executable, "scripts/dev.py", "run", "--port", str(port), *arguments],
             cwd=ROOT,
-            env={**os.environ, "REDIS_URL": redis_url, **environment},
+            env={
+                **os.environ,
+                "REDIS_URL": redis_url,
+                # Its own beat state: beat's default file is one per checkout, which another
+                # beat of the suite's may have open at the same time.
+                "CELERY_BEAT_SCHEDULE_FILENAME": str(tmp_path / "beat-state"),
+                **environment,
+            },
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -240,3 +247,20 @@ def test_another_python_is_found_on_the_path_or_under_pyenv(
     assert dev.find_python(version) == str(
         tmp_path / "versions" / f"{version}.10" / "bin" / f"python{version}"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "run_with"),
+    [
+        ([], ["-n", "2", "--dist", "loadfile"]),
+        (["-k", "flask"], ["-n", "2", "--dist", "loadfile", "-k", "flask"]),
+        (["-n", "0"], ["-n", "0"]),
+        (["-n4"], ["-n4"]),
+        (["-p", "no:xdist"], ["-p", "no:xdist"]),
+        (["tests/faults/test_load.py", "-s"], ["tests/faults/test_load.py", "-s"]),
+    ],
+)
+def test_the_suite_runs_in_two_processes_unless_asked_otherwise(
+    given: list[str], run_with: list[str]
+) -> None:
+    assert load_dev_script().in_processes(given) == run_with

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +17,9 @@ from quart import Quart
 
 from factories.application import create_application
 from tests.processes import free_port
+
+#: A task id in Celery's form that nobody publishes (the tests' database is flushed).
+NEVER_SENT = "3b241101-e2bb-4255-8caf-4136c566a962"
 
 DEADLINE = 5.0
 BLOCKING_TIMEOUT = 1.5
@@ -57,8 +59,8 @@ def unreachable_app(request: pytest.FixtureRequest, silent_server: int) -> Quart
     ("method", "path", "body"),
     [
         ("POST", "/api/tasks", {"name": "tests.echo", "kwargs": {"message": "hi"}}),
-        ("GET", f"/api/tasks/{uuid.uuid4()}", None),
-        ("DELETE", f"/api/tasks/{uuid.uuid4()}", None),
+        ("GET", f"/api/tasks/{NEVER_SENT}", None),
+        ("DELETE", f"/api/tasks/{NEVER_SENT}", None),
         ("GET", "/readyz", None),
     ],
 )
