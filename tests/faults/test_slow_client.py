@@ -35,12 +35,16 @@ async def test_a_stuck_client_is_dropped_as_too_slow_and_holds_up_no_one(
     flood = [accepted_task(server, "tests.count", steps=1000, delay=0.0) for _ in range(30)]
     followed = accepted_task(server, "tests.count", steps=100, delay=0.01)
 
-    # The stuck client: a small receive buffer, and it never reads.
+    # The stuck client: a small receive buffer, and it never reads; nor does it ping, as the
+    # websockets library does every 20 s: with its reading paused it would miss the pong and
+    # drop the connection itself (1006), once the test ran longer than that.
     raw = socket.socket()
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window
     raw.connect(("127.0.0.1", int(server.rsplit(":", 1)[1])))
     async with (
-        websockets.connect(f"{ws}/ws/tasks", sock=raw, max_queue=1, compression=None) as stuck,
+        websockets.connect(
+            f"{ws}/ws/tasks", sock=raw, max_queue=1, compression=None, ping_interval=None
+        ) as stuck,
         websockets.connect(ws + followed["websocket"]) as reader,
     ):
         await stuck.send(json.dumps({"subscribe": [task["id"] for task in flood]}))
