@@ -144,7 +144,7 @@ def test_on(versions: list[str], pytest_args: list[str]) -> int:
         if len(environments) == 1:
             ((version, environment),) = environments.items()
             log(f"Python {version}:")
-            return call([str(environment / "bin" / "pytest"), *pytest_args])
+            return call([str(environment / "bin" / "pytest"), *in_processes(pytest_args)])
         with ExitStack() as outputs:
             runs = []
             for database, (version, environment) in zip(
