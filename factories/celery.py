@@ -154,6 +154,8 @@ def celery_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     }
     if address.transport_options:
         settings["result_backend_transport_options"] = address.transport_options
+    if address.tls_options:  # a rediss:// REDIS_URL, with Sentinel
+        settings["broker_use_ssl"] = settings["redis_backend_use_ssl"] = address.tls_options
     for key, value in config.items():
         if key == "CELERY_VISIBILITY_TIMEOUT":
             continue

@@ -107,7 +107,8 @@ def in_processes(pytest_args: list[str]) -> list[str]:
     the same one; as they are where they choose otherwise (`-n 0`, `-p no:xdist`) or ask for
     the tests' output (`-s`, which pytest-xdist's processes do not pass on)."""
     chosen = any(
-        argument in ("-n", "--numprocesses", "no:xdist", "-s", "--capture=no")
+        argument in ("-n", "--numprocesses", "no:xdist", "-pno:xdist", "-s", "--capture=no")
+        or argument in ("--pdb", "--trace")  # a debugger wants the terminal
         or argument.startswith(("-n", "--numprocesses="))
         for argument in pytest_args
     )

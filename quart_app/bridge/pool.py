@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from kombu.exceptions import OperationalError
 from quart import Quart, current_app
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from quart_app.bridge.errors import ServiceUnavailable
@@ -67,12 +68,25 @@ async def answering(what: str, timeout: float) -> AsyncIterator[None]:
     except TimeoutError:
         message = f"{what.capitalize()} did not answer within {timeout} s."
         raise ServiceUnavailable(message) from None
-    except UNREACHABLE as error:
+    except (*UNREACHABLE, ResponseError) as error:
+        if not unavailable(error):
+            raise
         raise as_api_error(what, error) from None
 
 
+def unavailable(error: BaseException) -> bool:
+    """Whether `error` says the service cannot take calls now: it cannot be reached, or it is
+    a Redis master that refuses writes while no replica keeps up (`NOREPLICAS`, under
+    `min-replicas-to-write`), which redis-py raises as a plain `ResponseError`."""
+    if isinstance(error, ResponseError):
+        return str(error).startswith("NOREPLICAS")
+    return isinstance(error, UNREACHABLE)
+
+
 def as_api_error(what: str, error: Exception) -> Exception:
-    """A 503 for the error of a service that cannot be reached; any other error as it is."""
-    if isinstance(error, UNREACHABLE):
-        return ServiceUnavailable(f"{what.capitalize()} cannot be reached: {error}")
-    return error
+    """A 503 for the error of a service that cannot take calls now; any other error as it is."""
+    if not unavailable(error):
+        return error
+    if isinstance(error, ResponseError):
+        return ServiceUnavailable(f"{what.capitalize()} takes no writes now: {error}")
+    return ServiceUnavailable(f"{what.capitalize()} cannot be reached: {error}")

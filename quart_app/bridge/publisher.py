@@ -239,9 +239,10 @@ class Publisher:
         None where this path cannot send to the broker."""
         conf = celery.conf
         url = str(conf.broker_url or "")
-        if url == address.broker_url:  # the app's Redis (through Sentinel, where it is)
-            broker = address
-        elif url.split("://", 1)[0] in ("redis", "rediss") and ";" not in url:
+        scheme = url.split("://", 1)[0]
+        if url == address.broker_url and (address.sentinels or scheme in ("redis", "rediss")):
+            broker = address  # the app's Redis (through Sentinel, where it is)
+        elif scheme in ("redis", "rediss") and ";" not in url:
             broker = RedisAddress(url)
         else:
             return None

@@ -40,8 +40,9 @@ def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
     sentinels = []
     for one in value.split(","):
         host, colon, port = one.strip().rpartition(":")
-        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{one.strip()!r} is not host:port")
+        bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
+        if not colon or not host or bare_ipv6 or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{one.strip()!r} is not host:port (an IPv6 host in brackets)")
         sentinels.append((host.strip("[]"), int(port)))
     return tuple(sentinels)
 
@@ -94,6 +95,17 @@ class RedisAddress:
         if not self.sentinels:
             return {}
         return {"master_name": self.master, "sentinel_kwargs": self._sentinel_options()}
+
+    @property
+    def tls_options(self) -> dict[str, Any] | None:
+        """Celery's and kombu's TLS settings (`broker_use_ssl`, `redis_backend_use_ssl`) where
+        the master is reached through Sentinel by TLS (a `rediss://` `REDIS_URL`): the
+        `sentinel://` URL cannot say so itself. None otherwise."""
+        if not self.sentinels or urlsplit(self.url).scheme != "rediss":
+            return None
+        options = {name: value for name, value in parse_url(self.url).items() if "ssl_" in name}
+        options.setdefault("ssl_cert_reqs", "required")  # redis-py's default; Celery asks
+        return options
 
     def client(self, **options: Any) -> redis.Redis:
         """A blocking client (`options` are redis-py's connection options)."""

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from quart_app.bridge import records
 from quart_app.bridge.errors import ServiceUnavailable
-from quart_app.bridge.pool import UNREACHABLE, as_api_error, run_in_pool
+from quart_app.bridge.pool import as_api_error, run_in_pool, unavailable
 from quart_app.bridge.publisher import Outgoing, Publisher, Unsupported
 from quart_app.bridge.redis_address import RedisAddress
 from quart_app.extensions import celery
@@ -205,7 +205,7 @@ def _send(
     producer: Any, submission: Submission, earlier: list[Exception | None], deadline: float
 ) -> Exception | None:
     """Publish one task of a batch, unless an earlier one found the broker gone or time is up."""
-    gone = next((error for error in earlier if isinstance(error, UNREACHABLE)), None)
+    gone = next((error for error in earlier if error and unavailable(error)), None)
     if gone is not None:
         return gone
     if time.monotonic() > deadline:

@@ -11,6 +11,7 @@ from typing import Any
 import flask
 import pytest
 from celery import Celery
+from celery.backends.redis import SentinelManagedSSLConnection  # type: ignore[attr-defined]
 from quart import Quart
 
 from factories.application import create_application
@@ -95,6 +96,21 @@ def test_with_sentinels_the_broker_and_backend_find_the_master_through_them() ->
     assert isinstance(celery.backend, SentinelBackend)
     with celery.connection_for_write() as connection:
         assert connection.as_uri().startswith("sentinel://")  # the transport's name, not path
+
+
+def test_with_sentinels_a_rediss_url_means_tls_to_the_master_for_celery_too() -> None:
+    celery = configure_celery(
+        create_application(
+            {
+                "REDIS_URL": "rediss://:secret@ignored:6380/2?ssl_ca_certs=/etc/ca.pem",
+                "REDIS_SENTINELS": "s1:26379",
+                "REDIS_SENTINEL_MASTER": "main",
+            }
+        )
+    )
+    tls = {"ssl_ca_certs": "/etc/ca.pem", "ssl_cert_reqs": "required"}
+    assert celery.conf.broker_use_ssl == celery.conf.redis_backend_use_ssl == tls
+    assert celery.backend.connparams["connection_class"] is SentinelManagedSSLConnection  # type: ignore[attr-defined]
 
 
 def test_any_celery_setting_in_the_namespace_is_read() -> None:

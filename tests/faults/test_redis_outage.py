@@ -8,12 +8,14 @@ import json
 import time
 import urllib.request
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
-from tests.faults.conftest import RedisServer, Worker
+from factories.application import create_application
+from tests.faults.conftest import RedisServer, Worker, redis_binary
 from tests.metrics import sample
 from tests.servers import Server, http, post_task, task_in
 from tests.waiting import wait_for
@@ -100,3 +102,24 @@ async def test_redis_going_away_and_coming_back(
         assert (result["state"], result["result"]["message"]) == ("SUCCESS", message)
     assert worker.running(), worker.log()
     assert "Unrecoverable error" not in worker.log()
+
+
+async def test_a_master_that_refuses_writes_while_no_replica_keeps_up_is_503(
+    tmp_path: Path,
+) -> None:
+    # `min-replicas-to-write 1` with no replica: Redis answers every write NOREPLICAS, which
+    # redis-py raises as a plain ResponseError (it was a 500).
+    master = RedisServer(redis_binary(), tmp_path, "--min-replicas-to-write", "1")
+    master.start()
+    try:
+        app = create_application({"TESTING": True, "REDIS_URL": master.url()})
+        async with app.test_app() as test_app:
+            response = await test_app.test_client().post(
+                "/api/tasks", json={"name": "tests.echo", "kwargs": {"message": "refused"}}
+            )
+            answer = await response.get_json()
+    finally:
+        master.stop()
+    assert response.status_code == 503, answer
+    assert answer["error"]["code"] == "service_unavailable"
+    assert "NOREPLICAS" in answer["error"]["message"]

@@ -33,7 +33,8 @@ class Trickle:
 
     server: str
     socket: Any
-    #: (when answered, task id) of each accepted submission, in order.
+    #: (when asked, task id) of each accepted submission, in order: one asked before the
+    #: kill and answered after it counts as before.
     accepted: list[tuple[float, str]] = field(default_factory=list)
     refused: list[tuple[float, int]] = field(default_factory=list)
     #: The states the socket sent of each task, in order.
@@ -43,6 +44,7 @@ class Trickle:
     async def submit(self) -> None:
         n = 0
         while not self.stopping.is_set():
+            asked = time.monotonic()
             status, body = await asyncio.to_thread(
                 http,
                 "POST",
@@ -51,11 +53,11 @@ class Trickle:
                 {"Idempotency-Key": f"trickle-{n}"},
             )
             if status == 202:
-                self.accepted.append((time.monotonic(), body["id"]))
+                self.accepted.append((asked, body["id"]))
                 await self.socket.send(json.dumps({"subscribe": [body["id"]]}))
             else:
                 assert body["error"]["code"] == "service_unavailable", body
-                self.refused.append((time.monotonic(), status))
+                self.refused.append((asked, status))
             n += 1
             await asyncio.sleep(TRICKLE_PAUSE)  # a steady pace, not a wait for anything
 
@@ -66,7 +68,7 @@ class Trickle:
                 self.states.setdefault(update["id"], []).append(update["state"])
 
     def accepted_after(self, moment: float) -> list[str]:
-        return [task_id for answered, task_id in self.accepted if answered > moment]
+        return [task_id for asked, task_id in self.accepted if asked > moment]
 
     def ended(self, task_ids: list[str]) -> bool:
         return all(self.states.get(task_id, [""])[-1] in FINAL for task_id in task_ids)
@@ -113,7 +115,7 @@ async def test_a_failover_to_the_replica_is_found_without_restarting_anything(
             RECOVERY_TIMEOUT,
             "a submission to be accepted after the master was killed",
         )
-        recovered_at = next(answered for answered, _ in trickle.accepted if answered > killed_at)
+        recovered_at = next(asked for asked, _ in trickle.accepted if asked > killed_at)
         await wait_for_async(
             _true(lambda: len(trickle.accepted_after(killed_at)) >= 20),
             30,

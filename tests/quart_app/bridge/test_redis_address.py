@@ -19,8 +19,9 @@ SENTINELS = {"REDIS_SENTINELS": "127.0.0.1:26379,[::1]:26380", "REDIS_SENTINEL_M
 
 def test_sentinels_are_read_as_host_and_port() -> None:
     assert parse_sentinels(" s1:26379, [::1]:26380") == (("s1", 26379), ("::1", 26380))
-    with pytest.raises(ValueError, match="'s1' is not host:port"):
-        parse_sentinels("s1")
+    for wrong in ("s1", "fe80::1:26379", "s1:0", "s1:port"):
+        with pytest.raises(ValueError, match="is not host:port"):
+            parse_sentinels(wrong)
 
 
 def test_without_sentinels_the_url_is_all() -> None:

@@ -74,11 +74,11 @@ async def test_unreachable_redis_is_503_within_the_deadline(
         healthz = await test_app.test_client().get("/healthz")
         stopping = time.monotonic()
     # Serving stops soon too: a silent Redis held the result listener's hand-shake for good.
-    assert time.monotonic() - stopping < 2.5
+    assert time.monotonic() - stopping < 3.0
     assert response.status_code == 503
     answer = await response.get_json()
     assert answer["error"]["code"] in ("service_unavailable", "not_ready")
-    assert elapsed < BLOCKING_TIMEOUT + 0.5
+    assert elapsed < BLOCKING_TIMEOUT + 1.5
     assert healthz.status_code == 200  # and the server is still up
 
 
