@@ -32,7 +32,7 @@ import tempfile
 import time
 import venv
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
@@ -79,7 +79,9 @@ def main(argv: Sequence[str]) -> int:
     enter_virtualenv(argv, extras=["dev"] if args.command == "test" else [])
     redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     if args.command == "run":
-        with reachable_redis(redis_url):
+        # With REDIS_SENTINELS set the sentinels say where the master is, not REDIS_URL.
+        sentinels = bool(os.environ.get("REDIS_SENTINELS"))
+        with nullcontext() if sentinels else reachable_redis(redis_url):
             return serve(args.host, args.port, beat=args.beat)
     failed = [name for name, command in LINTERS.items() if call(command) != 0]
     ensure_chromium()

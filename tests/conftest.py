@@ -49,7 +49,7 @@ def redis_url() -> Iterator[str]:
     url = _database_url(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), database)
     with pytest.MonkeyPatch.context() as patch:
         for name in os.environ:
-            if name.startswith("CELERY_"):
+            if name.startswith(("CELERY_", "REDIS_SENTINEL")):  # the tests' Redis is REDIS_URL's
                 patch.delenv(name)
         patch.setenv("REDIS_URL", url)
         patch.setenv("CELERY_IMPORTS", json.dumps([PROBES]))
