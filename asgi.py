@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from quart_celery import exit_on_configuration_error
+
 from factories.application import create_application
-from factories.configuration import exit_on_configuration_error
 
 with exit_on_configuration_error():
     app = create_application()

@@ -2,5 +2,5 @@
 
 `application.create_application` builds the Quart app, `celery.configure_celery` configures the
 placeholder Celery instance from an app's config, and `configuration.get_config` reads the
-settings from defaults and the environment.
+app's own settings from defaults and the environment.
 """

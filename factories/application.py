@@ -11,26 +11,7 @@ from quart import Quart
 from factories.celery import configure_celery
 from factories.configuration import get_config
 from quart_app.blueprints import pages
-from quart_app.bridge import (
-    access,
-    admission,
-    connection,
-    garbage,
-    idempotency,
-    lookups,
-    metrics,
-    openapi,
-    pool,
-    rate_limits,
-    records,
-    result_listener,
-    shutdown,
-    submitter,
-    tracing,
-)
-from quart_app.bridge.blueprints import api, health, websockets
-from quart_app.bridge.errors import register_error_handlers
-from quart_app.bridge.exposure import exposed_tasks
+from quart_app.extensions import bridge
 
 
 def create_application(config: Mapping[str, Any] | None = None) -> Quart:
@@ -42,50 +23,33 @@ def create_application(config: Mapping[str, Any] | None = None) -> Quart:
     ensure_secret_key(app)
     register_extensions(app)
     register_blueprints(app)
-    register_error_handlers(app)
     return app
 
 
 def ensure_secret_key(app: Quart) -> None:
-    """Sign sessions with `SECRET_KEY`; without one, with a random key and a warning.
+    """Sign sessions with `SECRET_KEY`; without one, with a random key, and a warning when the
+    app starts serving.
 
     A random key works for one process until it restarts; with several processes behind one
-    address each would refuse the others' CSRF tokens, so production sets `SECRET_KEY`.
+    address each would refuse the others' CSRF tokens, so production sets `SECRET_KEY`. Only
+    a server signs anything: the Celery commands, which build the app too, stay quiet.
     """
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = secrets.token_hex(32)
-        app.logger.warning("SECRET_KEY is not set: using a random key for this process only")
+
+        @app.before_serving
+        async def warn_of_the_random_key() -> None:
+            app.logger.warning("SECRET_KEY is not set: using a random key for this process only")
 
 
 def register_extensions(app: Quart) -> None:
-    """Configure the placeholder extensions, and what opens when serving starts."""
+    """Configure the placeholder Celery, then the bridge (its JSON API, websockets, health
+    checks and metrics, with their settings), then your own extensions."""
     configure_celery(app)  # and import the task modules
-    # The bridge: the metrics, who gets in, how many sockets are set up at once and what each
-    # costs, the thread pool and Redis client, the look-ups, the submitter with its idempotency
-    # keys and rate limits, the result listener, hearing the server stop, and the OpenAPI
-    # document.
-    metrics.init_app(app)
-    access.init_app(app)
-    admission.init_app(app)
-    connection.init_app(app)
-    pool.init_app(app)
-    records.init_app(app)
-    lookups.init_app(app)
-    submitter.init_app(app)
-    idempotency.init_app(app)
-    rate_limits.init_app(app)
-    result_listener.init_app(app)
-    shutdown.init_app(app)
-    openapi.init_app(app)
-    tracing.init_app(app)  # where OTEL_* asks for it
+    bridge.init_app(app)
     # Your extensions here.
-    garbage.init_app(app)  # last: it freezes what the others open
 
 
 def register_blueprints(app: Quart) -> None:
-    """Attach the controllers: the bridge's JSON API, websockets, health checks and metrics;
-    your pages."""
-    app.register_blueprint(api.create_blueprint(exposed_tasks()))
-    app.register_blueprint(websockets.blueprint)
-    app.register_blueprint(health.blueprint)
+    """Attach your controllers (the bridge attached its own)."""
     app.register_blueprint(pages.blueprint)

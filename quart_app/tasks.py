@@ -15,9 +15,8 @@ from typing import Annotated, Any, Self
 from celery import Task
 from pydantic import Field, model_validator
 from quart import current_app
+from quart_celery import ArgumentRules, TaskState, checkpoint, expose
 
-from quart_app.bridge import ArgumentRules, checkpoint, expose
-from quart_app.bridge.states import TaskState
 from quart_app.extensions import celery
 
 #: At most this many seconds of planned work per task (steps * delay).

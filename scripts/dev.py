@@ -6,8 +6,11 @@
     python3 scripts/dev.py test    # ruff, mypy and the whole test suite
     python3 scripts/dev.py test --python 3.13 tests/quart_app   # the tests on another Python
 
-Both make a virtual environment in `.venv` and install the project into it (again only when
-`pyproject.toml` changes), then re-run themselves inside it. `test --python X.Y` runs the
+Both make a virtual environment in `.venv` and install the project and the bridge
+(`quart-celery/`, its own distribution) into it, editable (again only when a `pyproject.toml`
+changes), then re-run themselves inside it. The test suites are two, the bridge's own
+(`quart-celery/tests`, run from there with its settings) and the app's (`tests`); paths given
+to `test` choose among them. `test --python X.Y` runs the
 tests on that version instead, in `.venv-X.Y` (found on the PATH as `pythonX.Y`, or among
 pyenv's versions; where it is not installed, the command says so and skips it); given more
 than once, on each at once. Where no Redis answers at
@@ -38,6 +41,8 @@ from types import FrameType
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The bridge's own distribution, in a folder of its own, with its own settings and tests.
+BRIDGE = ROOT / "quart-celery"
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".installed.json"
@@ -74,6 +79,9 @@ def main(argv: Sequence[str]) -> int:
             parser.error("the project needs Python 3.11 or newer")
 
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    # Started in the background of a script (`dev.py run &`) SIGINT comes ignored, and Python
+    # then keeps it so: `kill -INT` would do nothing. Ctrl-C and `kill -INT` stop it here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.command == "test" and args.python:
         return test_on(args.python, pytest_args)
     enter_virtualenv(argv, extras=["dev"] if args.command == "test" else [])
@@ -83,20 +91,43 @@ def main(argv: Sequence[str]) -> int:
         sentinels = bool(os.environ.get("REDIS_SENTINELS"))
         with nullcontext() if sentinels else reachable_redis(redis_url):
             return serve(args.host, args.port, beat=args.beat)
-    failed = [name for name, command in LINTERS.items() if call(command) != 0]
+    failed = [name for name, (command, cwd) in LINTERS.items() if call(command, cwd) != 0]
     ensure_chromium()
     with reachable_redis(redis_url):
-        status = call([str(BIN / "pytest"), *in_processes(pytest_args)])
+        statuses = [
+            call([str(BIN / "pytest"), *in_processes(arguments)], suite)
+            for suite, arguments in suites(pytest_args)
+        ]
     if failed:
         log(f"failed: {', '.join(failed)}")
-    return status or int(bool(failed))
+    return max(statuses, default=0) or int(bool(failed))
 
 
+#: The checks, and the folder each runs in: ruff takes each folder's settings by itself; mypy
+#: checks each distribution with its own (both have a package named `tests`).
 LINTERS = {
-    "ruff check": [str(BIN / "ruff"), "check", "."],
-    "ruff format": [str(BIN / "ruff"), "format", "--check", "."],
-    "mypy": [str(BIN / "mypy")],
+    "ruff check": ([str(BIN / "ruff"), "check", "."], ROOT),
+    "ruff format": ([str(BIN / "ruff"), "format", "--check", "."], ROOT),
+    "mypy": ([str(BIN / "mypy")], ROOT),
+    "mypy (quart-celery)": ([str(BIN / "mypy")], BRIDGE),
 }
+
+
+def suites(pytest_args: list[str]) -> list[tuple[Path, list[str]]]:
+    """The test suites to run, each with its folder and pytest's arguments: the bridge's and
+    the app's, or those that hold the paths among `pytest_args` (a path in the bridge's folder
+    is given relative to it). Any other argument goes to each."""
+    paths: dict[Path, list[str]] = {BRIDGE: [], ROOT: []}
+    options: list[str] = []
+    for argument in pytest_args:
+        place = Path(argument.split("::", 1)[0])
+        if argument.startswith("-") or not (ROOT / place).exists():
+            options.append(argument)
+            continue
+        folder = BRIDGE if BRIDGE in [ROOT / place, *(ROOT / place).parents] else ROOT
+        paths[folder].append(str((ROOT / argument).relative_to(folder)))
+    chosen = [folder for folder, given in paths.items() if given] or list(paths)
+    return [(folder, [*options, *paths[folder]]) for folder in chosen]
 
 
 #: The suite's processes (pytest-xdist), each with its own two Redis databases: its tests
@@ -143,36 +174,42 @@ def test_on(versions: list[str], pytest_args: list[str]) -> int:
     if databases[-1] < 0:
         raise SystemExit(f"TEST_REDIS_DB={first} leaves too few databases for each Python")
     redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    statuses = dict.fromkeys(environments, 0)
     with reachable_redis(redis_url, next(iter(environments.values()))):
         if len(environments) == 1:
             ((version, environment),) = environments.items()
             log(f"Python {version}:")
-            return call([str(environment / "bin" / "pytest"), *in_processes(pytest_args)])
-        with ExitStack() as outputs:
-            runs = []
-            for database, (version, environment) in zip(
-                databases, environments.items(), strict=True
-            ):
-                output = outputs.enter_context(tempfile.TemporaryFile())
-                command = [str(environment / "bin" / "pytest"), *pytest_args]
-                log(f"Python {version}: pytest {' '.join(pytest_args)} (Redis db {database})")
-                process = subprocess.Popen(
-                    command,
-                    cwd=ROOT,
-                    env={**os.environ, "TEST_REDIS_DB": str(database)},
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=hear_ctrl_c,
-                )
-                runs.append((version, process, output))
-            statuses = {}
-            for n, (version, process, output) in enumerate(runs):
-                later = [run[1] for run in runs[n + 1 :]]
-                statuses[version] = wait_for_command(process, *later)
-                output.seek(0)
-                log(f"Python {version}: exit status {statuses[version]}")
-                sys.stdout.buffer.write(output.read())
-                sys.stdout.flush()
+            return max(
+                call([str(environment / "bin" / "pytest"), *in_processes(arguments)], suite)
+                for suite, arguments in suites(pytest_args)
+            )
+        for suite, arguments in suites(pytest_args):
+            with ExitStack() as outputs:
+                runs = []
+                for database, (version, environment) in zip(
+                    databases, environments.items(), strict=True
+                ):
+                    output = outputs.enter_context(tempfile.TemporaryFile())
+                    command = [str(environment / "bin" / "pytest"), *arguments]
+                    shown = " ".join(arguments)
+                    log(f"Python {version}: pytest {shown} in {suite.name} (Redis db {database})")
+                    process = subprocess.Popen(
+                        command,
+                        cwd=suite,
+                        env={**os.environ, "TEST_REDIS_DB": str(database)},
+                        stdout=output,
+                        stderr=subprocess.STDOUT,
+                        preexec_fn=hear_ctrl_c,
+                    )
+                    runs.append((version, process, output))
+                for n, (version, process, output) in enumerate(runs):
+                    later = [run[1] for run in runs[n + 1 :]]
+                    status = wait_for_command(process, *later)
+                    statuses[version] = statuses[version] or status
+                    output.seek(0)
+                    log(f"Python {version}: exit status {status}")
+                    sys.stdout.buffer.write(output.read())
+                    sys.stdout.flush()
     failed = [version for version, status in statuses.items() if status != 0]
     if failed:
         log(f"failed on Python {', '.join(failed)}")
@@ -207,7 +244,10 @@ def enter_virtualenv(argv: Sequence[str], extras: list[str]) -> None:
 def prepare_virtualenv(environment: Path, python: str, extras: list[str]) -> Path:
     """Make sure the virtual environment at `environment` (made with `python`) holds the
     project with `extras`, installing it again when `pyproject.toml` changes; return it."""
-    wanted = {"pyproject": digest(ROOT / "pyproject.toml"), "extras": sorted(extras)}
+    wanted = {
+        "pyproject": digest(ROOT / "pyproject.toml") + digest(BRIDGE / "pyproject.toml"),
+        "extras": sorted(extras),
+    }
     stamp = environment / ".installed.json"
     if not (environment / "bin" / "python").exists():
         log(f"creating the virtual environment in {environment.name}")
@@ -230,12 +270,13 @@ def prepare_virtualenv(environment: Path, python: str, extras: list[str]) -> Pat
 
 
 def pip_install(environment: Path, extras: list[str]) -> None:
-    """Install the project (editable) with `extras` into the virtual environment."""
+    """Install the project and the bridge it depends on (both editable), with `extras`, into
+    the virtual environment: in one command, so that pip takes the bridge from its folder."""
     target = f".[{','.join(extras)}]" if extras else "."
-    log(f"installing {target} into {environment.name}")
+    log(f"installing ./{BRIDGE.name} and {target} into {environment.name}")
     python = str(environment / "bin" / "python")
-    command = [python, "-m", "pip", "install", "--quiet", "--editable", target]
-    subprocess.run(command, cwd=ROOT, check=True)
+    command = [python, "-m", "pip", "install", "--quiet", "--editable", f"./{BRIDGE.name}"]
+    subprocess.run([*command, "--editable", target], cwd=ROOT, check=True)
 
 
 @contextmanager
@@ -362,15 +403,16 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def call(command: list[str]) -> int:
-    """Run `command` in the project's root and return its exit status.
+def call(command: list[str], cwd: Path = ROOT) -> int:
+    """Run `command` in `cwd` (the project's root) and return its exit status.
 
     On Ctrl-C the command (in the same process group) has its own SIGINT and cleans up, e.g.
     pytest stops the workers its tests started: wait for it rather than kill it. On SIGTERM,
     which reaches only this script, pass it on as a SIGINT.
     """
-    log(" ".join(Path(command[0]).name if i == 0 else part for i, part in enumerate(command)))
-    return wait_for_command(subprocess.Popen(command, cwd=ROOT, preexec_fn=hear_ctrl_c))
+    shown = " ".join(Path(command[0]).name if i == 0 else part for i, part in enumerate(command))
+    log(shown if cwd == ROOT else f"{shown} (in {cwd.relative_to(ROOT)})")
+    return wait_for_command(subprocess.Popen(command, cwd=cwd, preexec_fn=hear_ctrl_c))
 
 
 def wait_for_command(process: subprocess.Popen[bytes], *others: subprocess.Popen[bytes]) -> int:

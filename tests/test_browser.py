@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
-
-from tests.workers import ProcessWorker
+from quart_celery.testing import ProcessWorker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

@@ -12,15 +12,20 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from tests.processes import answers_http, free_port, start_process, stop_process_group
-from tests.servers import START_TIMEOUT, http
-from tests.waiting import wait_for
+from quart_celery.testing import (
+    START_TIMEOUT,
+    answers_http,
+    free_port,
+    http,
+    start_process,
+    stop_process_group,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-BEAT = {"tick": {"task": "tests.echo", "schedule": 0.5, "args": ["from the Procfile's beat"]}}
+BEAT = {"tick": {"task": "simple_task", "schedule": 0.5, "args": ["from the Procfile's beat"]}}
 
 
 def procfile() -> dict[str, str]:
@@ -56,7 +61,7 @@ def test_the_procfile_names_the_three_processes() -> None:
 
 def test_the_procfiles_processes_serve_run_and_schedule(platform: str, redis_url: str) -> None:
     status, accepted = http(
-        "POST", f"{platform}/api/tasks", {"name": "tests.echo", "kwargs": {"message": "posted"}}
+        "POST", f"{platform}/api/tasks", {"name": "simple_task", "kwargs": {"message": "posted"}}
     )
     assert status == 202
 

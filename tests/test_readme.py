@@ -1,6 +1,7 @@
 """The README's examples of your own code run as written: they are read out of README.md.
 
 These are tests of the examples (the README's route uses the example tasks), not of the bridge.
+The README is the front door: short, and every page it links to is there.
 """
 
 from __future__ import annotations
@@ -12,23 +13,33 @@ from pathlib import Path
 from types import ModuleType
 
 import redis
+from celery import Celery
 from quart.typing import TestClientProtocol as Client
+from quart_celery.testing import ThreadWorker, error_of
 
 from factories.application import create_application
-from quart_app.extensions import celery
-from tests.clients import error_of
-from tests.workers import ThreadWorker
+from quart_app.extensions import celery as placeholder
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
-def readme_example(containing: str) -> ModuleType:
-    """The README's Python example that contains `containing`, run as a module of its own."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+def readme_example(containing: str, page: Path = README) -> ModuleType:
+    """The page's Python example that contains `containing`, run as a module of its own."""
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
     (source,) = [block for block in blocks if containing in block]
     module = ModuleType(f"readme_example_{uuid.uuid4().hex}")
-    exec(compile(source, str(README), "exec"), module.__dict__)
+    exec(compile(source, str(page), "exec"), module.__dict__)
     return module
+
+
+def test_the_readme_is_a_front_door_whose_links_all_lead_somewhere() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 300
+    links = re.findall(r"\]\(([^)#:]+)\)", text)
+    assert "docs/architecture.md" in links
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert missing == []
 
 
 async def test_the_route_of_your_own_runs_on_the_async_api(
@@ -39,7 +50,7 @@ async def test_the_route_of_your_own_runs_on_the_async_api(
     app.register_blueprint(greetings.blueprint)
     async with app.test_app() as test_app:
         client: Client = test_app.test_client()
-        with thread_worker(celery):
+        with thread_worker(placeholder):
             response = await client.post("/greetings/Ada")
             assert response.status_code == 200
             answer = await response.get_json()
@@ -76,3 +87,10 @@ async def test_the_exposed_task_of_the_readme_is_accepted_checked_and_documented
         document = await (await client.get("/openapi.json")).get_json()
     rule = document["components"]["schemas"]["ResizeImageKwargs"]["description"]
     assert rule == "`width * height` may be at most 1,000,000 pixels."
+
+
+async def test_the_test_of_your_own_passes(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    example = readme_example("async def test_simple_task_runs_on_a_real_worker")
+    await example.test_simple_task_runs_on_a_real_worker(client, celery, thread_worker)

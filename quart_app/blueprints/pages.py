@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from quart import Blueprint, render_template, request, url_for
+from quart_celery import TaskNotFound, limits_submissions, queue, watch_ticket
 from quart_schema import hide
 
-from quart_app.bridge import limits_submissions, queue, watch_ticket
-from quart_app.bridge.errors import TaskNotFound
 from quart_app.forms import message_form
 from quart_app.tasks import simple_task
 

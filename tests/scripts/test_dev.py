@@ -21,9 +21,7 @@ from types import ModuleType
 
 import pytest
 import redis
-
-from tests.processes import answers_http, free_port
-from tests.waiting import wait_for
+from quart_celery.testing import answers_http, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,9 +31,9 @@ STOP_TIMEOUT = 30.0
 
 ROUND_TRIP = """
 from factories.application import create_application
-from tests.worker_tasks import async_echo
+from quart_app.tasks import async_task
 create_application()
-print(async_echo.delay("round trip").get(timeout=30)["message"])
+print(async_task.delay("round trip").get(timeout=30)["message"])
 """
 
 
@@ -136,7 +134,7 @@ def test_the_run_command_brings_everything_up_and_down(system: System) -> None:
     assert not [pid for pid in started if alive(pid)]
 
 
-BEAT = {"tick": {"task": "tests.echo", "schedule": 0.5, "args": ["from beat"]}}
+BEAT = {"tick": {"task": "simple_task", "schedule": 0.5, "args": ["from beat"]}}
 
 
 @pytest.mark.parametrize(

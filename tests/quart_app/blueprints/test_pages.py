@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from urllib.parse import quote
 
 import redis
 from celery import Celery
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from quart.typing import TestClientProtocol as Client
-
-from tests.waiting import wait_for_async
-from tests.workers import ThreadWorker
+from quart_celery.testing import ThreadWorker, wait_for_async
 
 
 async def csrf_token(client: Client) -> str:
@@ -91,3 +92,33 @@ async def test_the_result_page_follows_its_task_live_and_works_without_scripts(
     assert '<progress id="progress" max="100" value="0">' in page
     assert '<dd id="state">PENDING</dd>' in page  # what shows without scripts
     assert "<noscript>" in page
+
+
+# Hostile input: whatever a client sends the pages, the answer is a page, never a 500.
+HOSTILE = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+@HOSTILE
+@given(
+    form=st.dictionaries(
+        st.sampled_from(["message", "csrf_token", "other"]) | st.text(max_size=10),
+        st.text(max_size=2000),
+        max_size=4,
+    )
+)
+async def test_any_form_gets_a_page_and_never_a_500(client: Client, form: dict[str, str]) -> None:
+    response = await client.post("/", form=form)
+    # Without the session's CSRF token no form is valid: the page again, with the reason.
+    assert response.status_code in (400, 413), response.status_code
+
+
+@HOSTILE
+@given(task_id=st.text(min_size=1, max_size=100))
+async def test_any_id_in_a_result_pages_url_is_404(client: Client, task_id: str) -> None:
+    page = await client.get(f"/result/{quote(task_id, safe='')}")
+    # 308: "/result/%2F0" is "/result//0", which Werkzeug redirects to "/result/0".
+    assert page.status_code in (404, 308)

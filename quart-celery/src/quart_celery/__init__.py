@@ -1,0 +1,76 @@
+"""quart-celery: Celery tasks for Quart apps, run in the app's context and served over HTTP and
+websockets without blocking the event loop.
+
+    from quart_celery import QuartCelery, expose, queue
+
+What your code uses is here, and only here (the modules under `quart_celery._*` are the
+bridge's own):
+
+- `QuartCelery`: the extension; `QuartCelery(celery)` beside your placeholder Celery instance,
+  `init_celery(app)` in your Celery factory, `init_app(app)` in your application factory;
+- `expose` (and `ArgumentRules`): let clients start a task over the JSON API, its arguments
+  checked against its signature;
+- `queue`: submit, look up, follow and wait for tasks from async views, without blocking;
+- `APIError` and its kinds: raise one in a view to answer with a JSON error; `queue` raises
+  them;
+- `TaskState`, `TaskSnapshot`: a task as clients see it;
+- `checkpoint` (and `TaskCancelled`): where a long sync task may stop if it is cancelled;
+- `watch_ticket`: lets a page of yours follow one task over its websocket;
+- `limits_submissions`: counts a view of yours that submits against `API_RATE_LIMIT`;
+- `ContextTask`: the base class of every task, to derive your own from;
+- `ConfigurationError`, `exit_on_configuration_error`: a wrong setting, as one line at start-up.
+
+`quart_celery.testing` is a pytest plugin with fixtures for your tests. Importing any of this
+connects nowhere.
+"""
+
+from __future__ import annotations
+
+from quart_celery._client import queue
+from quart_celery._client.exposure import ArgumentRules, expose
+from quart_celery._protection.access import watch_ticket
+from quart_celery._protection.rate_limits import limits_submissions
+from quart_celery._worker.cancellation import TaskCancelled, checkpoint
+from quart_celery._worker.task import ContextTask
+from quart_celery.errors import (
+    APIError,
+    FellBehind,
+    InvalidArguments,
+    ResultTimeout,
+    ServiceUnavailable,
+    TaskFailed,
+    TaskNotFound,
+    TaskRevoked,
+)
+from quart_celery.extension import QuartCelery
+from quart_celery.schemas import Progress, TaskFailure, TaskSnapshot
+from quart_celery.settings import ConfigurationError, exit_on_configuration_error
+from quart_celery.states import TaskState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIError",
+    "ArgumentRules",
+    "ConfigurationError",
+    "ContextTask",
+    "FellBehind",
+    "InvalidArguments",
+    "Progress",
+    "QuartCelery",
+    "ResultTimeout",
+    "ServiceUnavailable",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskFailure",
+    "TaskNotFound",
+    "TaskRevoked",
+    "TaskSnapshot",
+    "TaskState",
+    "checkpoint",
+    "exit_on_configuration_error",
+    "expose",
+    "limits_submissions",
+    "queue",
+    "watch_ticket",
+]

@@ -1,0 +1,161 @@
+"""The task queue from async code: submit a task, look one up, follow one, wait for its result.
+
+For your own views and websocket handlers, in place of Celery's blocking calls (`delay()`,
+`AsyncResult.get()`), which would stall the event loop; Celery itself has no awaitable result
+(celery/celery#6603). Call these while the app serves, in its context:
+
+    task_id = await queue.submit(send_report, report_id=7)
+    snapshot = await queue.look_up(task_id)
+    async for snapshot in queue.follow(task_id):
+        ...
+    report = await queue.result(task_id, timeout=30)
+
+Submitting goes through the app's submitter, in batches; a look-up through its thread pool;
+following and waiting through the process's one pub/sub listener, so a follower costs no
+thread and no polling. The JSON API and the websockets are built on these same calls. Every
+error they raise is an `APIError`: uncaught in a view, it answers with its status and the
+usual JSON body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any
+
+from celery import Signature, Task
+from quart import current_app
+
+from quart_celery._broker.task_ids import parse_task_id
+from quart_celery._client.current import current_celery
+from quart_celery._client.exposure import check_arguments
+from quart_celery._client.following import Follower, TaskError
+from quart_celery._client.reader import task_reader
+from quart_celery._client.snapshots import decoded, snapshot_from_meta
+from quart_celery._client.submitter import Submission, submitter
+from quart_celery._observability import metrics
+from quart_celery.errors import (
+    FellBehind,
+    InvalidArguments,
+    ResultTimeout,
+    ServiceUnavailable,
+    TaskFailed,
+    TaskNotFound,
+    TaskRevoked,
+)
+from quart_celery.schemas import TaskSnapshot
+from quart_celery.states import FINAL_STATES, TaskState
+
+__all__ = [
+    "FellBehind",
+    "InvalidArguments",
+    "ResultTimeout",
+    "ServiceUnavailable",
+    "TaskFailed",
+    "TaskNotFound",
+    "TaskRevoked",
+    "follow",
+    "look_up",
+    "result",
+    "submit",
+]
+
+
+async def submit(task: Task[Any, Any] | Signature[Any], /, *args: Any, **kwargs: Any) -> str:
+    """Send a run of `task` with these arguments; its id, once the broker has it.
+
+    For Celery's options, pass a signature instead: `submit(report.s(7).set(countdown=60))`
+    (with `task_id` among them, the task gets that id). `InvalidArguments` (422) if the
+    arguments do not fit the task's declared ones; `ServiceUnavailable` (503) if the broker
+    does not take it within `BLOCKING_TIMEOUT`. Either way it was not sent, and will not be.
+    """
+    options: dict[str, Any] = {}
+    if isinstance(task, Signature):
+        if args or kwargs:
+            raise TypeError("submit(signature) takes no more arguments: put them in the signature")
+        signature = task
+        if signature.task is None:
+            raise TypeError(f"{signature!r} names no task")
+        task = current_celery().tasks[signature.task]
+        args, kwargs = tuple(signature.args), dict(signature.kwargs)
+        options = dict(signature.options)
+    check_arguments(task, args, kwargs)
+    return await submit_checked(task, args, kwargs, options)
+
+
+async def submit_checked(
+    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+) -> str:
+    """`submit`, for arguments checked already (the JSON API's, by its request model), with
+    Celery's `options`."""
+    options = dict(options)
+    task_id = str(options.pop("task_id", None) or uuid.uuid4())
+    submission = Submission(task, args, kwargs, options, task_id=task_id)
+    try:
+        await submitter().submit(submission)
+    except ServiceUnavailable:
+        metrics.count_submission(task.name, "unavailable")
+        raise
+    metrics.count_submission(task.name, "accepted")
+    return submission.task_id
+
+
+async def look_up(task_id: str) -> TaskSnapshot:
+    """The task's snapshot now; `TaskNotFound` (404) if no task was published as `task_id`."""
+    normal = parse_task_id(task_id)
+    if normal is None:
+        raise TaskNotFound(task_id)
+    found = await task_reader().read(normal, name=True, stored=True)
+    if found.name is None:
+        raise TaskNotFound(task_id)
+    stored = decoded(current_celery().backend, found.stored)
+    return snapshot_from_meta(normal, found.name, stored, current_app.debug)
+
+
+async def follow(task_id: str) -> AsyncGenerator[TaskSnapshot, None]:
+    """The task's snapshot, then each change of it as it happens, ending after its final state.
+
+    `TaskNotFound` if no task was published as `task_id`; `FellBehind` if more than
+    `WS_QUEUE_SIZE` changes wait for you. Stopping early, wrap it in `contextlib.aclosing` to
+    stop following at once rather than when the iterator is collected.
+    """
+    follower = Follower()
+    try:
+        await follower.follow(task_id)
+        while True:
+            event = await follower.next_event()
+            if isinstance(event, TaskError):
+                raise event.error
+            if isinstance(event, TaskSnapshot):
+                yield event
+                if event.state in FINAL_STATES:
+                    return
+    finally:
+        follower.close()
+
+
+async def result(task_id: str, timeout: float | None = None) -> Any:
+    """Wait for the task's result, for at most `timeout` seconds (None: for as long as it takes).
+
+    `TaskFailed` (502) if it failed, `TaskRevoked` (409) if it was revoked, `ResultTimeout`
+    (504, a `TimeoutError`) if it has not ended in time (it goes on running), `TaskNotFound`
+    (404) if no task was published as `task_id`.
+    """
+    last: TaskSnapshot | None = None
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline, aclosing(follow(task_id)) as changes:
+            async for snapshot in changes:
+                last = snapshot
+    except TimeoutError:
+        if timeout is None or not deadline.expired():
+            raise
+        raise ResultTimeout(task_id, timeout) from None
+    assert last is not None and last.state in FINAL_STATES
+    if last.state == TaskState.SUCCESS:
+        return last.result
+    if last.state == TaskState.FAILURE:
+        raise TaskFailed(last)
+    raise TaskRevoked(last)

@@ -1,0 +1,32 @@
+"""Every worker's check, before it runs a task, that the task was not revoked meanwhile.
+
+Workers keep the revocations they hear in memory only: one that restarted, or started after
+the revoke, would run the task anyway. So the web app also marks a task it revokes before it
+starts as REVOKED in the result backend (`quart_celery._client.revocation`), and every worker
+looks there before running a task it receives, one read per task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import signals, states
+from celery.worker import state as worker_state
+from celery.worker.request import Request
+
+
+def init_celery() -> None:
+    """Make every worker skip a task that the result backend says was revoked."""
+    signals.task_received.connect(skip_if_revoked, weak=False, dispatch_uid=__name__)
+
+
+def skip_if_revoked(request: Request, **_: Any) -> None:
+    """Count a received task as revoked if the result backend says it was (a signal receiver).
+
+    A task the worker counts as revoked is acknowledged and recorded as REVOKED, never run.
+    """
+    if (
+        request.id not in worker_state.revoked
+        and request.task.backend.get_state(request.id) == states.REVOKED
+    ):
+        worker_state.revoked.add(request.id)

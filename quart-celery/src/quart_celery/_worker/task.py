@@ -1,0 +1,159 @@
+"""The base class of every task: it runs the task inside its web app's context.
+
+`factories.celery.configure_celery(app)` binds the placeholder's tasks to `app`; from then on
+every task runs inside that app's context, so `current_app`, its config and its extensions work
+in tasks as they do in views, and `teardown_appcontext` handlers run after each task. A Quart
+app's context is async-only, so it is pushed and popped on the thread's own event loop
+(`quart_celery._worker.event_loops`); a Flask app's is pushed as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, ClassVar, TypeAlias
+
+from celery import Celery, Task
+from celery.exceptions import Ignore
+from flask import Flask
+from quart import Quart
+
+from quart_celery._worker.cancellation import Running, TaskCancelled, cancellable
+from quart_celery._worker.event_loops import call_outside_loop, run_coroutine
+
+WebApp: TypeAlias = Quart | Flask
+logger = logging.getLogger(__name__)
+
+
+class ContextTask(Task[Any, Any]):
+    """The base of every task: runs the task inside its web app's context.
+
+    An `async def` task is awaited on the calling thread's own event loop (see
+    `quart_celery._worker.event_loops`); a sync task runs on the thread itself, outside any loop,
+    so it may call `asyncio.run` as usual. Teardown handlers run after every task, with its
+    exception.
+    """
+
+    #: The app whose context tasks run in; `QuartCelery.init_celery` sets it.
+    web_app: ClassVar[WebApp | None] = None
+    #: Set here, not only in the settings: Celery copies a setting onto a task when the task is
+    #: first used, which may be before the app is configured.
+    track_started = True
+    #: The options this task takes from the settings, not from its own declaration.
+    options_from_settings: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        app = self.web_app
+        if app is None:
+            raise RuntimeError(
+                f"task {self.name!r} was called before the Celery factory bound it to an app "
+                "(QuartCelery.init_celery(app))"
+            )
+        request = self.request_stack.top
+        return call_outside_loop(partial(self._call_with_request, app, request, args, kwargs))
+
+    @classmethod
+    def bind(cls, app: Celery) -> Celery:
+        """Bind the task to `app`, noting which options it leaves to the settings.
+
+        Celery copies those settings (`task_acks_late`, ...) onto the task once, when it is
+        first used; `take_settings_again` copies them anew once the app is configured.
+        """
+        if "options_from_settings" not in vars(cls):
+            cls.options_from_settings = tuple(
+                attribute
+                for attribute, _ in cls.from_config
+                if getattr(cls, attribute, None) is None
+            )
+        return super().bind(app)
+
+    @classmethod
+    def take_settings_again(cls, app: Celery) -> None:
+        """Copy `app`'s current settings onto the options the task leaves to them."""
+        for attribute in cls.options_from_settings:
+            setattr(cls, attribute, None)
+        cls.bind(app)
+
+    def _call_with_request(
+        self, app: WebApp, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run the body with the caller's request, also when it runs on the helper thread.
+
+        Celery keeps the current request per thread: an eager call from async code, moved to
+        the helper thread, must still see its id and retries in `self.request`.
+        """
+        stack = self.request_stack
+        carried = request is not None and stack.top is not request
+        if carried:
+            stack.push(request)
+        # A worker's run can be cancelled (`quart_celery._worker.cancellation`); a direct or
+        # eager call cannot: no worker hears the request.
+        task_id = None if request is None or request.is_eager else request.id
+        try:
+            with cancellable(task_id) as running:
+                try:
+                    return _call_in_app_context(app, self.run, args, kwargs, running)
+                except (TaskCancelled, asyncio.CancelledError):
+                    if running is None or not running.cancelled.is_set():
+                        raise
+                # Ended as REVOKED, and said so to Flower and `celery events`; Ignore has the
+                # worker acknowledge the message, so late acknowledgement does not hand it to
+                # another worker.
+                self.backend.mark_as_revoked(running.task_id, "cancelled", request=request)
+                try:
+                    self.send_event("task-revoked", terminated=True, signum=None, expired=False)
+                except Exception:  # an event, not the task's end: that is stored already
+                    logger.warning("could not send task-revoked for %s", running.task_id)
+                raise Ignore()
+        finally:
+            if carried:
+                stack.pop()
+
+
+def _call_in_app_context(
+    app: WebApp,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    running: Running | None = None,
+) -> Any:
+    """Call a task's body inside `app`'s context, awaiting it if it is a coroutine (so that
+    `running` can cancel it)."""
+    context = contextvars.copy_context()
+    pop_app_context = _push_app_context(app, context)
+    try:
+        result = context.run(function, *args, **kwargs)
+        if inspect.isawaitable(result):
+            awaited = _as_coroutine(result)
+            result = run_coroutine(running.run(awaited) if running else awaited, context)
+    except BaseException as error:
+        pop_app_context(error)
+        raise
+    pop_app_context(None)
+    return result
+
+
+def _push_app_context(
+    app: WebApp, context: contextvars.Context
+) -> Callable[[BaseException | None], None]:
+    """Push `app`'s context into `context`; return the function that pops it.
+
+    Quart's app context is async-only, so it is pushed and popped on this thread's loop; both
+    must happen in the same `contextvars.Context` as the task body for `current_app` to work.
+    """
+    if isinstance(app, Quart):
+        quart_context = app.app_context()
+        run_coroutine(quart_context.push(), context)
+        return lambda error: run_coroutine(quart_context.pop(error), context)
+    flask_context = app.app_context()
+    context.run(flask_context.push)
+    return lambda error: context.run(flask_context.pop, error)
+
+
+async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
+    """Wrap any awaitable a task returned in the coroutine a loop can run."""
+    return await awaitable

@@ -1,0 +1,193 @@
+"""Probe tasks: the tasks the bridge's tests run, bound to the probe app's placeholder.
+
+The probe app lists this module in its Celery's `include`, so that the servers and workers the
+tests start know these tasks too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Annotated, Any, Self
+from weakref import WeakKeyDictionary
+
+import flask
+import quart
+from celery import Task
+from celery.exceptions import Ignore
+from pydantic import Field, model_validator
+from redis.asyncio import Redis
+
+from quart_celery import ArgumentRules, checkpoint, expose
+from tests.probe_app import celery
+
+Text = Annotated[str, Field(min_length=1, max_length=100)]
+Seconds = Annotated[float, Field(ge=0, le=5)]
+
+# One client per event loop, as an app would cache one: a client is bound to the loop it was
+# made on, so one cache across loops would fail, and a new loop per task would close it.
+_clients: WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = WeakKeyDictionary()
+
+
+class AtMostAMinute(ArgumentRules):
+    """`steps * delay` may be at most 60 seconds."""
+
+    steps: int
+    delay: float
+
+    @model_validator(mode="after")
+    def at_most_a_minute(self) -> Self:
+        """Refuse more than a minute of work."""
+        if self.steps * self.delay > 60:
+            raise ValueError(f"steps * delay is {self.steps * self.delay:g} s; at most 60")
+        return self
+
+
+@expose
+@celery.task(name="tests.echo")
+def echo(message: Text) -> str:
+    """Return `message`: the smallest round trip."""
+    return message
+
+
+@expose(rules=AtMostAMinute)
+@celery.task(name="tests.count", bind=True)
+def count(
+    self: Task[Any, Any], steps: Annotated[int, Field(ge=1, le=1000)], delay: Seconds = 0.0
+) -> dict[str, int]:
+    """Count to `steps`, a step every `delay` seconds, recording PROGRESS after each, and
+    stopping there if it was cancelled."""
+    for current in range(1, steps + 1):
+        time.sleep(delay)
+        self.update_state(state="PROGRESS", meta={"current": current, "total": steps})
+        checkpoint()
+    return {"steps": steps}
+
+
+@expose
+@celery.task(name="tests.async_echo")
+async def async_echo(message: Text, delay: Seconds = 0.0) -> dict[str, str]:
+    """Await `delay` seconds; return `message` and the name of the app whose context it ran in."""
+    await asyncio.sleep(delay)
+    return {"message": message, "app": quart.current_app.name}
+
+
+@expose
+@celery.task(name="tests.fail")
+def fail(message: Text) -> None:
+    """Raise `ValueError(message)`."""
+    raise ValueError(message)
+
+
+@expose
+@celery.task(name="tests.uploads", bind=True)
+def uploads(self: Task[Any, Any], files: list[Text]) -> dict[str, int]:
+    """Record a state of its own, UPLOADING, with a new meta for each file."""
+    for file in files:
+        for percent in (0, 100):
+            self.update_state(state="UPLOADING", meta={"file": file, "percent": percent})
+    self.update_state(state="PROGRESS", meta={"current": 1, "total": 1, "status": "all sent"})
+    return {"uploaded": len(files)}
+
+
+@expose
+@celery.task(name="tests.stays_in", bind=True)
+def stays_in(self: Task[Any, Any], state: Text, meta: dict[str, Any] | None = None) -> None:
+    """Record `state` with `meta`, then end without a state of Celery's (`Ignore`)."""
+    self.update_state(state=state, meta=meta)
+    raise Ignore()
+
+
+@expose
+@celery.task(name="tests.spawn")
+def spawn(message: Text) -> str:
+    """Start `tests.echo` with `message`, as a task of a task; return its id."""
+    return str(echo.delay(message).id)
+
+
+@celery.task(name="tests.web_app_name")
+def web_app_name() -> str:
+    """The name of the Quart app whose context a sync task runs in."""
+    return quart.current_app.name
+
+
+@celery.task(name="tests.runs_its_own_loop")
+def runs_its_own_loop() -> str:
+    """A sync task may run a loop of its own: it is not called on the worker's loop."""
+
+    async def name() -> str:
+        return quart.current_app.name
+
+    return asyncio.run(name())
+
+
+@celery.task(name="tests.calls_a_task_directly")
+async def calls_a_task_directly() -> dict[str, str]:
+    """An async task that calls another async task as a function, from inside a loop."""
+    result: dict[str, str] = async_echo("inner")
+    return result
+
+
+@celery.task(name="tests.cached_client")
+async def cached_client(key: str) -> dict[str, int]:
+    """Count with a Redis client cached for this loop; say which process, thread and loop ran."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = _clients[loop] = Redis.from_url(quart.current_app.config["REDIS_URL"])
+    count = await client.incr(key)
+    return {
+        "pid": os.getpid(),
+        "thread": threading.get_ident(),
+        "loop": id(loop),
+        "client": id(client),
+        "count": count,
+    }
+
+
+@celery.task(name="tests.retried_once", bind=True)
+def retried_once(self: Task[Any, Any]) -> dict[str, Any]:
+    """Retry once, then report the request the task saw: its id, eagerness and retries."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=0, exc=RuntimeError("again"))
+    return {"id": self.request.id, "eager": self.request.is_eager, "retries": self.request.retries}
+
+
+@celery.task(name="tests.increment_later")
+async def increment_later(key: str, seconds: float) -> None:
+    """Wait, then count: shows whether a task stopped by its time limit really stopped."""
+    await asyncio.sleep(seconds)
+    client = Redis.from_url(quart.current_app.config["REDIS_URL"])
+    await client.incr(key)
+    await client.aclose()
+
+
+@celery.task(name="tests.sleeps_then_cleans_up")
+async def sleeps_then_cleans_up(key: str, seconds: float) -> None:
+    """Sleep; whatever ends the sleep, note in `key` that the `finally` block ran."""
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        client = Redis.from_url(quart.current_app.config["REDIS_URL"])
+        await client.set(key, "cleaned up")
+        await client.aclose()
+
+
+@celery.task(name="tests.acks_late_always", acks_late=True)
+def acks_late_always() -> None:
+    """A task that sets an option itself, which the settings must not override."""
+
+
+@celery.task(name="tests.flask_app_name")
+def flask_app_name() -> str:
+    """The name of the Flask app whose context a sync task runs in."""
+    return flask.current_app.name
+
+
+@celery.task(name="tests.flask_app_name_async")
+async def flask_app_name_async() -> str:
+    """The name of the Flask app whose context an async task runs in."""
+    await asyncio.sleep(0)
+    return flask.current_app.name
