@@ -71,8 +71,9 @@ def alive(pid: int) -> bool:
 def system(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[System]:
     """`scripts/dev.py run` on free ports, with no Redis at its `REDIS_URL`; stopped after.
 
-    Parametrized indirectly: more arguments for the run command, and more environment."""
-    arguments, environment = getattr(request, "param", ([], {}))
+    Parametrized indirectly: more arguments for the run command, more environment, and
+    whether it starts as a shell's background job does, with SIGINT ignored."""
+    arguments, environment, *background = getattr(request, "param", ([], {}))
     port, redis_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     log = tmp_path / "run.log"
@@ -90,6 +91,7 @@ def system(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[System]:
             },
             stdout=output,
             stderr=subprocess.STDOUT,
+            preexec_fn=ignore_sigint if background == [True] else None,
         )
         started: set[int] = set()
         try:
@@ -111,6 +113,19 @@ def system(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[System]:
                 for pid in started:  # only if the run command failed to stop what it started
                     with suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGKILL)
+
+
+def ignore_sigint() -> None:
+    """In the child, before it starts: SIGINT ignored, as `sh -c 'dev.py run &'` leaves it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("system", [([], {}, True)], indirect=True, ids=["background"])
+def test_the_run_command_started_in_the_background_stops_on_sigint(system: System) -> None:
+    started = children_of(system.process.pid)
+    system.process.send_signal(signal.SIGINT)  # `kill -INT`: what Ctrl-C sends
+    assert system.process.wait(STOP_TIMEOUT) == 0, system.log.read_text()
+    assert not [pid for pid in started if alive(pid)]
 
 
 def test_the_run_command_brings_everything_up_and_down(system: System) -> None:

@@ -14,9 +14,10 @@ from quart_celery.states import STATE_DESCRIPTION, TaskState
 
 
 class Strict(BaseModel):
-    """Types as declared (no "5" for 5) and no field that is not declared."""
+    """Types as declared (no "5" for 5), no field that is not declared, and no NaN or infinity
+    for a number (JSON has neither)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 class TaskAccepted(BaseModel):

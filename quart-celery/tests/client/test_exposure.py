@@ -163,3 +163,21 @@ def test_a_task_the_api_cannot_check_is_refused_when_the_app_is_built(
 def test_rules_must_be_argument_rules() -> None:
     with pytest.raises(TypeError, match="subclass of ArgumentRules"):
         expose(rules=dict)  # type: ignore[arg-type]
+
+
+def test_one_task_declared_twice_is_exposed_once_and_two_of_one_name_are_refused(
+    other_celery: Celery,
+) -> None:
+    def greet(name: str) -> str:
+        """Greets."""
+        return f"hello, {name}"
+
+    # A module run twice (an example read out of the docs, say): Celery gives the name's task
+    # again, and it is one exposed task.
+    first = other_celery.task(name="greet")(greet)
+    again = other_celery.task(name="greet")(greet)
+    exposed = resolve([Declaration(first, None), Declaration(again, None)])
+    assert list(exposed.by_name) == ["greet"]
+    other = Celery("another", set_as_current=False).task(name="greet")(greet)
+    with pytest.raises(TypeError, match="two exposed tasks are both named 'greet'"):
+        resolve([Declaration(first, None), Declaration(other, None)])

@@ -9,17 +9,18 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
 from celery import Celery
-from quart import Quart
+from quart import Blueprint, Quart
 
-from quart_celery import TaskFailed, TaskRevoked, queue
+from quart_celery import InvalidArguments, ResultTimeout, TaskFailed, TaskRevoked, queue
 from quart_celery.errors import TaskNotFound
-from quart_celery.testing import ThreadWorker
+from quart_celery.testing import ThreadWorker, error_of
 from tests.probe_app import KEYS
-from tests.worker_tasks import async_echo, count, echo, fail
+from tests.worker_tasks import async_echo, cached_client, count, echo, fail, increment_later
 
 TIMEOUT = 20.0
 
@@ -84,8 +85,9 @@ async def test_result_raises_what_the_task_came_to(
 
 async def test_result_gives_up_after_its_timeout(serving: Quart) -> None:
     task_id = await queue.submit(echo, "no worker runs")
-    with pytest.raises(TimeoutError):
+    with pytest.raises(ResultTimeout) as raised:
         await queue.result(task_id, timeout=0.2)
+    assert isinstance(raised.value, TimeoutError)  # what `asyncio.timeout` raises, too
     listener = serving.extensions["quart_celery.result_listener"]
     assert task_id not in listener.recipients  # it stopped following
 
@@ -128,3 +130,74 @@ async def test_an_id_never_published_is_not_found(serving: Quart, task_id: str) 
         await anext(queue.follow(task_id))
     with pytest.raises(TaskNotFound):
         await queue.result(task_id, timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "kwargs", "problem"),
+    [
+        (echo, (), {"message": ""}, "message: String should have at least 1 character"),
+        (echo, (5,), {}, "message: Input should be a valid string"),
+        (echo, (), {"message": "x", "extra": 1}, "unexpected keyword argument 'extra'"),
+        (echo, (), {}, "missing a required argument: 'message'"),
+        (count, (), {"steps": 1000, "delay": 1.0}, "steps * delay is 1000 s; at most 60"),
+        (count, (), {"steps": 2, "delay": float("nan")}, "delay: Input should be a finite"),
+        (cached_client, (), {"key": 5}, "key: Input should be a valid string"),  # not exposed
+        (increment_later, ("k",), {}, "missing a required argument: 'seconds'"),
+    ],
+)
+async def test_submit_checks_the_arguments_against_the_tasks_declared_ones(
+    serving: Quart,
+    redis_client: redis.Redis,
+    task: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    problem: str,
+) -> None:
+    with pytest.raises(InvalidArguments) as raised:
+        await queue.submit(task, *args, **kwargs)
+    assert problem in str(raised.value)
+    assert (raised.value.status, raised.value.code) == (422, "invalid_arguments")
+    assert isinstance(raised.value, TypeError)  # as a call with bad arguments raises
+    assert redis_client.llen("celery") == 0  # nothing was sent
+    assert redis_client.keys(KEYS.task("*")) == []  # nor recorded
+    await queue.submit(increment_later, "k", 0.5)  # arguments that fit: sent, positional too
+
+
+async def test_what_queue_raises_in_a_route_answers_as_a_json_error(
+    app: Quart, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    views = Blueprint("waits", __name__)
+
+    @views.post("/waits/<name>")
+    async def wait(name: str) -> dict[str, Any]:
+        task = {"fail": fail, "echo": echo}[name]
+        task_id = await queue.submit(task, message=name)
+        if name == "echo":  # revoked before any worker takes it
+            await app.test_client().delete(f"/api/tasks/{task_id}")
+        return {"result": await queue.result(task_id, timeout=TIMEOUT)}
+
+    @views.post("/waits-briefly")
+    async def wait_briefly() -> dict[str, Any]:
+        task_id = await queue.submit(echo, message="nobody runs it")
+        return {"result": await queue.result(task_id, timeout=0.1)}
+
+    @views.post("/submits-badly")
+    async def submit_badly() -> dict[str, str]:
+        return {"id": await queue.submit(echo, message="")}
+
+    app.register_blueprint(views)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        with thread_worker(celery):
+            failed = await client.post("/waits/fail")
+            revoked = await client.post("/waits/echo")
+        late = await client.post("/waits-briefly")
+        bad = await client.post("/submits-badly")
+    answers = [(r.status_code, (await error_of(r))["code"]) for r in (failed, revoked, late, bad)]
+    assert answers == [
+        (502, "task_failed"),
+        (409, "task_revoked"),
+        (504, "result_timeout"),
+        (422, "invalid_arguments"),
+    ]
+    assert "ValueError: fail" in (await error_of(failed))["message"]

@@ -100,3 +100,14 @@ def test_an_async_task_stopped_by_its_soft_time_limit_stops(
     # running, it would have counted by now.
     assert async_echo.delay("after", 2.0).get(timeout=TIMEOUT)["message"] == "after"
     assert redis_client.get(key) is None
+
+
+def test_only_workers_keep_retrying_to_store_a_result_while_redis_is_away(
+    celery: Celery, process_worker: ProcessWorker
+) -> None:
+    # A worker holds a result until Redis is back; a web request must answer 503 instead.
+    process_worker()
+    assert celery.conf.result_backend_always_retry is False  # this process: the web app's
+    answers = celery.control.inspect(timeout=5).conf() or {}
+    (worker_conf,) = answers.values()
+    assert worker_conf["result_backend_always_retry"] is True

@@ -63,6 +63,22 @@ def two_workers(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
                 shutil.rmtree(directory, ignore_errors=True)
 
 
+def test_the_metrics_directory_goes_with_its_server(redis_url: str, tmp_path: Path) -> None:
+    # A directory of a server that is gone (killed before its processes could remove it):
+    # the next server removes it when it starts.
+    stale = Path(tempfile.gettempdir(), "probe_app-metrics-999999999-1")
+    stale.mkdir(exist_ok=True)
+    (stale / "counter_999999999.db").touch()
+    served = serving(ASGI_APP, redis_url, tmp_path, arguments=["--workers", "2"], root=ROOT)
+    with served as (process, server):
+        pattern = os.path.join(tempfile.gettempdir(), f"probe_app-metrics-{process.pid}-*")
+        (directory,) = wait_for(lambda: glob.glob(pattern), 30, "the metrics directory")
+        assert sample(scrape(server), "probe_app_websockets_open") == 0
+        assert not stale.exists()
+    # Its last process to stop removed it: no directory left behind by a restart.
+    assert not Path(directory).exists()
+
+
 def processes_counted(directory: str) -> set[str]:
     """The PIDs that have counted submissions in `directory`."""
     return {

@@ -163,6 +163,47 @@ async def test_malformed_json_is_400(client: Client) -> None:
     assert (await error_of(response))["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+async def test_nan_and_infinity_are_not_json(
+    client: Client, redis_client: redis.Redis, number: str
+) -> None:
+    body = '{"name": "tests.count", "kwargs": {"steps": 1, "delay": DELAY}}'.replace(
+        "DELAY", number
+    )
+    response = await client.post(
+        "/api/tasks", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    error = await error_of(response)
+    assert error["code"] == "invalid_json"
+    assert "NaN and Infinity are not JSON numbers" in error["message"]
+    assert redis_client.llen("celery") == 0
+    # In a string they are words like any other.
+    words = await client.post(
+        "/api/tasks", json={"name": "tests.echo", "kwargs": {"message": number}}
+    )
+    assert words.status_code == 202
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "tests.echo", "args": ["hi"]},
+        {"name": "tests.echo", "args": ["hi"], "kwargs": {"message": "hi"}},
+    ],
+)
+async def test_positional_arguments_are_refused_saying_so(
+    client: Client, redis_client: redis.Redis, body: dict[str, Any]
+) -> None:
+    response = await client.post("/api/tasks", json=body)
+    assert response.status_code == 422
+    error = await error_of(response)
+    assert error["message"] == (
+        "args: positional arguments are not taken: give each by name in kwargs."
+    )
+    assert redis_client.llen("celery") == 0
+
+
 async def test_a_body_that_is_not_json_is_400(client: Client) -> None:
     response = await client.post("/api/tasks", form={"name": "tests.echo"})
     assert response.status_code == 400

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from urllib.parse import urlsplit
 
+import pytest
 from celery import Celery
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
@@ -39,6 +41,20 @@ async def test_readyz_is_200_with_a_worker(
     body = await response.get_json()
     assert body["status"] == "ready"
     assert body["checks"]["workers"].startswith("ok")
+
+
+@pytest.mark.settings(READY_TIMEOUT=10.0)
+async def test_readyz_answers_once_a_worker_does_not_at_the_end_of_its_timeout(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    # The ping ends at the first answer: it waited out its whole timeout (READY_TIMEOUT, here
+    # ten seconds) for more workers before. Half of it is a bound no machine comes near.
+    with thread_worker(celery):
+        began = time.monotonic()
+        response = await client.get("/readyz")
+        took = time.monotonic() - began
+    assert response.status_code == 200
+    assert took < 5, f"/readyz took {took:.2f} s"
 
 
 async def test_readyz_is_503_when_the_broker_and_backend_are_unreachable() -> None:

@@ -196,6 +196,8 @@ def resolve(declarations: list[Declaration]) -> ExposedTasks:
     for declared in declarations:
         name = declared.task.name
         if name in by_name:
+            if _same_task(by_name[name].task, declared.task):
+                continue  # Celery gave the name's task again: its module was run twice
             raise TypeError(f"two exposed tasks are both named {name!r}")
         model_name = _model_name(name, model_names)
         arguments = _arguments_model(declared.task, name, model_name, declared.rules)
@@ -203,6 +205,14 @@ def resolve(declarations: list[Declaration]) -> ExposedTasks:
         by_name[name] = ExposedTask(name, declared.task, arguments, request)
         model_names.add(model_name)
     return ExposedTasks(by_name, _union_model([task.request for task in by_name.values()]))
+
+
+def _same_task(one: Task[Any, Any], other: Task[Any, Any]) -> bool:
+    """Whether two declared tasks (Celery's proxies, or tasks) are one registered task."""
+    evaluated = [
+        task._get_current_object() if isinstance(task, Proxy) else task for task in (one, other)
+    ]
+    return evaluated[0] is evaluated[1]
 
 
 def _arguments_model(

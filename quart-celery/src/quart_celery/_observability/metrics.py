@@ -29,6 +29,7 @@ Starlette and FastAPI, and none knows Quart's routes.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import logging
 import multiprocessing
@@ -37,8 +38,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,8 +60,8 @@ UNMATCHED_ROUTE = "unmatched"
 #: The methods a label names; any other a client makes up is "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
-#: A file of samples, named after the process that writes it.
-_PROCESS_FILE = re.compile(r"_(\d+)\.db$")
+#: The note of a server process that writes in the directory (`member_<pid>`).
+_MEMBER = "member_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,7 @@ def init_app(app: Quart) -> None:
     async def create_metrics() -> None:
         directory, owned = multiprocess_directory(namespace)
         if owned and directory is not None:
+            join_directory(directory)
             directories.append(directory)
         app.extensions[EXTENSION] = Metrics.create(directory, namespace)
 
@@ -236,18 +238,35 @@ def remove_stale_directories(namespace: str) -> None:
                 shutil.rmtree(path)
 
 
+def join_directory(directory: str) -> None:
+    """Note this server process as one that writes in `directory`, until it leaves it."""
+    with _members_locked(directory):
+        Path(directory, f"{_MEMBER}{os.getpid()}").touch()
+
+
 def leave_directory(directory: str) -> None:
     """This server process stops: drop its live gauges, and the directory with them if no
-    other process of its server still writes there."""
-    with suppress(FileNotFoundError):
-        mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
-    others = {
-        int(found.group(1))
-        for path in glob.glob(os.path.join(directory, "*.db"))
-        if (found := _PROCESS_FILE.search(path)) is not None
-    } - {os.getpid()}
-    if not any(_alive(pid) for pid in others):
-        shutil.rmtree(directory, ignore_errors=True)
+    other process of its server still writes there.
+
+    Under a lock, so that of processes stopping at once the last sees the others gone; a
+    process that was killed, leaving its note behind, counts as gone too.
+    """
+    with _members_locked(directory):
+        with suppress(FileNotFoundError):
+            mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+        Path(directory, f"{_MEMBER}{os.getpid()}").unlink(missing_ok=True)
+        members = glob.glob(os.path.join(directory, f"{_MEMBER}*"))
+        if not any(_alive(int(os.path.basename(path).removeprefix(_MEMBER))) for path in members):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def _members_locked(directory: str) -> Iterator[None]:
+    """A block that no other process of the server runs at the same time (an flock)."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    with open(os.path.join(directory, ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _alive(pid: int) -> bool:

@@ -60,7 +60,18 @@ async def _invalid_request(error: RequestSchemaValidationError) -> tuple[Respons
     cause = error.validation_error
     if not isinstance(cause, ValidationError) or not cause.errors():
         return error_response(422, "invalid_request", str(cause))
-    first = cause.errors()[0]
+    problems = cause.errors()
+    positional = [
+        problem
+        for problem in problems
+        if problem["type"] == "extra_forbidden"
+        and problem["loc"][-1:] == ("args",)
+        and len(problem["loc"]) <= 2  # at the top of the body (after a task's name)
+    ]
+    if positional:
+        message = "args: positional arguments are not taken: give each by name in kwargs."
+        return error_response(422, "invalid_request", message)
+    first = problems[0]
     if first["type"] == "union_tag_not_found":
         return error_response(422, "invalid_request", "name: Field required.")
     if first["type"] == "union_tag_invalid":
