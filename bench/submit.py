@@ -4,7 +4,7 @@ process, measured in the same run.
 
 Two plain loops are measured: one with stock Celery (its own Redis transport and result
 backend, default settings) and one with this project's configured Celery, which publishes
-faster (see quart_app/bridge/transport.py and quart_app/bridge/backends.py).
+faster (see quart_celery/_broker/transport.py and quart_celery/_broker/backends.py).
 
     .venv/bin/python bench/submit.py [--requests 6000] [--connections 50] [--rounds 3]
     .venv/bin/python bench/submit.py --profile profile.svg   # py-spy the server under load

@@ -1,27 +1,23 @@
 """The entry points as users run them: `hypercorn asgi:app`, `celery -A worker worker` and
-`celery -A worker beat`. (The bridge's own tests run its guarantees across several servers on
-an app of their own: quart-celery/tests/test_entry_points.py.)"""
+`celery -A worker beat`: they start, answer, and stop on a wrong setting with one line. (The
+bridge's own tests run the rest, websockets and several servers, on an app of their own:
+quart-celery/tests/test_entry_points.py.)"""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets
 from quart_celery.testing import (
     START_TIMEOUT,
     ProcessWorker,
-    Server,
     http,
     wait_for,
 )
@@ -98,39 +94,6 @@ def test_the_api_over_real_http_with_a_real_worker(
     assert http("GET", f"{server_url}/healthz") == (200, {"status": "ok"})
 
 
-async def follow(url: str, start_worker: Callable[[], object]) -> tuple[list[Any], int | None]:
-    """Every message a real websocket client gets from `url`, and the close code.
-
-    The worker starts once the first message (the snapshot) is in, so that every change
-    after it is pushed, not already stored.
-    """
-    async with websockets.connect(url) as socket:
-        received = [json.loads(await socket.recv())]
-        start_worker()
-        async for message in socket:
-            received.append(json.loads(message))
-    return received, socket.close_code
-
-
-async def test_a_real_websocket_client_gets_every_state_in_order(
-    server_url: str, process_worker: ProcessWorker
-) -> None:
-    status, accepted = http(
-        "POST",
-        f"{server_url}/api/tasks",
-        {"name": "progress_task", "kwargs": {"steps": 3, "delay": 0.2}},
-    )
-    assert status == 202
-    socket_url = server_url.replace("http://", "ws://") + accepted["websocket"]
-    received, code = await asyncio.wait_for(follow(socket_url, process_worker), 60)
-    assert code == 1000
-    states = [message["state"] for message in received]
-    assert states == ["PENDING", "STARTED", "PROGRESS", "PROGRESS", "PROGRESS", "SUCCESS"]
-    assert [message["progress"] for message in received[2:5]] == [
-        {"current": n, "total": 3} for n in (1, 2, 3)
-    ]
-
-
 def test_a_schedule_in_celerys_variable_stops_beat_with_one_line() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "worker", "beat"],
@@ -146,22 +109,3 @@ def test_a_schedule_in_celerys_variable_stops_beat_with_one_line() -> None:
     assert "BEAT_SCHEDULE instead" in lines[0]
     assert completed.returncode == 1
     assert not list(ROOT.glob("{*")), "beat took the schedule for its state file's name"
-
-
-def test_only_the_web_server_says_the_api_is_open(
-    start_server: Server, redis_url: str, tmp_path: Path
-) -> None:
-    start_server()
-    (log,) = tmp_path.glob("hypercorn-*.log")
-    wait_for(lambda: "API_TOKEN is not set" in log.read_text(), START_TIMEOUT, "the warning")
-    assert log.read_text().count("API_TOKEN is not set") == 1  # once, by its one process
-    report = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "worker", "report"],
-        cwd=ROOT,
-        env={**os.environ, "REDIS_URL": redis_url},
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-    )
-    assert report.returncode == 0, report.stderr
-    assert "API_TOKEN" not in report.stdout + report.stderr

@@ -172,7 +172,7 @@ async def test_what_queue_raises_in_a_route_answers_as_a_json_error(
     async def wait(name: str) -> dict[str, Any]:
         task = {"fail": fail, "echo": echo}[name]
         task_id = await queue.submit(task, message=name)
-        if name == "echo":  # revoked before any worker takes it
+        if name == "echo":  # revoked: no worker runs yet
             await app.test_client().delete(f"/api/tasks/{task_id}")
         return {"result": await queue.result(task_id, timeout=TIMEOUT)}
 
@@ -188,9 +188,10 @@ async def test_what_queue_raises_in_a_route_answers_as_a_json_error(
     app.register_blueprint(views)
     async with app.test_app() as test_app:
         client = test_app.test_client()
+        # Revoked before any worker runs: its REVOKED is stored at once, no worker needed.
+        revoked = await client.post("/waits/echo")
         with thread_worker(celery):
             failed = await client.post("/waits/fail")
-            revoked = await client.post("/waits/echo")
         late = await client.post("/waits-briefly")
         bad = await client.post("/submits-badly")
     answers = [(r.status_code, (await error_of(r))["code"]) for r in (failed, revoked, late, bad)]
