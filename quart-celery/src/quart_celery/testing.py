@@ -53,6 +53,7 @@ from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import pytest_asyncio
 import redis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
@@ -109,6 +110,77 @@ async def wait_for_async(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+# Imports
+
+#: Run by `imported_alone` in a fresh interpreter: refuse the network, import the third-party
+#: modules asked for once, then import each module first in a child of its own (a fork: the
+#: third-party imports are paid once, and each module is still the first of its package).
+_IMPORT_PROBE = """
+import json, os, sys, traceback
+
+def refuse_the_network(event, args):
+    if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname"):
+        raise RuntimeError(f"{event} while importing: {args!r}")
+
+sys.addaudithook(refuse_the_network)
+preload, modules = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for name in preload:
+    try:
+        __import__(name)
+    except ImportError:
+        pass  # an optional dependency: the module that needs it says so itself
+failures = {}
+for module in modules:
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read)
+        try:
+            __import__(module)
+            failure = ""
+        except BaseException:
+            failure = traceback.format_exc()
+        with os.fdopen(write, "w") as out:
+            out.write(failure)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as given:
+        failures[module] = given.read()
+    os.waitpid(child, 0)
+print(json.dumps(failures))
+"""
+
+
+def imported_alone(
+    modules: Sequence[str], preload: Sequence[str] = (), *, root: Path | None = None
+) -> dict[str, str]:
+    """Import each of `modules` alone, first in an interpreter of its own, with warnings as
+    errors and any attempt to reach the network refused: what each one's import raised (its
+    traceback), "" where it raised nothing. An import cycle shows up whichever module comes
+    first; a module that connects at import fails.
+
+    `preload` names modules outside the ones checked (third-party ones) to import once before:
+    they are not checked, and each module's own import costs only itself. Run from `root`
+    (the working directory by default), with `REDIS_URL` pointing nowhere.
+    """
+    completed = subprocess.run(
+        [
+            *[sys.executable, "-X", "dev", "-W", "error", "-c", _IMPORT_PROBE],
+            *[json.dumps(list(preload)), json.dumps(list(modules))],
+        ],
+        cwd=root,
+        env={**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"the import probe failed:\n{completed.stderr}")
+    failures: dict[str, str] = json.loads(completed.stdout.splitlines()[-1])
+    return failures
 
 
 # Redis
@@ -201,7 +273,7 @@ def websockets_that_tell_their_close() -> Iterator[None]:
         yield
 
 
-@pytest.fixture
+@pytest_asyncio.fixture  # in pytest-asyncio's strict mode too
 async def client(app: Quart, redis_client: redis.Redis) -> AsyncIterator[Client]:
     """A test client of the app while it serves (its thread pool and Redis clients open)."""
     async with app.test_app() as test_app:
