@@ -1,8 +1,10 @@
 """The base class of every task: it runs the task inside its web app's context.
 
-`factories.celery.configure_celery(app)` binds the placeholder's tasks to `app`; from then on
-every task runs inside that app's context, so `current_app`, its config and its extensions work
-in tasks as they do in views, and `teardown_appcontext` handlers run after each task. A Quart
+`QuartCelery(celery)` makes this the base class of `celery`'s tasks, and
+`QuartCelery.init_celery(app)` (which the app's Celery factory calls) binds them to `app`: from
+then on every task runs inside that app's context, so `current_app`, its config and its
+extensions work in tasks as they do in views, and `teardown_appcontext` handlers run after each
+task. A Quart
 app's context is async-only, so it is pushed and popped on the thread's own event loop
 (`quart_celery._worker.event_loops`); a Flask app's is pushed as usual.
 """
