@@ -37,34 +37,22 @@ def test_hypercorn_serves_the_app(server_url: str) -> None:
 
 
 @pytest.mark.parametrize("command", [CELERY, HYPERCORN], ids=["celery", "hypercorn"])
-@pytest.mark.parametrize(
-    ("name", "value", "problem"),
-    [
-        (
-            "CELERY_BROKER_URL",
-            "redis://:secret@localhost:abc/0",
-            "has a port that is not from 0 to 65535",
-        ),
-        ("REDIS_URL", "localhost", "is not a URL of a known kind"),
-        ("CELERY_RESULT_EXPIRES", "one day", "expected a number from 0 up, got 'one day'"),
-    ],
-)
-def test_a_wrong_setting_stops_start_up_with_one_line(
-    command: list[str], name: str, value: str, problem: str
-) -> None:
+def test_a_wrong_setting_stops_start_up_with_one_line(command: list[str]) -> None:
+    # Each kind of wrong setting is the bridge's to name (quart-celery/tests): here, that the
+    # entry points turn it into one line, the password left out.
     completed = subprocess.run(
         command,
         cwd=ROOT,
-        env={**os.environ, name: value},
+        env={**os.environ, "CELERY_BROKER_URL": "redis://:secret@localhost:abc/0"},
         capture_output=True,
         text=True,
         timeout=START_TIMEOUT,
     )
     lines = (completed.stdout + completed.stderr).splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"configuration error: {name}: ")
-    assert problem in lines[0]
-    assert "secret" not in lines[0]
+    assert lines == [
+        "configuration error: CELERY_BROKER_URL: 'redis://:**@localhost:abc/0' has a port "
+        "that is not from 0 to 65535"
+    ]
     if command is CELERY:
         # hypercorn 0.18 exits 0 even when its worker process fails: it drops the exit code.
         assert completed.returncode == 1
