@@ -277,3 +277,31 @@ def test_the_suite_runs_in_two_processes_unless_asked_otherwise(
     given: list[str], run_with: list[str]
 ) -> None:
     assert load_dev_script().in_processes(given) == run_with
+
+
+@pytest.mark.parametrize(
+    ("given", "suites"),
+    [
+        ([], [("quart-celery", []), (".", [])]),
+        (
+            ["-k", "flask", "-x"],
+            [("quart-celery", ["-k", "flask", "-x"]), (".", ["-k", "flask", "-x"])],
+        ),
+        (["tests/quart_app", "-x"], [(".", ["-x", "tests/quart_app"])]),
+        (["quart-celery/tests/web"], [("quart-celery", ["tests/web"])]),
+        (
+            ["-m", "not e2e", "quart-celery/tests/web/test_api.py::test_a", "tests/factories"],
+            [
+                ("quart-celery", ["-m", "not e2e", "tests/web/test_api.py::test_a"]),
+                (".", ["-m", "not e2e", "tests/factories"]),
+            ],
+        ),
+    ],
+    ids=["both", "options-to-both", "the-apps", "the-bridges", "each-its-own"],
+)
+def test_paths_choose_the_suites_and_options_go_to_each(
+    given: list[str], suites: list[tuple[str, list[str]]]
+) -> None:
+    dev = load_dev_script()
+    chosen = [(str(folder.relative_to(ROOT)), arguments) for folder, arguments in dev.suites(given)]
+    assert chosen == suites
