@@ -88,9 +88,19 @@ class ExposedTasks:
 
 _declarations: list[Declaration] = []
 _resolved: ExposedTasks | None = None
-#: The model of each task's arguments that `check_arguments` made from its signature (None
-#: where the signature cannot be checked beyond its parameters' names: `*args`, `**kwargs`).
-_signature_models: WeakKeyDictionary[Task[Any, Any], type[BaseModel] | None] = WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """What `check_arguments` reads off a task once: its signature, and the model of its
+    arguments made from it (None where the signature cannot be checked beyond its parameters'
+    names: `*args`, `**kwargs`, or a hint pydantic cannot check)."""
+
+    signature: inspect.Signature
+    model: type[BaseModel] | None
+
+
+_signature_checks: WeakKeyDictionary[Task[Any, Any], SignatureCheck] = WeakKeyDictionary()
 
 
 @overload
@@ -140,17 +150,18 @@ def check_arguments(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[st
     """
     if isinstance(task, Proxy):
         task = task._get_current_object()
+    check = _signature_checks.get(task)
+    if check is None:
+        signature = inspect.signature(task.run)
+        check = _signature_checks[task] = SignatureCheck(
+            signature, _signature_model(task, signature)
+        )
     try:
-        bound = inspect.signature(task.run).bind(*args, **kwargs)
+        bound = check.signature.bind(*args, **kwargs)
     except TypeError as error:
         raise InvalidArguments(task.name, f"{error}.") from None
     exposed = exposed_tasks().by_name.get(task.name)
-    if exposed is not None:
-        model: type[BaseModel] | None = exposed.arguments
-    elif task in _signature_models:
-        model = _signature_models[task]
-    else:
-        model = _signature_models[task] = _signature_model(task)
+    model = exposed.arguments if exposed is not None else check.model
     if model is None:
         return
     try:
@@ -162,16 +173,15 @@ def check_arguments(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[st
         raise InvalidArguments(task.name, f"{field}: {problem}.") from None
 
 
-def _signature_model(task: Task[Any, Any]) -> type[BaseModel] | None:
-    """The model of a task's arguments from its signature alone (a parameter without a hint
+def _signature_model(task: Task[Any, Any], signature: inspect.Signature) -> type[BaseModel] | None:
+    """The model of a task's arguments from its `signature` alone (a parameter without a hint
     takes anything); None where it has `*args` or `**kwargs`, or a hint pydantic cannot check."""
-    function = task.run
     try:
-        hints = typing.get_type_hints(function, include_extras=True)
+        hints = typing.get_type_hints(task.run, include_extras=True)
     except (NameError, TypeError):  # a hint that names what the module does not have
         hints = {}
     fields: dict[str, Any] = {}
-    for parameter in inspect.signature(function).parameters.values():
+    for parameter in signature.parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             return None
         default = ... if parameter.default is parameter.empty else parameter.default
