@@ -284,9 +284,12 @@ async def test_a_server_hears_only_the_tasks_its_sockets_watch(
         ((_, count),) = redis_client.pubsub_numsub(channel)
         return int(count)
 
-    listeners = [c for c in connections(redis_client) if c["name"].startswith("probe_app-results-")]
-    assert len(listeners) == 2, listeners  # one connection for each server
-    assert [int(c["psub"]) for c in listeners] == [0, 0]  # no pattern subscription
+    def listeners() -> list[dict[str, str]]:
+        return [c for c in connections(redis_client) if c["name"].startswith("probe_app-results-")]
+
+    # One connection for each server, made as the server starts, not before it answers HTTP.
+    wait_for(lambda: len(listeners()) == 2, 10, "each server's result listener to connect")
+    assert [int(c["psub"]) for c in listeners()] == [0, 0]  # no pattern subscription
     assert subscribers() == 0
     async with websockets.connect(first.replace("http://", "ws://") + accepted["websocket"]) as ws:
         assert json.loads(await ws.recv())["state"] == "PENDING"
