@@ -52,7 +52,7 @@ from quart_celery._web import (
     websockets,
 )
 from quart_celery._web.error_handlers import register_error_handlers
-from quart_celery._worker import cancellation, event_loops, revoked
+from quart_celery._worker import cancellation, event_loops, pool_choice, revoked
 from quart_celery._worker.task import ContextTask
 from quart_celery.settings import ConfigurationError, read_settings
 
@@ -96,8 +96,13 @@ class QuartCelery:
         #: Whether a worker keeps retrying to store a result while Redis is away (not where the
         #: settings say otherwise).
         self._workers_retry_storing = True
+        #: Whether the settings name the workers' pool, and their concurrency.
+        self._pool_set = self._concurrency_set = False
         signals.celeryd_init.connect(
             self._on_worker_start, weak=False, dispatch_uid=f"quart_celery-{id(self)}"
+        )
+        signals.worker_init.connect(
+            self._on_worker_init, weak=False, dispatch_uid=f"quart_celery-{id(self)}"
         )
 
     def celery_settings(self, app: WebApp) -> dict[str, Any]:
@@ -138,6 +143,8 @@ class QuartCelery:
         celery.amqp.Connection = BrokerConnection  # names the transport `redis` in broker URLs
         settings = read_settings(app.config)
         self._workers_retry_storing = ALWAYS_RETRY not in settings
+        self._pool_set = settings.get("CELERY_WORKER_POOL") is not None
+        self._concurrency_set = settings.get("CELERY_WORKER_CONCURRENCY") is not None
         event_loops.init_celery()
         revoked.init_celery()
         # Records, and cancelling, need the app's Redis: a Quart app's (the bridge serves it),
@@ -205,11 +212,23 @@ class QuartCelery:
         app.register_blueprint(health.blueprint)
         app.register_blueprint(prometheus.blueprint)
 
-    def _on_worker_start(self, instance: Any = None, **_: Any) -> None:
-        """A Celery signal receiver (`celeryd_init`): a worker of this Celery instance keeps
-        retrying to store a task's result while Redis is away, until Redis is back (Celery
-        would otherwise record a FAILURE it cannot even store). Only workers: a web request
-        gives up within `BLOCKING_TIMEOUT` and answers 503, and must not leave a pool thread
-        retrying. `CELERY_RESULT_BACKEND_ALWAYS_RETRY` says otherwise."""
-        if getattr(instance, "app", None) is self.celery and self._workers_retry_storing:
+    def _on_worker_start(
+        self, instance: Any = None, options: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        """A Celery signal receiver (`celeryd_init`) for a worker of this Celery instance.
+
+        It runs the async pool unless told otherwise (`quart_celery._worker.pool_choice`). It
+        keeps retrying to store a task's result while Redis is away, until Redis is back
+        (Celery would otherwise record a FAILURE it cannot even store). Only workers: a web
+        request gives up within `BLOCKING_TIMEOUT` and answers 503, and must not leave a pool
+        thread retrying. `CELERY_RESULT_BACKEND_ALWAYS_RETRY` says otherwise."""
+        if getattr(instance, "app", None) is not self.celery:
+            return
+        pool_choice.choose(instance, options or {}, self._pool_set, self._concurrency_set)
+        if self._workers_retry_storing:
             self.celery.conf.result_backend_always_retry = True
+
+    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        """A Celery signal receiver (`worker_init`): the pool chosen at `celeryd_init`."""
+        if getattr(sender, "app", None) is self.celery:
+            pool_choice.apply(sender)

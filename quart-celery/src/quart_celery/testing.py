@@ -65,6 +65,7 @@ from quart.testing.connections import TestWebsocketConnection
 from quart.typing import TestClientProtocol as Client
 from quart.typing import TestWebsocketConnectionProtocol as Socket
 
+from quart_celery._worker.asyncio_pool import DEFAULT_CONCURRENCY, AsyncPool
 from quart_celery.settings import DEFAULT_REDIS_URL
 
 T = TypeVar("T")
@@ -343,17 +344,19 @@ def celery(app: Quart, redis_client: redis.Redis) -> Celery:
 
 @pytest.fixture
 def thread_worker() -> ThreadWorker:
-    """Start a real worker in a thread of this process: `with thread_worker(celery, pool=...)`;
+    """Start a real worker in a thread of this process: `with thread_worker(celery, pool=...)`
+    (by default the bridge's async pool, "asyncio"; else Celery's "solo", "threads", ...);
     more options (`queues=[...]`) go to the worker."""
 
     @contextmanager
     def start(
-        celery: Celery, pool: str = "solo", concurrency: int = 1, **options: Any
+        celery: Celery, pool: str = "asyncio", concurrency: int | None = None, **options: Any
     ) -> Iterator[WorkController]:
         with start_worker(
             celery,
-            pool=pool,
-            concurrency=concurrency,
+            # Celery takes a pool's class too (the stubs say only its name).
+            pool=AsyncPool if pool == "asyncio" else pool,  # type: ignore[arg-type]
+            concurrency=concurrency or (DEFAULT_CONCURRENCY if pool == "asyncio" else 1),
             perform_ping_check=False,
             shutdown_timeout=STOP_TIMEOUT,
             **options,
@@ -384,17 +387,22 @@ def process_worker(
     pytestconfig: pytest.Config,
 ) -> Iterator[ProcessWorker]:
     """Start `celery -A <worker_app> worker` as a process, ready to take tasks when returned:
-    `process_worker(pool="prefork", concurrency=2)`."""
+    `process_worker(pool="prefork", concurrency=2)`. By default (`pool="asyncio"`) it runs
+    the pool a worker runs when its command names none, the bridge's async pool."""
     with ExitStack() as cleanup:
 
-        def start(pool: str = "solo", concurrency: int = 1) -> subprocess.Popen[bytes]:
+        def start(pool: str = "asyncio", concurrency: int | None = None) -> subprocess.Popen[bytes]:
             name = f"test-{pool}-{uuid.uuid4().hex[:8]}@%h"
             log = (tmp_path / f"worker-{pool}.log").open("wb")
             cleanup.callback(log.close)
+            chosen = [] if pool == "asyncio" else ["--pool", pool]
+            if concurrency is not None or pool != "asyncio":
+                chosen += ["--concurrency", str(concurrency or 1)]
             process = start_process(
                 [
                     *[sys.executable, "-m", "celery", "-A", worker_app, "worker"],
-                    *["--pool", pool, "--concurrency", str(concurrency), "--hostname", name],
+                    *chosen,
+                    *["--hostname", name],
                     *["--loglevel", "INFO"],
                     *["--without-gossip", "--without-mingle"],
                 ],

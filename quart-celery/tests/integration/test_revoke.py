@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 async def test_a_revoked_task_stays_revoked_across_a_worker_restart(
     client: Client, celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
 ) -> None:
-    first = process_worker()
+    first = process_worker("solo")  # one task at a time: the next one waits, prefetched
     busy = (await submit(client, "tests.count", steps=10, delay=0.1))["id"]
 
     async def running() -> bool:
@@ -43,7 +43,7 @@ async def test_a_revoked_task_stays_revoked_across_a_worker_restart(
     assert response.status_code == 202
 
     stop_process_group(first)  # warm: the running task ends, the prefetched one goes back
-    process_worker()
+    process_worker("solo")
     after = (await submit(client, "tests.echo", message="after"))["id"]
     assert (await finished(client, after))["state"] == "SUCCESS"
 

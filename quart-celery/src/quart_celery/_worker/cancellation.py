@@ -23,6 +23,7 @@ task starts, so a request made just before that is not missed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import threading
@@ -202,7 +203,10 @@ def listener() -> Listener | None:
         return _listener
 
 
-_current = threading.local()
+#: The task running here: per thread, per greenlet of the async pool, per coroutine.
+_current: contextvars.ContextVar[Running | None] = contextvars.ContextVar(
+    "quart_celery_running", default=None
+)
 
 
 @contextmanager
@@ -213,12 +217,11 @@ def cancellable(task_id: str | None) -> Iterator[Running | None]:
         yield None
         return
     with found.watching(task_id) as running:
-        outer = getattr(_current, "running", None)
-        _current.running = running
+        token = _current.set(running)
         try:
             yield running
         finally:
-            _current.running = outer
+            _current.reset(token)
 
 
 def checkpoint() -> None:
@@ -227,6 +230,6 @@ def checkpoint() -> None:
     Call it between the steps of a long sync task; it costs a look at a flag. In an `async def`
     task it is not needed (the task is cancelled where it awaits), but harmless.
     """
-    running: Running | None = getattr(_current, "running", None)
+    running = _current.get()
     if running is not None and running.cancelled.is_set():
         raise TaskCancelled(f"task {running.task_id} was cancelled")

@@ -20,15 +20,23 @@ from functools import partial
 from typing import Any, ClassVar, TypeAlias
 
 from celery import Celery, Task
+from celery.app.task import Context
 from celery.exceptions import Ignore
 from flask import Flask
 from quart import Quart
 
+from quart_celery._worker import asyncio_pool
 from quart_celery._worker.cancellation import Running, TaskCancelled, cancellable
 from quart_celery._worker.event_loops import call_outside_loop, run_coroutine
 
 WebApp: TypeAlias = Quart | Flask
 logger = logging.getLogger(__name__)
+
+#: The requests of the tasks whose bodies run in this context, by task name: Celery keeps a
+#: task's request per thread (or greenlet), and coroutines on the async pool's loop share one.
+_requests: contextvars.ContextVar[dict[str, Context]] = contextvars.ContextVar(
+    "quart_celery_requests"
+)
 
 
 class ContextTask(Task[Any, Any]):
@@ -57,6 +65,37 @@ class ContextTask(Task[Any, Any]):
             )
         request = self.request_stack.top
         return call_outside_loop(partial(self._call_with_request, app, request, args, kwargs))
+
+    @property
+    def request(self) -> Context:
+        """The current request of this task: the thread's, or, in a coroutine of the async
+        pool, that coroutine's own."""
+        if self.request_stack.top is None:
+            found = _requests.get(None)
+            if found is not None and self.name in found:
+                return found[self.name]
+        return super().request
+
+    def update_state(
+        self,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Store the task's state, as Celery does; from a coroutine on the async pool, off the
+        loop (on its tracer thread, in order with the result), without waiting for it."""
+        request = self.request
+        store = partial(
+            self.backend.store_result,
+            task_id if task_id is not None else request.id,  # type: ignore[arg-type]
+            meta,
+            state,  # type: ignore[arg-type]  # Celery takes None, as its own update_state does
+            request=request,
+            **kwargs,
+        )
+        if not asyncio_pool.on_tracer_thread(store):
+            store()
 
     @classmethod
     def bind(cls, app: Celery) -> Celery:
@@ -98,6 +137,16 @@ class ContextTask(Task[Any, Any]):
         try:
             with cancellable(task_id) as running:
                 try:
+                    job = asyncio_pool.current_job()
+                    if job is not None and inspect.iscoroutinefunction(self.run):
+                        # On the async pool: the body, in its app context, on the loop.
+                        context = contextvars.copy_context()
+                        context.run(_requests.set, {**_requests.get({}), self.name: request})
+                        return job.pool.await_on_loop(
+                            job,
+                            _awaited_in_app_context(app, self.run, args, kwargs, running),
+                            context,
+                        )
                     return _call_in_app_context(app, self.run, args, kwargs, running)
                 except (TaskCancelled, asyncio.CancelledError):
                     if running is None or not running.cancelled.is_set():
@@ -136,6 +185,36 @@ def _call_in_app_context(
         pop_app_context(error)
         raise
     pop_app_context(None)
+    return result
+
+
+async def _awaited_in_app_context(
+    app: WebApp,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    running: Running | None,
+) -> Any:
+    """Await an `async def` task's body inside `app`'s context, pushed and popped (teardown)
+    in the same coroutine, as a request's is."""
+    if isinstance(app, Quart):
+        quart_context = app.app_context()
+        await quart_context.push()
+        pop: Callable[[BaseException | None], Awaitable[None]] = quart_context.pop
+    else:
+        flask_context = app.app_context()
+        flask_context.push()
+
+        async def pop(error: BaseException | None) -> None:
+            flask_context.pop(error)
+
+    try:
+        awaited = _as_coroutine(function(*args, **kwargs))
+        result = await (running.run(awaited) if running else awaited)
+    except BaseException as error:
+        await pop(error)
+        raise
+    await pop(None)
     return result
 
 

@@ -1,0 +1,438 @@
+"""The workers' default pool: `async def` tasks side by side on one event loop per process.
+
+Written here because no library does it for Celery 5 with a Redis broker: celery-aio-pool runs
+one task at a time, aio-celery speaks only RabbitMQ and is not Celery, and Celery's own asyncio
+pool (celery/celery#10634) is not merged. It is a Celery pool (`celery.concurrency.base.BasePool`,
+like `celery/concurrency/thread.py`), so the worker, its consumer, Flower and the result
+backend see nothing new.
+
+The worker hands a pool Celery's tracer for each task (`celery.app.trace`): one synchronous
+function that stores STARTED, sends the signals, calls the task, stores its result and hands
+back what the worker acknowledges and reports. For an `async def` task this pool runs that
+tracer in a greenlet on one of a few tracer threads. When the tracer reaches the task's body
+(`ContextTask`), the body's coroutine goes to the process's one event loop and the greenlet
+steps aside, so its thread goes on with other tasks' tracers; when the coroutine ends, the
+greenlet resumes on its thread with the outcome. So:
+
+- Celery's own tracer does a task's bookkeeping, as under prefork: results, states, signals,
+  retries, events, acknowledgement;
+- every blocking call it makes stays off the loop, on the tracer threads, and so does
+  `update_state` called from a coroutine (`on_tracer_thread`), in order with the result;
+- the threads are a fixed few, however many tasks are in flight.
+
+A sync task runs as on Celery's threads pool, in a bounded pool of threads of its own: never on
+the loop, so one spinning the CPU does not hold up the coroutines (beyond the GIL's share).
+
+`--concurrency` (`limit`) is the number of tasks in flight in the process, started in the order
+received; with the bridge's prefetch multiplier of 1 the worker holds no more unacknowledged
+messages than it can start. Time limits (`soft_time_limit`, `time_limit`, per task or from the
+settings) are kept for `async def` tasks: the soft one raises `SoftTimeLimitExceeded` where the
+coroutine awaits, the hard one cancels it and fails the task with `TimeLimitExceeded`. Sync
+tasks have none here, as on the threads pool: `--pool=prefork` keeps them.
+
+Shutting down: a warm shutdown starts nothing new and waits up to `shutdown_timeout` seconds
+for what runs; a cold one (a second signal), or the end of that wait, cancels the coroutines
+still running without acknowledging them, so the broker delivers them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import greenlet
+from celery.concurrency.base import BasePool, apply_target
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from quart_celery._worker.interrupts import Interruptible
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+#: Tasks in flight per process where `--concurrency` is not given: as taskiq's
+#: `--max-async-tasks`. An `async def` task in flight costs a coroutine and a greenlet, not a
+#: process or a thread.
+DEFAULT_CONCURRENCY = 100
+#: Threads running the tracers (Celery's bookkeeping, which blocks on Redis) of async tasks.
+TRACER_THREADS = 4
+#: Threads running sync tasks, at most.
+SYNC_THREADS = 4
+#: How long a warm shutdown waits for the tasks in flight, by default.
+SHUTDOWN_TIMEOUT = 60.0
+
+#: The job whose body runs in this context (set for a coroutine on the loop).
+_current_job: contextvars.ContextVar[_Job] = contextvars.ContextVar("quart_celery_job")
+
+
+@dataclass(eq=False)
+class _Outcome:
+    """How a coroutine ended: its value, or its exception."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+    def unwrap(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _JobGreenlet(greenlet.greenlet):
+    """The greenlet that runs one async task's tracer on a tracer thread."""
+
+    job: _Job
+
+
+@dataclass(eq=False)
+class _Job:
+    """One task handed to the pool, from its start to its end."""
+
+    pool: AsyncPool
+    target: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    callback: Callable[..., Any] | None
+    accept_callback: Callable[..., Any] | None
+    timeout_callback: Callable[..., Any] | None
+    soft_timeout: float | None
+    timeout: float | None
+    is_async: bool
+    tracer: _TracerThread | None = None
+    greenlet: _JobGreenlet | None = None
+    #: On the loop: the body's asyncio task, its interrupter and its timers.
+    task: asyncio.Task[Any] | None = None
+    interruptible: Interruptible[Any] | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    resumed: bool = False
+
+    def trace(self) -> None:
+        """Run Celery's tracer, which calls the task's body (in this job's greenlet)."""
+        try:
+            apply_target(self.target, self.args, self.kwargs, self.callback, self.accept_callback)
+        finally:
+            self.pool.finished(self)
+
+    def start_coroutine(
+        self, coroutine: Coroutine[Any, Any, Any], context: contextvars.Context
+    ) -> None:
+        """Start the body's coroutine on the loop, with its time limits (on the loop)."""
+        loop = asyncio.get_running_loop()
+        self.interruptible = Interruptible(coroutine)
+        context.run(_current_job.set, self)
+        self.task = loop.create_task(self.interruptible.run(), context=context)
+        self.task.add_done_callback(self.coroutine_done)
+        if self.soft_timeout:
+            self.timers.append(loop.call_later(self.soft_timeout, self.soft_limit))
+        if self.timeout:
+            self.timers.append(loop.call_later(self.timeout, self.hard_limit))
+
+    def coroutine_done(self, task: asyncio.Task[Any]) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        if task.cancelled():
+            try:
+                task.result()
+            except asyncio.CancelledError as cancelled:
+                self.resume(_Outcome(error=cancelled))
+            return
+        error = task.exception()
+        self.resume(_Outcome(task.result()) if error is None else _Outcome(error=error))
+
+    def soft_limit(self) -> None:
+        if self.timeout_callback is not None:
+            self.timeout_callback(True, self.soft_timeout)
+        assert self.interruptible is not None
+        self.interruptible.interrupt(SoftTimeLimitExceeded(self.soft_timeout))
+
+    def hard_limit(self) -> None:
+        """Fail the task for good now, and cancel its coroutine."""
+        request = self.args[1] if len(self.args) > 1 else "?"
+        logger.error(
+            "Hard time limit (%ss) exceeded for %s[%s]", self.timeout, self.args[0], request
+        )
+        self.resume(_Outcome(error=TimeLimitExceeded(self.timeout)))
+        if self.task is not None:
+            self.task.cancel()
+
+    def resume(self, outcome: _Outcome) -> None:
+        """Hand `outcome` to the tracer waiting for it, once (from the loop)."""
+        if self.resumed or self.pool.terminated:
+            return
+        self.resumed = True
+        assert self.tracer is not None and self.greenlet is not None
+        self.tracer.inbox.put(partial(self.greenlet.switch, outcome))
+
+    def cancel(self) -> None:
+        """Cancel the body's coroutine, never resuming its tracer (on the loop)."""
+        for timer in self.timers:
+            timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
+
+
+class _TracerThread:
+    """A thread that runs the tracers of async tasks, each in a greenlet of its own.
+
+    Its main greenlet takes work from `inbox`, in order: a job to start, or a waiting job's
+    greenlet to resume (with its coroutine's outcome), or a call to make for a coroutine
+    (`update_state`). A greenlet runs until its task's body is handed to the loop, or to its
+    end; then the thread takes the next piece of work.
+    """
+
+    def __init__(self, number: int) -> None:
+        self.inbox: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=f"task-tracer-{number}", daemon=True)
+        self.thread.start()
+
+    def start(self, job: _Job) -> None:
+        job.tracer = self
+        self.inbox.put(partial(self._begin, job))
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+
+    def _begin(self, job: _Job) -> None:
+        job.greenlet = _JobGreenlet(job.trace)
+        job.greenlet.job = job
+        job.greenlet.switch()
+
+    def _run(self) -> None:
+        while (work := self.inbox.get()) is not None:
+            try:
+                work()
+            except Exception:
+                logger.exception("the task pool's tracer thread failed a piece of work")
+
+
+class AsyncPool(BasePool):
+    """Celery's pool for this bridge: see the module's docstring."""
+
+    signal_safe = False
+    body_can_be_buffer = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit: int = self.limit or DEFAULT_CONCURRENCY
+        self.soft_timeout: float | None = self.options.get("soft_timeout")
+        self.timeout: float | None = self.options.get("timeout")
+        self.shutdown_timeout: float = float(
+            self.options.get("shutdown_timeout") or SHUTDOWN_TIMEOUT
+        )
+        self.loop = asyncio.new_event_loop()
+        self.loop_thread: threading.Thread | None = None
+        self.tracers: list[_TracerThread] = []
+        self.sync_threads = ThreadPoolExecutor(
+            max_workers=min(SYNC_THREADS, self.limit), thread_name_prefix="sync-task"
+        )
+        self.lock = threading.Lock()
+        self.running: set[_Job] = set()
+        self.waiting: deque[_Job] = deque()
+        self.idle = threading.Condition(self.lock)
+        self.terminated = False
+        self._next_tracer = 0
+        self._async_tasks: dict[str, bool] = {}
+
+    # -- Celery's pool API ------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.loop_thread = threading.Thread(target=self._run_loop, name="task-loop", daemon=True)
+        self.loop_thread.start()
+        self.tracers = [_TracerThread(number) for number in range(min(TRACER_THREADS, self.limit))]
+
+    def on_apply(  # type: ignore[override]  # the stubs say (*args, **kwargs) -> None
+        self,
+        target: Callable[..., Any],
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        callback: Callable[..., Any] | None = None,
+        accept_callback: Callable[..., Any] | None = None,
+        timeout_callback: Callable[..., Any] | None = None,
+        soft_timeout: float | None = None,
+        timeout: float | None = None,
+        **_: Any,
+    ) -> _Job:
+        args = tuple(args or ())
+        job = _Job(
+            pool=self,
+            target=target,
+            args=args,
+            kwargs=kwargs or {},
+            callback=callback,
+            accept_callback=accept_callback,
+            timeout_callback=timeout_callback,
+            soft_timeout=soft_timeout or self.soft_timeout,
+            timeout=timeout or self.timeout,
+            is_async=self._is_async(args[0] if args else None),
+        )
+        with self.lock:
+            if len(self.running) < self.limit:
+                self.running.add(job)
+            else:
+                self.waiting.append(job)
+                return job
+        self._start(job)
+        return job
+
+    def on_stop(self) -> None:
+        """Warm shutdown: start nothing more; wait for what runs, up to `shutdown_timeout`."""
+        deadline = time.monotonic() + self.shutdown_timeout
+        with self.lock:
+            self.waiting.clear()  # unacknowledged: the broker delivers them again
+            while self.running and (left := deadline - time.monotonic()) > 0:
+                self.idle.wait(left)
+            still_running = len(self.running)
+        if still_running:
+            logger.warning(
+                "%d task(s) still running after %ss: cancelled, to be delivered again",
+                still_running,
+                self.shutdown_timeout,
+            )
+        self._close(cancel=bool(still_running))
+
+    def on_terminate(self) -> None:
+        """Cold shutdown: cancel what runs, unacknowledged, so it is delivered again."""
+        with self.lock:
+            self.waiting.clear()
+        self._close(cancel=True)
+
+    def _get_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = super()._get_info()  # type: ignore[misc]  # not in the stubs
+        with self.lock:
+            info.update(
+                {
+                    "max-concurrency": self.limit,
+                    "in-flight": len(self.running),
+                    "waiting": len(self.waiting),
+                    "tracer-threads": len(self.tracers),
+                    "sync-threads": len(self.sync_threads._threads),
+                }
+            )
+        return info
+
+    @property
+    def num_processes(self) -> int:
+        return self.limit
+
+    # -- Running jobs ---------------------------------------------------------------------
+
+    def _is_async(self, name: str | None) -> bool:
+        """Whether the task `name` is an `async def` one (its body a coroutine function)."""
+        if name is None:
+            return False
+        known = self._async_tasks.get(name)
+        if known is None:
+            task = self.app.tasks.get(name) if self.app is not None else None
+            known = task is not None and inspect.iscoroutinefunction(task.run)
+            self._async_tasks[name] = known
+        return known
+
+    def _start(self, job: _Job) -> None:
+        if job.is_async:
+            tracer = self.tracers[self._next_tracer % len(self.tracers)]
+            self._next_tracer += 1
+            tracer.start(job)
+        else:
+            self.sync_threads.submit(job.trace)
+
+    def finished(self, job: _Job) -> None:
+        """`job` has ended: start the next one waiting (from any thread)."""
+        with self.lock:
+            self.running.discard(job)
+            following = self.waiting.popleft() if self.waiting else None
+            if following is not None:
+                self.running.add(following)
+            elif not self.running:
+                self.idle.notify_all()
+        if following is not None:
+            self._start(following)
+
+    def _close(self, cancel: bool) -> None:
+        """Stop the loop and the threads; with `cancel`, cancel the coroutines first."""
+        if self.terminated:
+            return
+        if cancel:
+            self.terminated = True  # no tracer is resumed: their tasks are not acknowledged
+            with self.lock:
+                running = [job for job in self.running if job.is_async]
+            done = threading.Event()
+
+            def cancel_all() -> None:
+                for job in running:
+                    job.cancel()
+                self.loop.call_soon(done.set)
+
+            if self.loop.is_running():
+                self.loop.call_soon_threadsafe(cancel_all)
+                done.wait(5)
+        self.terminated = True
+        for tracer in self.tracers:
+            tracer.stop()
+        self.sync_threads.shutdown(wait=not cancel, cancel_futures=True)
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.loop_thread is not None:
+            self.loop_thread.join(5)
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            try:
+                _cancel_remaining(self.loop)
+            finally:
+                self.loop.close()
+
+    # -- Called from the task's body (ContextTask) -----------------------------------------
+
+    def await_on_loop(self, job: _Job, coroutine: Coroutine[Any, Any, T], context: Any) -> T:
+        """Run `coroutine` on the loop, in `context`, while `job`'s greenlet steps aside."""
+        self.loop.call_soon_threadsafe(job.start_coroutine, coroutine, context)
+        assert job.greenlet is not None and job.greenlet.parent is not None
+        outcome = job.greenlet.parent.switch()
+        assert isinstance(outcome, _Outcome)
+        return outcome.unwrap()  # type: ignore[no-any-return]
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks left on `loop`, and let them unwind (their `finally` blocks run)."""
+    remaining = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in remaining:
+        task.cancel()
+    if remaining:
+        loop.run_until_complete(asyncio.gather(*remaining, return_exceptions=True))
+
+
+def current_job() -> _Job | None:
+    """The job whose tracer runs in this greenlet, if it is one of an `AsyncPool`'s."""
+    current = greenlet.getcurrent()
+    return current.job if isinstance(current, _JobGreenlet) else None
+
+
+def on_tracer_thread(call: Callable[[], object]) -> bool:
+    """Make `call` on the tracer thread of the coroutine running here, after whatever that
+    thread has to do already; False (and nothing done) where no coroutine of the pool runs.
+
+    For blocking calls a task's coroutine makes (`update_state`): off the loop, and in order
+    with the task's result.
+    """
+    job = _current_job.get(None)
+    if job is None or job.tracer is None or job.pool.terminated:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    job.tracer.inbox.put(call)
+    return True

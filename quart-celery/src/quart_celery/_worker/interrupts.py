@@ -1,0 +1,65 @@
+"""Raising an exception of our choosing where a coroutine awaits (Celery's soft time limit).
+
+asyncio can only cancel a task, which raises `CancelledError` where it awaits; Celery promises
+`SoftTimeLimitExceeded` there instead, so a task can catch it and tidy up, as it can under
+prefork (where a signal raises it). `Interruptible` drives a coroutine step by step, as a task
+does, and when it is interrupted it cancels the await in progress and throws the chosen
+exception into the coroutine in place of the cancellation. asyncio has no hook for this, so it
+is written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Generator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Interruptible(Generic[T]):
+    """A coroutine that `interrupt` can raise an exception into where it awaits.
+
+    Await it inside an asyncio task (`loop.create_task(interruptible.run())`), then call
+    `interrupt(error)` on the loop's thread.
+    """
+
+    def __init__(self, coroutine: Coroutine[Any, Any, T]) -> None:
+        self.coroutine = coroutine
+        self.task: asyncio.Task[Any] | None = None
+        #: The exception to raise into the coroutine in place of the next cancellation.
+        self.pending: BaseException | None = None
+
+    async def run(self) -> T:
+        """Run the coroutine to its end (in the current task)."""
+        self.task = asyncio.current_task()
+        return await self
+
+    def interrupt(self, error: BaseException) -> None:
+        """Raise `error` where the coroutine awaits now (on the loop's thread)."""
+        if self.task is None or self.task.done():
+            return
+        self.pending = error
+        self.task.cancel()
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        send, throw = self.coroutine.send, self.coroutine.throw
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                yielded = send(value) if error is None else throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                value = yield yielded
+            except asyncio.CancelledError as cancelled:
+                error = cancelled
+                if self.pending is not None:
+                    # The cancellation was ours: the coroutine gets the exception instead.
+                    error, self.pending = self.pending, None
+                    if self.task is not None:
+                        self.task.uncancel()
+            except BaseException as other:
+                error = other
