@@ -16,7 +16,7 @@ from weakref import WeakKeyDictionary
 import flask
 import quart
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import Field, model_validator
 from redis.asyncio import Redis
 
@@ -191,3 +191,59 @@ async def flask_app_name_async() -> str:
     """The name of the Flask app whose context an async task runs in."""
     await asyncio.sleep(0)
     return flask.current_app.name
+
+
+@celery.task(name="tests.own_context", bind=True)
+async def own_context(self: Task[Any, Any], delay: float) -> dict[str, str]:
+    """Keep this task's id in `g`, await, then say what `g`, `self.request` and the app were:
+    each task's own, however many interleave on the loop."""
+    quart.g.task_id = self.request.id
+    await asyncio.sleep(delay)
+    return {"g": quart.g.task_id, "request": self.request.id, "app": quart.current_app.name}
+
+
+@celery.task(name="tests.spin")
+def spin(seconds: float) -> float:
+    """Keep a CPU busy for `seconds`, in Python (holding the GIL as much as it may)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
+
+
+@celery.task(name="tests.notes_its_end")
+async def notes_its_end(key: str, seconds: float) -> str:
+    """Sleep `seconds`; push onto the list `key` how the sleep ended (`soft limit` or
+    `cancelled`), then `finally`."""
+    client = Redis.from_url(quart.current_app.config["REDIS_URL"])
+    try:
+        await asyncio.sleep(seconds)
+        await client.rpush(key, "slept")
+        return "slept"
+    except SoftTimeLimitExceeded:
+        await client.rpush(key, "soft limit")
+        raise
+    except asyncio.CancelledError:
+        await client.rpush(key, "cancelled")
+        raise
+    finally:
+        await client.rpush(key, "finally")
+        await client.aclose()
+
+
+@celery.task(name="tests.async_progress", bind=True)
+async def async_progress(self: Task[Any, Any], steps: int, delay: float) -> dict[str, int]:
+    """Count to `steps` as `tests.count` does, awaiting `delay` between steps."""
+    for current in range(1, steps + 1):
+        await asyncio.sleep(delay)
+        self.update_state(state="PROGRESS", meta={"current": current, "total": steps})
+    return {"steps": steps}
+
+
+@celery.task(name="tests.async_retried_once", bind=True)
+async def async_retried_once(self: Task[Any, Any]) -> dict[str, Any]:
+    """`tests.retried_once`, as a coroutine."""
+    await asyncio.sleep(0)
+    if self.request.retries == 0:
+        raise self.retry(countdown=0, exc=RuntimeError("again"))
+    return {"id": self.request.id, "retries": self.request.retries}

@@ -82,7 +82,7 @@ async def revoke_and_follow(client: Client, task_id: str) -> tuple[list[str], in
     return states, code, stopped
 
 
-@pytest.mark.parametrize("pool", ["prefork", "threads"])
+@pytest.mark.parametrize("pool", ["asyncio", "prefork", "threads"])
 async def test_a_running_sync_task_stops_at_its_next_checkpoint(
     client: Client, process_worker: ProcessWorker, redis_client: redis.Redis, pool: str
 ) -> None:
@@ -99,7 +99,7 @@ async def test_a_running_sync_task_stops_at_its_next_checkpoint(
     assert redis_client.llen("celery") == 0
 
 
-@pytest.mark.parametrize("pool", ["prefork", "threads"])
+@pytest.mark.parametrize("pool", ["asyncio", "prefork", "threads"])
 async def test_a_running_async_task_is_cancelled_at_once_and_cleans_up(
     client: Client, process_worker: ProcessWorker, redis_client: redis.Redis, pool: str
 ) -> None:

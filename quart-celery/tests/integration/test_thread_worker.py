@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 20.0
 
 
-@pytest.mark.parametrize(("pool", "concurrency"), [("solo", 1), ("threads", 2)])
+@pytest.mark.parametrize(("pool", "concurrency"), [("asyncio", 10), ("solo", 1), ("threads", 2)])
 def test_sync_and_async_tasks_run(
     app: Quart, celery: Celery, thread_worker: ThreadWorker, pool: str, concurrency: int
 ) -> None:
@@ -41,7 +41,7 @@ def test_sync_and_async_tasks_run(
             fail.delay("boom").get(timeout=TIMEOUT)
 
 
-@pytest.mark.parametrize(("pool", "concurrency"), [("solo", 1), ("threads", 2)])
+@pytest.mark.parametrize(("pool", "concurrency"), [("asyncio", 10), ("solo", 1), ("threads", 2)])
 def test_tasks_see_the_app_and_its_teardown_runs_after_each(
     app: Quart, celery: Celery, thread_worker: ThreadWorker, pool: str, concurrency: int
 ) -> None:

@@ -17,7 +17,13 @@ from tests.worker_tasks import async_echo, cached_client, count, echo, fail, inc
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 30.0
-POOLS = [("solo", 1), ("prefork", 2), ("threads", 2)]
+POOLS = [("asyncio", 4), ("solo", 1), ("prefork", 2), ("threads", 2)]
+IMPLEMENTATIONS = {
+    "asyncio": "quart_celery._worker.asyncio_pool:AsyncPool",
+    "solo": "celery.concurrency.solo:TaskPool",
+    "prefork": "celery.concurrency.prefork:TaskPool",
+    "threads": "celery.concurrency.thread:TaskPool",
+}
 
 
 @pytest.mark.parametrize(("pool", "concurrency"), POOLS)
@@ -25,6 +31,11 @@ def test_the_worker_runs_sync_async_and_failing_tasks(
     celery: Celery, process_worker: ProcessWorker, pool: str, concurrency: int
 ) -> None:
     process_worker(pool, concurrency)
+    # The pool asked for, by name: "asyncio" (no --pool) is the bridge's, an explicit one
+    # Celery's, as `celery inspect stats` says.
+    (stats,) = (celery.control.inspect(timeout=5, limit=1).stats() or {}).values()
+    assert stats["pool"]["implementation"] == IMPLEMENTATIONS[pool]
+    assert stats["pool"]["max-concurrency"] == concurrency
     assert echo.delay("hello").get(timeout=TIMEOUT) == "hello"
     assert count.delay(3, 0.01).get(timeout=TIMEOUT) == {"steps": 3}
     greeting = async_echo.delay("hi", 0.01).get(timeout=TIMEOUT)

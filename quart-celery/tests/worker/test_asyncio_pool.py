@@ -1,0 +1,178 @@
+"""The async pool, the workers' default, against real workers: `async def` tasks side by side on
+one loop, each in a context of its own, with the promises Celery makes about a task kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from quart import Quart
+
+from quart_celery._worker.asyncio_pool import MAX_THREADS
+from quart_celery.testing import ProcessWorker, ThreadWorker, wait_for
+from tests.worker_tasks import (
+    async_echo,
+    async_progress,
+    async_retried_once,
+    notes_its_end,
+    own_context,
+    spin,
+)
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 30.0
+
+
+def pool_stats(celery: Celery) -> dict[str, Any]:
+    """The pool's part of the one worker's `celery inspect stats`."""
+    (stats,) = (celery.control.inspect(timeout=5, limit=1).stats() or {}).values()
+    pool: dict[str, Any] = stats["pool"]
+    return pool
+
+
+def test_a_thousand_async_tasks_run_side_by_side_each_in_a_context_of_its_own(
+    celery: Celery, process_worker: ProcessWorker
+) -> None:
+    worker = process_worker(concurrency=1000)
+    runs = [own_context.delay(6.0) for _ in range(1000)]
+    peak_threads = 0
+
+    def all_in_flight() -> bool:
+        nonlocal peak_threads
+        peak_threads = max(peak_threads, len(os.listdir(f"/proc/{worker.pid}/task")))
+        return int(pool_stats(celery)["in-flight"]) == len(runs)
+
+    wait_for(all_in_flight, TIMEOUT, "all the tasks to be in flight at once")
+    (active,) = (celery.control.inspect(timeout=5, limit=1).active() or {}).values()
+    assert len(active) == len(runs)
+    print(f"{peak_threads} threads with 1,000 tasks in flight")  # for the docs
+    assert peak_threads <= MAX_THREADS
+    for run in runs:
+        seen = run.get(timeout=TIMEOUT)
+        assert seen == {"g": run.id, "request": run.id, "app": "probe_app"}
+
+
+def test_sync_tasks_spinning_the_cpu_do_not_hold_up_async_ones(
+    celery: Celery, process_worker: ProcessWorker
+) -> None:
+    process_worker()
+    spinning = [spin.delay(4.0) for _ in range(2)]
+    wait_for(lambda: all(run.state == "STARTED" for run in spinning), TIMEOUT, "the spinners")
+    quick = [async_echo.delay("quick", 0.2) for _ in range(100)]
+    for run in quick:
+        assert run.get(timeout=TIMEOUT)["message"] == "quick"
+    # All done while the CPU-bound ones still run: those held up neither the loop nor a slot.
+    assert [run.state for run in spinning] == ["STARTED", "STARTED"]
+    assert [run.get(timeout=TIMEOUT) for run in spinning] == [4.0, 4.0]
+
+
+def test_the_soft_time_limit_is_raised_inside_the_coroutine(
+    celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
+) -> None:
+    process_worker()
+    key = f"ends-{uuid.uuid4().hex}"
+    run = notes_its_end.apply_async((key, 10.0), soft_time_limit=1)
+    with pytest.raises(SoftTimeLimitExceeded):
+        run.get(timeout=TIMEOUT)
+    assert redis_client.lrange(key, 0, -1) == [b"soft limit", b"finally"]
+
+
+def test_the_hard_time_limit_ends_the_task_for_good(
+    celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
+) -> None:
+    process_worker()
+    key = f"ends-{uuid.uuid4().hex}"
+    run = notes_its_end.apply_async((key, 2.0), time_limit=1)
+    with pytest.raises(TimeLimitExceeded):
+        run.get(timeout=TIMEOUT)
+    # Cancelled: it cleaned up, and never woke from its sleep (the next task outlives it).
+    wait_for(lambda: redis_client.llen(key) == 2, TIMEOUT, "the task to clean up")
+    assert async_echo.delay("after", 1.5).get(timeout=TIMEOUT)["message"] == "after"
+    assert redis_client.lrange(key, 0, -1) == [b"cancelled", b"finally"]
+    assert run.state == "FAILURE"
+
+
+@pytest.mark.parametrize(
+    ("setting", "error", "ending"),
+    [
+        ("task_soft_time_limit", SoftTimeLimitExceeded, b"soft limit"),
+        ("task_time_limit", TimeLimitExceeded, b"cancelled"),
+    ],
+)
+def test_time_limits_come_from_the_settings_too(
+    celery: Celery,
+    thread_worker: ThreadWorker,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    error: type[Exception],
+    ending: bytes,
+) -> None:
+    monkeypatch.setitem(celery.conf, setting, 0.5)
+    key = f"ends-{uuid.uuid4().hex}"
+    with thread_worker(celery):
+        with pytest.raises(error):
+            notes_its_end.delay(key, 10.0).get(timeout=TIMEOUT)
+        wait_for(lambda: redis_client.llen(key) == 2, TIMEOUT, "the task to clean up")
+    assert redis_client.lrange(key, 0, -1) == [ending, b"finally"]
+
+
+def test_progress_from_a_coroutine_is_stored_in_order_before_the_result(
+    celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
+) -> None:
+    process_worker()
+    task_id = str(uuid.uuid4())
+    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
+        pubsub.subscribe(f"celery-task-meta-{task_id}")
+        async_progress.apply_async((3, 0.01), task_id=task_id)
+        states: list[tuple[str, Any]] = []
+
+        def finished() -> bool:
+            message = pubsub.get_message(timeout=0.1)
+            if message is not None:
+                meta = json.loads(message["data"])
+                states.append((meta["status"], meta["result"]))
+            return bool(states) and states[-1][0] == "SUCCESS"
+
+        wait_for(finished, TIMEOUT, "the task to succeed")
+    assert states == [
+        ("STARTED", states[0][1]),
+        *[("PROGRESS", {"current": n, "total": 3}) for n in (1, 2, 3)],
+        ("SUCCESS", {"steps": 3}),
+    ]
+
+
+def test_retries_and_countdowns_work_for_coroutines(
+    celery: Celery, process_worker: ProcessWorker
+) -> None:
+    process_worker()
+    retried = async_retried_once.delay()
+    assert retried.get(timeout=TIMEOUT) == {"id": retried.id, "retries": 1}
+    later = async_echo.apply_async(("later",), countdown=1)
+    assert later.get(timeout=TIMEOUT)["message"] == "later"
+
+
+def test_teardown_runs_after_each_coroutine_with_its_error(
+    app: Quart, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    torn_down: list[str | None] = []
+
+    @app.teardown_appcontext
+    async def record(error: BaseException | None) -> None:
+        torn_down.append(type(error).__name__ if error else None)
+
+    key = f"ends-{uuid.uuid4().hex}"
+    with thread_worker(celery):
+        runs = [own_context.delay(0.1) for _ in range(20)]
+        limited = notes_its_end.apply_async((key, 10.0), soft_time_limit=1)
+        for run in runs:
+            run.get(timeout=TIMEOUT)
+        limited.get(timeout=TIMEOUT, propagate=False)
+    assert sorted(torn_down, key=str) == [None] * 20 + ["SoftTimeLimitExceeded"]
