@@ -247,3 +247,21 @@ async def async_retried_once(self: Task[Any, Any]) -> dict[str, Any]:
     if self.request.retries == 0:
         raise self.retry(countdown=0, exc=RuntimeError("again"))
     return {"id": self.request.id, "retries": self.request.retries}
+
+
+@celery.task(name="tests.long_the_first_time")
+async def long_the_first_time(key: str, seconds: float) -> str:
+    """Push `started` onto the list `key`; the first time, sleep `seconds` (noting `cancelled`
+    if cancelled); then push `finally`. Shows a task that was cut short running again."""
+    client = Redis.from_url(quart.current_app.config["REDIS_URL"])
+    first = await client.rpush(key, "started") == 1
+    try:
+        if first:
+            await asyncio.sleep(seconds)
+        return "first" if first else "again"
+    except asyncio.CancelledError:
+        await client.rpush(key, "cancelled")
+        raise
+    finally:
+        await client.rpush(key, "finally")
+        await client.aclose()

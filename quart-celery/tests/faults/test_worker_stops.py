@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from functools import partial
 
 import pytest
+import redis
+from celery import Celery
 
 from quart_celery.testing import Server, accepted_task, task_in, wait_for
 from tests.faults.conftest import RedisServer, Worker
@@ -66,3 +69,75 @@ def test_a_worker_told_to_stop_finishes_its_tasks_and_leaves_the_queue_to_others
     start_worker(url, "--pool", "prefork", "--concurrency", "2")
     for task_id in queued:
         wait_for(partial(task_in, server, task_id, ("SUCCESS",)), 30, "a queued task to run")
+
+
+# The async pool, the workers' default (no --pool): the same promises with hundreds in flight.
+
+
+def states(url: str, task_ids: list[str]) -> list[str]:
+    """The tasks' states, as the result backend at `url` has them (PENDING where it has none)."""
+    client = redis.Redis.from_url(url)
+    try:
+        metas = client.mget([f"celery-task-meta-{task_id}" for task_id in task_ids])
+    finally:
+        client.close()
+    return [json.loads(meta)["status"] if meta else "PENDING" for meta in metas]
+
+
+def test_the_async_pool_loses_none_of_300_tasks_in_flight_when_killed(
+    redis_server: RedisServer, start_server: Server, start_worker: Worker
+) -> None:
+    url = redis_server.url()
+    settings = {"CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
+    server = start_server(url)
+    doomed = start_worker(url, "--concurrency", "300", **settings)
+    task_ids = [submit(server, f"survives {n}", 5.0) for n in range(300)]
+    wait_for(lambda: states(url, task_ids) == ["STARTED"] * 300, 60, "all 300 to be in flight")
+
+    os.killpg(doomed.process.pid, signal.SIGKILL)
+    doomed.process.wait()
+    start_worker(url, **settings)
+    wait_for(lambda: set(states(url, task_ids)) == {"SUCCESS"}, 90, "all 300 to run again")
+
+
+def test_the_async_pool_finishes_what_runs_on_sigterm_and_leaves_the_rest_queued(
+    redis_server: RedisServer, start_server: Server, start_worker: Worker
+) -> None:
+    url = redis_server.url()
+    server = start_server(url)
+    stopping = start_worker(url, "--concurrency", "20")
+    running = [submit(server, f"running {n}", 2.0) for n in range(20)]
+    wait_for(lambda: states(url, running) == ["STARTED"] * 20, 30, "the tasks to start")
+    queued = [submit(server, f"queued {n}", 0.0) for n in range(10)]  # beyond its concurrency
+
+    stopping.process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+    assert stopping.process.wait(60) == 0
+    assert states(url, running) == ["SUCCESS"] * 20
+    assert states(url, queued) == ["PENDING"] * 10
+    start_worker(url)
+    wait_for(lambda: states(url, queued) == ["SUCCESS"] * 10, 30, "the queued tasks to run")
+
+
+def test_a_second_signal_cancels_what_the_async_pool_runs_and_it_is_delivered_again(
+    redis_server: RedisServer, start_worker: Worker
+) -> None:
+    url = redis_server.url()
+    settings = {"CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
+    stopping = start_worker(url, **settings)
+    sender = Celery("sender", broker=url, backend=url)
+    keys = [f"ends-{n}" for n in range(5)]
+    runs = [sender.send_task("tests.long_the_first_time", (key, 60.0)) for key in keys]
+    client = redis.Redis.from_url(url)
+    wait_for(lambda: all(client.llen(key) == 1 for key in keys), 30, "the tasks to start")
+
+    stopping.process.send_signal(signal.SIGINT)  # a warm shutdown, waiting for them...
+    wait_for(lambda: "Warm shutdown" in stopping.log(), 30, "the warm shutdown")
+    stopping.process.send_signal(signal.SIGINT)  # ...and a second signal: a cold one
+    stopping.process.wait(30)
+    for key in keys:  # cancelled where they awaited; their `finally` blocks ran
+        assert client.lrange(key, 0, -1) == [b"started", b"cancelled", b"finally"]
+    assert states(url, [run.id for run in runs]) == ["STARTED"] * 5  # neither failed nor done
+
+    start_worker(url, **settings)
+    assert [run.get(timeout=60) for run in runs] == ["again"] * 5
+    client.close()

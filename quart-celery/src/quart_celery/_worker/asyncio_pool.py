@@ -126,13 +126,33 @@ class _Job:
     interruptible: Interruptible[Any] | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     resumed: bool = False
+    #: Stopped by the worker (a cold shutdown, `revoke(terminate=True)`): nothing more of it
+    #: reaches the worker.
+    terminated: bool = False
 
     def trace(self) -> None:
         """Run Celery's tracer, which calls the task's body (in this job's greenlet)."""
         try:
-            apply_target(self.target, self.args, self.kwargs, self.callback, self.accept_callback)
+            apply_target(self.target, self.args, self.kwargs, self.ended, self.accept_callback)
         finally:
             self.pool.finished(self)
+
+    def ended(self, outcome: Any) -> None:
+        """Tell the worker how the task ended (Celery's callback), unless it stopped it."""
+        if not self.terminated and self.callback is not None:
+            self.callback(outcome)
+
+    def terminate(self, signal: int | None = None) -> None:
+        """Stop the task for good (Celery's `ApplyResult.terminate`, from the worker's thread):
+        an `async def` one is cancelled where it awaits, its `finally` blocks and teardown
+        run, and its tracer is never resumed; a sync one runs on, as on the threads pool, but
+        its end is not reported. Either way its slot is free."""
+        if self.terminated:
+            return
+        self.terminated = True
+        if self.is_async and self.pool.loop.is_running():
+            self.pool.loop.call_soon_threadsafe(self.cancel)
+        self.pool.finished(self)
 
     def start_coroutine(
         self, coroutine: Coroutine[Any, Any, Any], context: contextvars.Context
@@ -178,7 +198,7 @@ class _Job:
 
     def resume(self, outcome: _Outcome) -> None:
         """Hand `outcome` to the tracer waiting for it, once (from the loop)."""
-        if self.resumed or self.pool.terminated:
+        if self.resumed or self.terminated or self.pool.terminated:
             return
         self.resumed = True
         assert self.tracer is not None and self.greenlet is not None
@@ -300,11 +320,16 @@ class AsyncPool(BasePool):
     def on_stop(self) -> None:
         """Warm shutdown: start nothing more; wait for what runs, up to `shutdown_timeout`."""
         deadline = time.monotonic() + self.shutdown_timeout
-        with self.lock:
-            self.waiting.clear()  # unacknowledged: the broker delivers them again
-            while self.running and (left := deadline - time.monotonic()) > 0:
-                self.idle.wait(left)
-            still_running = len(self.running)
+        try:
+            with self.lock:
+                self.waiting.clear()  # unacknowledged: the broker delivers them again
+                while self.running and (left := deadline - time.monotonic()) > 0:
+                    self.idle.wait(left)
+                still_running = len(self.running)
+        except BaseException:
+            # A second signal (Celery's cold shutdown, raised here from its handler).
+            self._close(cancel=True)
+            raise
         if still_running:
             logger.warning(
                 "%d task(s) still running after %ss: cancelled, to be delivered again",
@@ -318,6 +343,10 @@ class AsyncPool(BasePool):
         with self.lock:
             self.waiting.clear()
         self._close(cancel=True)
+
+    def terminate_job(self, pid: int, signal: int | None = None) -> None:
+        """Celery's way to stop one task under prefork (kill its process): here every task
+        shares the process, and Celery stops the task itself next (`_Job.terminate`)."""
 
     def _get_info(self) -> dict[str, Any]:
         info: dict[str, Any] = super()._get_info()  # type: ignore[misc]  # not in the stubs
@@ -359,8 +388,10 @@ class AsyncPool(BasePool):
             self.sync_threads.submit(job.trace)
 
     def finished(self, job: _Job) -> None:
-        """`job` has ended: start the next one waiting (from any thread)."""
+        """`job` has ended, or was stopped: start the next one waiting (from any thread)."""
         with self.lock:
+            if job not in self.running:
+                return
             self.running.discard(job)
             following = self.waiting.popleft() if self.waiting else None
             if following is not None:
