@@ -36,6 +36,8 @@ def test_the_worker_runs_sync_async_and_failing_tasks(
     (stats,) = (celery.control.inspect(timeout=5, limit=1).stats() or {}).values()
     assert stats["pool"]["implementation"] == IMPLEMENTATIONS[pool]
     assert stats["pool"]["max-concurrency"] == concurrency
+    # It takes no more messages ahead than it can start.
+    assert stats["prefetch_count"] == concurrency
     assert echo.delay("hello").get(timeout=TIMEOUT) == "hello"
     assert count.delay(3, 0.01).get(timeout=TIMEOUT) == {"steps": 3}
     greeting = async_echo.delay("hi", 0.01).get(timeout=TIMEOUT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,3 +177,21 @@ def test_teardown_runs_after_each_coroutine_with_its_error(
             run.get(timeout=TIMEOUT)
         limited.get(timeout=TIMEOUT, propagate=False)
     assert sorted(torn_down, key=str) == [None] * 20 + ["SoftTimeLimitExceeded"]
+
+
+def test_nothing_blocks_the_loop_under_load(
+    celery: Celery,
+    process_worker: ProcessWorker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # asyncio's debug mode logs every callback that holds the loop over 0.1 s, and every
+    # coroutine never awaited.
+    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
+    process_worker(concurrency=500)
+    runs = [async_progress.delay(2, 0.01) for _ in range(500)] + [spin.delay(0.5)]
+    for run in runs:
+        run.get(timeout=TIMEOUT)
+    log = (tmp_path / "worker-asyncio.log").read_text()
+    assert "Executing <" not in log, log  # "Executing <Task ...> took 0.2 seconds"
+    assert "was never awaited" not in log, log
