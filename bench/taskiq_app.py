@@ -24,7 +24,7 @@ broker = ListQueueBroker(REDIS_URL).with_result_backend(
 )
 
 
-@broker.task(task_name="bench.sleep")
+@broker.task(task_name="bench.sleep")  # type: ignore[untyped-decorator]  # no taskiq here
 async def sleep(seconds: float) -> None:
     """Wait on nothing for `seconds`."""
     await asyncio.sleep(seconds)
