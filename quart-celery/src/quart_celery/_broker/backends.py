@@ -7,6 +7,11 @@ each send cost two extra round trips to Redis (SUBSCRIBE, then UNSUBSCRIBE), and
 piled up for results nobody read. `.get()` still subscribes when it is called, and reads the
 stored state after subscribing, so nothing is lost by not subscribing earlier.
 
+Celery reads a task's stored state before storing a new one, so as never to overwrite SUCCESS
+(a task delivered twice): a round trip more for every state stored, two of the few a task
+costs a worker. Here the read, the write and the publish are one script, one round trip, and
+no other write can come between the read and the write.
+
 Celery dates only a task's final state (`date_done`); the others (STARTED, PROGRESS, your own)
 get `date_stored` here, so that the web server can tell how long each took to reach its
 socket (the `delivery_seconds` metric).
@@ -19,13 +24,66 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.backends.redis import SentinelBackend as CelerySentinelBackend
+from kombu.utils.encoding import bytes_to_str
+from redis.commands.core import Script
+
+#: Store (with an expiry in seconds, 0 for none) and publish a state, unless the key holds
+#: SUCCESS already: Celery's rule, as one step.
+STORE_UNLESS_SUCCEEDED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local decoded, meta = pcall(cjson.decode, current)
+    if decoded and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
+        return 0
+    end
+end
+if tonumber(ARGV[2]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 class SendsWithoutSubscribing:
-    """A mixin for Celery's Redis backends: no subscription on send; every state dated."""
+    """A mixin for Celery's Redis backends: no subscription on send; a state stored in one
+    round trip; every state dated."""
+
+    _store_script: Script | None = None
+    expires: Any
+    client: Any
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Send without subscribing to the task's result channel."""
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Celery's `_store_result`, without reading the state first (`_set` does)."""
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        key = self.get_key_for_task(task_id)  # type: ignore[attr-defined]
+        self._set_with_state(key, self.encode(meta), state)  # type: ignore[attr-defined]
+        return result
+
+    def _set(self, key: str, value: Any, expires: Any = None) -> None:
+        """Store and publish `value` at `key`, unless it holds SUCCESS (one round trip)."""
+        if expires is None:
+            expires = self.expires
+        script = self._store_script
+        if script is None:
+            script = self._store_script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
+        script(keys=[key], args=[value, int(expires or 0)], client=self.client)
 
     def _get_result_meta(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Celery's meta of a state, with `date_stored` where it has no `date_done`."""
