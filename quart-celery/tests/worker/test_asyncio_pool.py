@@ -14,9 +14,17 @@ import redis
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from quart import Quart
+from quart.typing import TestClientProtocol as Client
 
 from quart_celery._worker.asyncio_pool import MAX_THREADS
-from quart_celery.testing import ProcessWorker, ThreadWorker, wait_for
+from quart_celery.testing import (
+    ProcessWorker,
+    ThreadWorker,
+    finished,
+    snapshot,
+    submit,
+    wait_for,
+)
 from tests.worker_tasks import (
     async_echo,
     async_progress,
@@ -195,3 +203,18 @@ def test_nothing_blocks_the_loop_under_load(
     log = (tmp_path / "worker-asyncio.log").read_text()
     assert "Executing <" not in log, log  # "Executing <Task ...> took 0.2 seconds"
     assert "was never awaited" not in log, log
+
+
+async def test_a_task_revoked_before_it_starts_never_runs(
+    client: Client, celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
+) -> None:
+    # Revoked while queued, before any worker could hear of it: the pool reads the result
+    # backend as it starts the task.
+    revoked = (await submit(client, "tests.async_echo", message="never"))["id"]
+    assert (await client.delete(f"/api/tasks/{revoked}")).status_code == 202
+    process_worker()
+    after = (await submit(client, "tests.async_echo", message="after"))["id"]
+    assert (await finished(client, after))["state"] == "SUCCESS"
+    assert (await snapshot(client, revoked))["state"] == "REVOKED"
+    wait_for(lambda: redis_client.hlen("unacked") == 0, TIMEOUT, "the message acknowledged")
+    assert redis_client.llen("celery") == 0

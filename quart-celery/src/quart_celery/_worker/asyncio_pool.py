@@ -55,7 +55,9 @@ from typing import Any, TypeVar
 import greenlet
 from celery.concurrency.base import BasePool, apply_target
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker.request import Request
 
+from quart_celery._worker import revoked
 from quart_celery._worker.interrupts import Interruptible
 
 T = TypeVar("T")
@@ -131,8 +133,12 @@ class _Job:
     terminated: bool = False
 
     def trace(self) -> None:
-        """Run Celery's tracer, which calls the task's body (in this job's greenlet)."""
+        """Run Celery's tracer, which calls the task's body (in this job's greenlet), unless
+        the task was revoked before it started (`quart_celery._worker.revoked`)."""
         try:
+            request = getattr(self.callback, "__self__", None)  # Celery's Request.on_success
+            if isinstance(request, Request) and revoked.was_revoked(request):
+                return
             apply_target(self.target, self.args, self.kwargs, self.ended, self.accept_callback)
         finally:
             self.pool.finished(self)
@@ -277,6 +283,7 @@ class AsyncPool(BasePool):
     # -- Celery's pool API ------------------------------------------------------------------
 
     def on_start(self) -> None:
+        revoked.checked_by_the_pool = True
         if sys.getswitchinterval() > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)
         self.loop_thread = threading.Thread(target=self._run_loop, name="task-loop", daemon=True)
@@ -405,6 +412,7 @@ class AsyncPool(BasePool):
         """Stop the loop and the threads; with `cancel`, cancel the coroutines first."""
         if self.terminated:
             return
+        revoked.checked_by_the_pool = False
         if cancel:
             self.terminated = True  # no tracer is resumed: their tasks are not acknowledged
             with self.lock:

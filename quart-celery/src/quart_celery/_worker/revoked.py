@@ -14,6 +14,11 @@ from celery import signals, states
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
+#: Whether this process's pool reads revocations itself as it starts each task (the async
+#: pool does, on its tracer threads): then the worker's consumer, which every message waits
+#: on, does not.
+checked_by_the_pool = False
+
 
 def init_celery() -> None:
     """Make every worker skip a task that the result backend says was revoked."""
@@ -25,6 +30,18 @@ def skip_if_revoked(request: Request, **_: Any) -> None:
 
     A task the worker counts as revoked is acknowledged and recorded as REVOKED, never run.
     """
+    if not checked_by_the_pool:
+        _count_if_revoked(request)
+
+
+def was_revoked(request: Request) -> bool:
+    """Whether the task of `request`, about to start, was revoked; if so Celery's handling of
+    a revoked task is done (REVOKED recorded, the message acknowledged, task-revoked sent)."""
+    _count_if_revoked(request)
+    return bool(request.revoked())
+
+
+def _count_if_revoked(request: Request) -> None:
     if (
         request.id not in worker_state.revoked
         and request.task.backend.get_state(request.id) == states.REVOKED
