@@ -9,16 +9,17 @@ backend see nothing new.
 The worker hands a pool Celery's tracer for each task (`celery.app.trace`): one synchronous
 function that stores STARTED, sends the signals, calls the task, stores its result and hands
 back what the worker acknowledges and reports. For an `async def` task this pool runs that
-tracer in a greenlet on one of a few tracer threads. When the tracer reaches the task's body
+tracer in a greenlet on the pool's tracer thread. When the tracer reaches the task's body
 (`ContextTask`), the body's coroutine goes to the process's one event loop and the greenlet
 steps aside, so its thread goes on with other tasks' tracers; when the coroutine ends, the
 greenlet resumes on its thread with the outcome. So:
 
 - Celery's own tracer does a task's bookkeeping, as under prefork: results, states, signals,
   retries, events, acknowledgement;
-- every blocking call it makes stays off the loop, on the tracer threads, and so does
+- every blocking call it makes stays off the loop, on the tracer thread, and so does
   `update_state` called from a coroutine (`on_tracer_thread`), in order with the result;
-- the threads are a fixed few, however many tasks are in flight.
+- the threads are a fixed few, however many tasks are in flight (one for the tracers, one for
+  the loop, a few for sync tasks, started as they are needed).
 
 A sync task runs as on Celery's threads pool, in a bounded pool of threads of its own: never on
 the loop, so one spinning the CPU does not hold up the coroutines (beyond the GIL's share).
@@ -68,7 +69,10 @@ logger = logging.getLogger(__name__)
 #: process or a thread.
 DEFAULT_CONCURRENCY = 100
 #: Threads running the tracers (Celery's bookkeeping, which blocks on Redis) of async tasks.
-TRACER_THREADS = 4
+#: One: every thread more that wants the GIL delays the worker's consumer thread after each of
+#: its round trips, and the consumer paces the whole worker (bench/async_tasks.py, 1,000 tasks
+#: of 1 s: 2.29-2.37 s after the last send with one, 2.62-2.67 s with four).
+TRACER_THREADS = 1
 #: Threads running sync tasks, at most.
 SYNC_THREADS = 4
 #: The most threads a worker process running this pool has, however many tasks are in flight:
