@@ -46,8 +46,9 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -56,6 +57,7 @@ from typing import Any, TypeVar
 import greenlet
 from celery.concurrency.base import BasePool, apply_target
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker import state as worker_state
 from celery.worker.request import Request
 
 from quart_celery._worker import revoked
@@ -288,6 +290,8 @@ class AsyncPool(BasePool):
 
     def on_start(self) -> None:
         revoked.checked_by_the_pool = True
+        for requests in (worker_state.active_requests, worker_state.reserved_requests):
+            requests.__class__ = _SnapshotWeakSet
         if sys.getswitchinterval() > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)
         self.loop_thread = threading.Thread(target=self._run_loop, name="task-loop", daemon=True)
@@ -459,6 +463,25 @@ class AsyncPool(BasePool):
         outcome = job.greenlet.parent.switch()
         assert isinstance(outcome, _Outcome)
         return outcome.unwrap()  # type: ignore[no-any-return]
+
+
+class _SnapshotWeakSet(weakref.WeakSet[Any]):
+    """A `WeakSet` that iterates over a snapshot of itself.
+
+    The worker keeps its active and reserved requests in two of them and, with an event loop,
+    `celery inspect active` iterates over them as they are (`celery/worker/pidbox.py`, `tset`):
+    safe where only the consumer's thread changes them (prefork), but the tracer thread adds
+    and removes requests as tasks start and end, and the inspection failed with "Set changed
+    size during iteration". Their class is changed in place, as `task_accepted` and
+    `task_ready` keep the sets' own methods.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        # Copied in one step, under the GIL (`data` is missing from the stubs).
+        for reference in list(self.data):  # type: ignore[attr-defined]
+            item = reference()
+            if item is not None:
+                yield item
 
 
 def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
