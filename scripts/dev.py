@@ -351,24 +351,36 @@ def ensure_chromium() -> None:
 
 
 def serve(host: str, port: int, *, beat: bool = False) -> int:
-    """Run a worker, hypercorn and, if asked, beat until one stops or this process is told to
-    stop."""
+    """Run a worker process per core, hypercorn and, if asked, beat until one stops or this
+    process is told to stop.
+
+    A worker process runs its `async def` tasks on one event loop, so one core's worth at
+    most: one process per core uses the machine, each named after its number.
+    """
+    workers = os.cpu_count() or 1
     processes = [
         subprocess.Popen(
-            [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO"],
+            [
+                *[str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO"],
+                *["--hostname", f"worker{number}@%h"],
+            ],
             cwd=ROOT,
             start_new_session=True,
-        ),
+        )
+        for number in range(1, workers + 1)
+    ]
+    processes.append(
         subprocess.Popen(
             [str(BIN / "hypercorn"), "asgi:app", "--bind", f"{host}:{port}"],
             cwd=ROOT,
             start_new_session=True,
-        ),
-    ]
+        )
+    )
     if beat:
         command = [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "INFO"]
         processes.append(subprocess.Popen(command, cwd=ROOT, start_new_session=True))
-    parts = "a Celery worker and beat" if beat else "a Celery worker"
+    parts = f"{workers} Celery worker process(es), one per core"
+    parts += " and beat" if beat else ""
     log(f"serving http://{host}:{port}/ with {parts}; Ctrl-C stops them all")
     try:
         pid, _ = os.wait()

@@ -29,9 +29,10 @@ BEAT = {"tick": {"task": "simple_task", "schedule": 0.5, "args": ["from the Proc
 
 
 def procfile() -> dict[str, str]:
-    """The Procfile's process types and their commands."""
+    """The Procfile's process types and their commands (its comments left out, as platforms
+    leave them)."""
     lines = (ROOT / "Procfile").read_text().splitlines()
-    return dict(line.split(": ", 1) for line in lines if line.strip())
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
 
 
 @pytest.fixture
