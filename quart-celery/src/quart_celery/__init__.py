@@ -18,6 +18,9 @@ bridge's own):
 - `watch_ticket`: lets a page of yours follow one task over its websocket;
 - `limits_submissions`: counts a view of yours that submits against `API_RATE_LIMIT`;
 - `ContextTask`: the base class of every task, to derive your own from;
+- `AsyncPool`: the workers' pool when no other is named, `async def` tasks side by side on one
+  event loop per process (`--pool custom` with `CELERY_CUSTOM_WORKER_POOL=quart_celery:AsyncPool`
+  names it too);
 - `ConfigurationError`, `exit_on_configuration_error`: a wrong setting, as one line at start-up.
 
 `quart_celery.testing` is a pytest plugin with fixtures for your tests. Importing any of this
@@ -30,6 +33,7 @@ from quart_celery._client import queue
 from quart_celery._client.exposure import ArgumentRules, expose
 from quart_celery._protection.access import watch_ticket
 from quart_celery._protection.rate_limits import limits_submissions
+from quart_celery._worker.asyncio_pool import AsyncPool
 from quart_celery._worker.cancellation import TaskCancelled, checkpoint
 from quart_celery._worker.task import ContextTask
 from quart_celery.errors import (
@@ -52,6 +56,7 @@ __version__ = "0.1.0"
 __all__ = [
     "APIError",
     "ArgumentRules",
+    "AsyncPool",
     "ConfigurationError",
     "ContextTask",
     "FellBehind",
