@@ -265,3 +265,9 @@ async def long_the_first_time(key: str, seconds: float) -> str:
     finally:
         await client.rpush(key, "finally")
         await client.aclose()
+
+
+@celery.task(name="tests.rate_limited", rate_limit="4/s")
+async def rate_limited() -> float:
+    """Say when it ran: at most four a second start."""
+    return time.time()

@@ -31,6 +31,7 @@ from tests.worker_tasks import (
     async_retried_once,
     notes_its_end,
     own_context,
+    rate_limited,
     spin,
 )
 
@@ -218,3 +219,11 @@ async def test_a_task_revoked_before_it_starts_never_runs(
     assert (await snapshot(client, revoked))["state"] == "REVOKED"
     wait_for(lambda: redis_client.hlen("unacked") == 0, TIMEOUT, "the message acknowledged")
     assert redis_client.llen("celery") == 0
+
+
+def test_a_rate_limit_paces_coroutines_too(celery: Celery, process_worker: ProcessWorker) -> None:
+    process_worker()
+    runs = [rate_limited.delay() for _ in range(5)]
+    started = sorted(run.get(timeout=TIMEOUT) for run in runs)
+    # Four a second: the fifth starts about a second after the first, however idle the pool.
+    assert started[-1] - started[0] >= 0.7
