@@ -67,7 +67,8 @@ async def test_a_retried_task_sends_retry_and_starts_again(
     task_id = retried_once.delay().id
     async with client.websocket(f"/ws/tasks/{task_id}") as socket:
         assert (await socket.receive_json())["state"] == "PENDING"
-        with thread_worker(celery):
+        # One task at a time: the retry runs after RETRY is stored, not beside it.
+        with thread_worker(celery, pool="solo"):
             received, code = await messages_until_closed(socket)
     assert code == 1000
     assert [message["state"] for message in received] == ["STARTED", "RETRY", "STARTED", "SUCCESS"]
