@@ -13,6 +13,8 @@ same no-op task on Celery's solo pool.
    threads and memory (RSS), sampled every 20 ms.
 2. `--noops` no-op tasks queued first, then drained by one worker process: `async def` ones on
    the async pool against a sync one on `-P solo`, in tasks per second.
+3. 100 `async def` tasks of 0.2 s sent while two sync tasks spin the CPU for 4 s on the same
+   async pool process: the time from the first send to the last of the 100 stored.
 
 Each worker runs with the app's settings (task events on, acknowledged late). Uses the Redis at
 REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed between runs.
@@ -95,6 +97,8 @@ def main() -> None:
                     else ""
                 )
             )
+        beside = beside_spinners(redis_url)
+        print(f"round {round_}: 100 async tasks of 0.2 s beside two spinning: {beside:.2f} s")
         rates["async"].append(drain_rate(redis_url, [], "bench.noop_async", args.noops))
         rates["solo"].append(drain_rate(redis_url, ["-P", "solo"], "bench.noop", args.noops))
         print(
@@ -178,6 +182,23 @@ def drain_rate(redis_url: str, options: list[str], task: str, count: int) -> flo
         first = wait_until_stored(redis_url, keys[:1], b"SUCCESS", every=0.001)
         last = wait_until_stored(redis_url, keys, b"SUCCESS")
     return (count - 1) / (last - first)
+
+
+def beside_spinners(redis_url: str) -> float:
+    """Seconds 100 `bench.sleep(0.2)` take on the async pool while two `bench.spin(4)` run."""
+    from worker import celery
+
+    flush(redis_url)
+    with running([*CELERY, *CELERY_OPTIONS], redis_url):
+        celery.send_task("bench.noop").get(timeout=60)  # ready
+        spinners = [celery.send_task("bench.spin", (4.0,)) for _ in range(2)]
+        wait_until_stored(redis_url, [f"celery-task-meta-{s.id}" for s in spinners], b"STARTED")
+        started = time.time()
+        sent = [celery.send_task("bench.sleep", (0.2,)).id for _ in range(100)]
+        done = wait_until_stored(redis_url, [f"celery-task-meta-{i}" for i in sent], b"SUCCESS")
+        for spinner in spinners:
+            spinner.get(timeout=60)
+    return done - started
 
 
 def wait_until_stored(redis_url: str, keys: list[str], state: bytes, every: float = 0.005) -> float:

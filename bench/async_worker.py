@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from worker import celery
 
@@ -21,3 +22,11 @@ async def noop_async() -> None:
 @celery.task(name="bench.noop")
 def noop() -> None:
     """Nothing: what a task itself costs a sync pool."""
+
+
+@celery.task(name="bench.spin")
+def spin(seconds: float) -> None:
+    """Keep a CPU busy for `seconds`, in Python."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
