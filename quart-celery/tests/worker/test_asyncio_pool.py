@@ -229,3 +229,12 @@ def test_a_rate_limit_paces_coroutines_too(celery: Celery, process_worker: Proce
     started = sorted(run.get(timeout=TIMEOUT) for run in runs)
     # Four a second: the fifth starts about a second after the first, however idle the pool.
     assert started[-1] - started[0] >= 0.7
+
+
+def test_a_sync_task_with_a_time_limit_is_told_it_is_not_kept(
+    celery: Celery, process_worker: ProcessWorker, tmp_path: Path
+) -> None:
+    process_worker()
+    assert spin.apply_async((0.1,), time_limit=1).get(timeout=TIMEOUT) == 0.1
+    log = (tmp_path / "worker-asyncio.log").read_text()
+    assert "tests.spin is a sync task with a time limit" in log

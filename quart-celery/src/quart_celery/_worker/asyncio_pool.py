@@ -285,6 +285,8 @@ class AsyncPool(BasePool):
         self.terminated = False
         self._next_tracer = 0
         self._async_tasks: dict[str, bool] = {}
+        #: The sync tasks whose time limits this pool said it cannot keep.
+        self._unlimited: set[str] = set()
 
     # -- Celery's pool API ------------------------------------------------------------------
 
@@ -400,6 +402,14 @@ class AsyncPool(BasePool):
             self._next_tracer += 1
             tracer.start(job)
         else:
+            if (job.soft_timeout or job.timeout) and job.args[0] not in self._unlimited:
+                self._unlimited.add(job.args[0])
+                logger.warning(
+                    "%s is a sync task with a time limit: the async pool runs sync tasks in "
+                    "threads, which cannot be stopped, so the limit is not kept (run it with "
+                    "--pool prefork, or have it call checkpoint())",
+                    job.args[0],
+                )
             self.sync_threads.submit(job.trace)
 
     def finished(self, job: _Job) -> None:
