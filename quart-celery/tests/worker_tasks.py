@@ -271,3 +271,9 @@ async def long_the_first_time(key: str, seconds: float) -> str:
 async def rate_limited() -> float:
     """Say when it ran: at most four a second start."""
     return time.time()
+
+
+@celery.task(name="tests.blocks_the_loop")
+async def blocks_the_loop(seconds: float) -> None:
+    """Block the event loop for `seconds`, as a blocking call in a coroutine does."""
+    time.sleep(seconds)

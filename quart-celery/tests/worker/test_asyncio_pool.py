@@ -29,6 +29,7 @@ from tests.worker_tasks import (
     async_echo,
     async_progress,
     async_retried_once,
+    blocks_the_loop,
     notes_its_end,
     own_context,
     rate_limited,
@@ -238,3 +239,13 @@ def test_a_sync_task_with_a_time_limit_is_told_it_is_not_kept(
     assert spin.apply_async((0.1,), time_limit=1).get(timeout=TIMEOUT) == 0.1
     log = (tmp_path / "worker-asyncio.log").read_text()
     assert "tests.spin is a sync task with a time limit" in log
+
+
+def test_a_coroutine_that_blocks_the_loop_is_named_in_the_log(
+    celery: Celery, process_worker: ProcessWorker, tmp_path: Path
+) -> None:
+    process_worker()
+    run = blocks_the_loop.delay(0.7)
+    run.get(timeout=TIMEOUT)
+    log = (tmp_path / "worker-asyncio.log").read_text()
+    assert f"tests.blocks_the_loop[{run.id}] held the event loop for 0.7" in log

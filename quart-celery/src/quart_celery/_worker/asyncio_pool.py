@@ -87,6 +87,8 @@ MAX_THREADS = 20
 #: beside two spinning sync tasks took 4.3 s; at 0.25 ms, about 1.4 s. It costs the spinning
 #: tasks a few per cent, and nothing where no thread waits.
 SWITCH_INTERVAL = 0.00025
+#: A coroutine that runs this long without awaiting is reported: it held up every other task.
+SLOW_STEP = 0.5
 #: How long a warm shutdown waits for the tasks in flight, by default.
 SHUTDOWN_TIMEOUT = 60.0
 
@@ -171,7 +173,7 @@ class _Job:
     ) -> None:
         """Start the body's coroutine on the loop, with its time limits (on the loop)."""
         loop = asyncio.get_running_loop()
-        self.interruptible = Interruptible(coroutine)
+        self.interruptible = Interruptible(coroutine, self.held_the_loop, SLOW_STEP)
         context.run(_current_job.set, self)
         self.task = loop.create_task(self.interruptible.run(), context=context)
         self.task.add_done_callback(self.coroutine_done)
@@ -191,6 +193,16 @@ class _Job:
             return
         error = task.exception()
         self.resume(_Outcome(task.result()) if error is None else _Outcome(error=error))
+
+    def held_the_loop(self, seconds: float) -> None:
+        """Say that this task's coroutine ran `seconds` without awaiting (on the loop)."""
+        logger.warning(
+            "%s[%s] held the event loop for %.2f s without awaiting: every other task in this "
+            "worker process waited (a blocking call in a coroutine? await asyncio.to_thread(...))",
+            self.args[0],
+            self.args[1] if len(self.args) > 1 else "?",
+            seconds,
+        )
 
     def soft_limit(self) -> None:
         if self.timeout_callback is not None:

@@ -5,13 +5,15 @@ asyncio can only cancel a task, which raises `CancelledError` where it awaits; C
 prefork (where a signal raises it). `Interruptible` drives a coroutine step by step, as a task
 does, and when it is interrupted it cancels the await in progress and throws the chosen
 exception into the coroutine in place of the cancellation. asyncio has no hook for this, so it
-is written here.
+is written here. Driving each step, it also times it: a step that holds the loop (a blocking
+call in a coroutine) holds up every other task on it, and is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+import time
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,11 +26,19 @@ class Interruptible(Generic[T]):
     `interrupt(error)` on the loop's thread.
     """
 
-    def __init__(self, coroutine: Coroutine[Any, Any, T]) -> None:
+    def __init__(
+        self,
+        coroutine: Coroutine[Any, Any, T],
+        on_slow_step: Callable[[float], object] | None = None,
+        slow: float = 0.5,
+    ) -> None:
         self.coroutine = coroutine
         self.task: asyncio.Task[Any] | None = None
         #: The exception to raise into the coroutine in place of the next cancellation.
         self.pending: BaseException | None = None
+        #: Told how long a step took, where one held the loop over `slow` seconds.
+        self.on_slow_step = on_slow_step
+        self.slow = slow
 
     async def run(self) -> T:
         """Run the coroutine to its end (in the current task)."""
@@ -47,10 +57,16 @@ class Interruptible(Generic[T]):
         value: Any = None
         error: BaseException | None = None
         while True:
+            started = time.perf_counter()
             try:
                 yielded = send(value) if error is None else throw(error)
             except StopIteration as stop:
+                self._timed(started)
                 return stop.value  # type: ignore[no-any-return]
+            except BaseException:
+                self._timed(started)
+                raise
+            self._timed(started)
             value, error = None, None
             try:
                 value = yield yielded
@@ -63,3 +79,9 @@ class Interruptible(Generic[T]):
                         self.task.uncancel()
             except BaseException as other:
                 error = other
+
+    def _timed(self, started: float) -> None:
+        """Tell `on_slow_step` of a step (the code between two awaits) that held the loop."""
+        took = time.perf_counter() - started
+        if took > self.slow and self.on_slow_step is not None:
+            self.on_slow_step(took)
