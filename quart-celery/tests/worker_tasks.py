@@ -277,3 +277,37 @@ async def rate_limited() -> float:
 async def blocks_the_loop(seconds: float) -> None:
     """Block the event loop for `seconds`, as a blocking call in a coroutine does."""
     time.sleep(seconds)
+
+
+@celery.task(name="tests.parent_of_me", bind=True)
+def parent_of_me(self: Task[Any, Any]) -> str | None:
+    """The id of the task that sent this one."""
+    return self.request.parent_id
+
+
+@celery.task(name="tests.sends_a_child", bind=True)
+async def sends_a_child(self: Task[Any, Any]) -> dict[str, Any]:
+    """Send `tests.parent_of_me` from a coroutine; say what Celery took for the current task."""
+    from celery import current_task
+
+    await asyncio.sleep(0)
+    return {
+        "child": parent_of_me.delay().id,
+        "current": current_task.request.id if current_task else None,
+    }
+
+
+@celery.task(name="tests.cancels_itself")
+async def cancels_itself() -> None:
+    """Get cancelled by nobody's request, as when a library cancels what a task awaits."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    await asyncio.sleep(1)
+
+
+@celery.task(name="tests.async_autoretried", autoretry_for=(KeyError,), max_retries=1)
+async def async_autoretried() -> str:
+    """An `async def` task behind Celery's `autoretry_for` wrapper."""
+    await asyncio.sleep(0)
+    return "ran"

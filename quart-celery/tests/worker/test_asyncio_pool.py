@@ -26,13 +26,16 @@ from quart_celery.testing import (
     wait_for,
 )
 from tests.worker_tasks import (
+    async_autoretried,
     async_echo,
     async_progress,
     async_retried_once,
     blocks_the_loop,
+    cancels_itself,
     notes_its_end,
     own_context,
     rate_limited,
+    sends_a_child,
     spin,
 )
 
@@ -249,3 +252,30 @@ def test_a_coroutine_that_blocks_the_loop_is_named_in_the_log(
     run.get(timeout=TIMEOUT)
     log = (tmp_path / "worker-asyncio.log").read_text()
     assert f"tests.blocks_the_loop[{run.id}] held the event loop for 0.7" in log
+
+
+def test_a_coroutine_is_celerys_current_task_and_the_parent_of_what_it_sends(
+    celery: Celery, process_worker: ProcessWorker
+) -> None:
+    process_worker()
+    parent = sends_a_child.delay()
+    sent = parent.get(timeout=TIMEOUT)
+    assert sent["current"] == parent.id
+    assert celery.AsyncResult(sent["child"]).get(timeout=TIMEOUT) == parent.id
+
+
+def test_a_cancellation_nobody_asked_for_is_a_failure(
+    celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
+) -> None:
+    process_worker()
+    run = cancels_itself.delay()
+    with pytest.raises(RuntimeError, match="coroutine was cancelled"):
+        run.get(timeout=TIMEOUT)
+    wait_for(lambda: redis_client.hlen("unacked") == 0, TIMEOUT, "the message acknowledged")
+
+
+def test_an_async_task_behind_autoretry_runs_on_the_loop(
+    celery: Celery, process_worker: ProcessWorker
+) -> None:
+    process_worker()
+    assert async_autoretried.delay().get(timeout=TIMEOUT) == "ran"

@@ -7,8 +7,10 @@ import threading
 import pytest
 from quart import Quart, current_app
 
+from quart_celery._worker.asyncio_pool import is_async_task
 from tests.probe_app import create_app
 from tests.worker_tasks import (
+    async_autoretried,
     async_echo,
     calls_a_task_directly,
     echo,
@@ -75,3 +77,9 @@ def test_a_failing_task_raises_its_own_error_alone(app: Quart) -> None:
         fail("boom")
     assert raised.value.__context__ is None
     assert raised.value.__cause__ is None
+
+
+def test_an_async_task_is_known_as_one_behind_wrappers() -> None:
+    assert is_async_task(async_autoretried)  # Celery's autoretry_for wraps its body
+    assert is_async_task(async_echo)
+    assert not is_async_task(echo)

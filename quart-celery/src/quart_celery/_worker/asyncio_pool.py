@@ -55,6 +55,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import greenlet
+from celery._state import _task_stack  # type: ignore[attr-defined]  # not in the stubs
 from celery.concurrency.base import BasePool, apply_target
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker import state as worker_state
@@ -136,6 +137,8 @@ class _Job:
     interruptible: Interruptible[Any] | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     resumed: bool = False
+    #: The task whose body the coroutine is, and its request (`await_on_loop`).
+    task_and_request: tuple[Any, Any] = (None, None)
     #: Stopped by the worker (a cold shutdown, `revoke(terminate=True)`): nothing more of it
     #: reaches the worker.
     terminated: bool = False
@@ -144,6 +147,8 @@ class _Job:
         """Run Celery's tracer, which calls the task's body (in this job's greenlet), unless
         the task was revoked before it started (`quart_celery._worker.revoked`)."""
         try:
+            if self.terminated or self.pool.stopping:
+                return  # never accepted: the broker delivers it again
             request = getattr(self.callback, "__self__", None)  # Celery's Request.on_success
             if isinstance(request, Request) and revoked.was_revoked(request):
                 return
@@ -166,14 +171,28 @@ class _Job:
         self.terminated = True
         if self.is_async and self.pool.loop.is_running():
             self.pool.loop.call_soon_threadsafe(self.cancel)
+        if self.tracer is not None and not self.pool.terminated:
+            self.tracer.inbox.put(self.unwind)
         self.pool.finished(self)
+
+    def unwind(self) -> None:
+        """Unwind the tracer of a stopped task, waiting for a coroutine that will not end (on
+        the tracer's thread): Celery's tracer lets go of its request, reporting nothing."""
+        current = self.greenlet
+        if current is not None and current and not current.dead:
+            current.throw(greenlet.GreenletExit)
 
     def start_coroutine(
         self, coroutine: Coroutine[Any, Any, Any], context: contextvars.Context
     ) -> None:
         """Start the body's coroutine on the loop, with its time limits (on the loop)."""
+        if self.terminated or self.pool.terminated:
+            coroutine.close()  # stopped before its body began: it never runs
+            return
         loop = asyncio.get_running_loop()
-        self.interruptible = Interruptible(coroutine, self.held_the_loop, SLOW_STEP)
+        self.interruptible = Interruptible(
+            coroutine, self.held_the_loop, SLOW_STEP, around_step=self.around_step
+        )
         context.run(_current_job.set, self)
         self.task = loop.create_task(self.interruptible.run(), context=context)
         self.task.add_done_callback(self.coroutine_done)
@@ -193,6 +212,25 @@ class _Job:
             return
         error = task.exception()
         self.resume(_Outcome(task.result()) if error is None else _Outcome(error=error))
+
+    @property
+    def around_step(self) -> tuple[Callable[[], object], Callable[[], object]] | None:
+        """Make the task Celery's current one, with its request, while its coroutine runs a
+        step (Celery keeps them per thread): `celery.current_task`, and the parent of the tasks
+        it sends, are as under prefork."""
+        task, request = self.task_and_request
+        if task is None:
+            return None
+
+        def enter() -> None:
+            _task_stack.push(task)
+            task.request_stack.push(request)
+
+        def leave() -> None:
+            task.request_stack.pop()
+            _task_stack.pop()
+
+        return enter, leave
 
     def held_the_loop(self, seconds: float) -> None:
         """Say that this task's coroutine ran `seconds` without awaiting (on the loop)."""
@@ -217,6 +255,8 @@ class _Job:
             "Hard time limit (%ss) exceeded for %s[%s]", self.timeout, self.args[0], request
         )
         self.resume(_Outcome(error=TimeLimitExceeded(self.timeout)))
+        if self.interruptible is not None:
+            self.interruptible.pending = None  # a cancellation now, not a soft limit
         if self.task is not None:
             self.task.cancel()
 
@@ -281,20 +321,22 @@ class AsyncPool(BasePool):
         self.limit: int = self.limit or DEFAULT_CONCURRENCY
         self.soft_timeout: float | None = self.options.get("soft_timeout")
         self.timeout: float | None = self.options.get("timeout")
-        self.shutdown_timeout: float = float(
-            self.options.get("shutdown_timeout") or SHUTDOWN_TIMEOUT
-        )
+        self.shutdown_timeout = SHUTDOWN_TIMEOUT
         self.loop = asyncio.new_event_loop()
         self.loop_thread: threading.Thread | None = None
         self.tracers: list[_TracerThread] = []
         self.sync_threads = ThreadPoolExecutor(
             max_workers=min(SYNC_THREADS, self.limit), thread_name_prefix="sync-task"
         )
-        self.lock = threading.Lock()
+        # Re-entrant: Celery's cold shutdown stops tasks (`_Job.terminate`) from its signal
+        # handler, on the consumer's thread, which may hold it in `on_apply`.
+        self.lock = threading.RLock()
         self.running: set[_Job] = set()
         self.waiting: deque[_Job] = deque()
         self.idle = threading.Condition(self.lock)
         self.terminated = False
+        #: Shutting down: nothing more starts.
+        self.stopping = False
         self._next_tracer = 0
         self._async_tasks: dict[str, bool] = {}
         #: The sync tasks whose time limits this pool said it cannot keep.
@@ -349,6 +391,7 @@ class AsyncPool(BasePool):
     def on_stop(self) -> None:
         """Warm shutdown: start nothing more; wait for what runs, up to `shutdown_timeout`."""
         deadline = time.monotonic() + self.shutdown_timeout
+        self.stopping = True
         try:
             with self.lock:
                 self.waiting.clear()  # unacknowledged: the broker delivers them again
@@ -369,6 +412,7 @@ class AsyncPool(BasePool):
 
     def on_terminate(self) -> None:
         """Cold shutdown: cancel what runs, unacknowledged, so it is delivered again."""
+        self.stopping = True
         with self.lock:
             self.waiting.clear()
         self._close(cancel=True)
@@ -404,7 +448,7 @@ class AsyncPool(BasePool):
         known = self._async_tasks.get(name)
         if known is None:
             task = self.app.tasks.get(name) if self.app is not None else None
-            known = task is not None and inspect.iscoroutinefunction(task.run)
+            known = task is not None and is_async_task(task)
             self._async_tasks[name] = known
         return known
 
@@ -430,7 +474,7 @@ class AsyncPool(BasePool):
             if job not in self.running:
                 return
             self.running.discard(job)
-            following = self.waiting.popleft() if self.waiting else None
+            following = self.waiting.popleft() if self.waiting and not self.stopping else None
             if following is not None:
                 self.running.add(following)
             elif not self.running:
@@ -478,10 +522,23 @@ class AsyncPool(BasePool):
 
     # -- Called from the task's body (ContextTask) -----------------------------------------
 
-    def await_on_loop(self, job: _Job, coroutine: Coroutine[Any, Any, T], context: Any) -> T:
-        """Run `coroutine` on the loop, in `context`, while `job`'s greenlet steps aside."""
-        self.loop.call_soon_threadsafe(job.start_coroutine, coroutine, context)
+    def await_on_loop(
+        self,
+        job: _Job,
+        coroutine: Coroutine[Any, Any, T],
+        context: Any,
+        task: Any = None,
+        request: Any = None,
+    ) -> T:
+        """Run `coroutine` (the body of `task`, with `request`) on the loop, in `context`,
+        while `job`'s greenlet steps aside."""
+        job.task_and_request = (task, request)
         assert job.greenlet is not None and job.greenlet.parent is not None
+        try:
+            self.loop.call_soon_threadsafe(job.start_coroutine, coroutine, context)
+        except RuntimeError:  # the loop is closed: the pool is shutting down
+            coroutine.close()
+            job.greenlet.parent.switch()  # parked: the task is not reported, nor acknowledged
         outcome = job.greenlet.parent.switch()
         assert isinstance(outcome, _Outcome)
         return outcome.unwrap()  # type: ignore[no-any-return]
@@ -515,10 +572,29 @@ def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(asyncio.gather(*remaining, return_exceptions=True))
 
 
+def is_async_task(task: Any) -> bool:
+    """Whether `task`'s body is a coroutine function, also behind Celery's `autoretry_for`
+    wrapper (`_orig_run`) or any `functools.wraps` decorator."""
+    run = getattr(task, "_orig_run", None) or task.run
+    return inspect.iscoroutinefunction(inspect.unwrap(run))
+
+
 def current_job() -> _Job | None:
     """The job whose tracer runs in this greenlet, if it is one of an `AsyncPool`'s."""
     current = greenlet.getcurrent()
     return current.job if isinstance(current, _JobGreenlet) else None
+
+
+def current_job_on_loop() -> _Job | None:
+    """The job whose coroutine runs here, on the pool's loop, if one does."""
+    job = _current_job.get(None)
+    if job is None:
+        return None
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return job
 
 
 def on_tracer_thread(call: Callable[[], object]) -> bool:
@@ -528,12 +604,13 @@ def on_tracer_thread(call: Callable[[], object]) -> bool:
     For blocking calls a task's coroutine makes (`update_state`): off the loop, and in order
     with the task's result.
     """
-    job = _current_job.get(None)
+    job = current_job_on_loop()
     if job is None or job.tracer is None or job.pool.terminated:
         return False
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
+    if job.resumed or job.terminated:
+        # From a `finally` block after a hard time limit, or from a helper task the coroutine
+        # left running: its task has ended, and its end is what clients must see.
+        logger.warning("a state stored after its task ended was dropped (task %s)", job.args[1])
+        return True
     job.tracer.inbox.put(call)
     return True

@@ -31,6 +31,7 @@ class Interruptible(Generic[T]):
         coroutine: Coroutine[Any, Any, T],
         on_slow_step: Callable[[float], object] | None = None,
         slow: float = 0.5,
+        around_step: tuple[Callable[[], object], Callable[[], object]] | None = None,
     ) -> None:
         self.coroutine = coroutine
         self.task: asyncio.Task[Any] | None = None
@@ -39,6 +40,8 @@ class Interruptible(Generic[T]):
         #: Told how long a step took, where one held the loop over `slow` seconds.
         self.on_slow_step = on_slow_step
         self.slow = slow
+        #: Called before and after each step (the worker's current task, pushed and popped).
+        self.around_step = around_step
 
     async def run(self) -> T:
         """Run the coroutine to its end (in the current task)."""
@@ -56,16 +59,21 @@ class Interruptible(Generic[T]):
         send, throw = self.coroutine.send, self.coroutine.throw
         value: Any = None
         error: BaseException | None = None
+        enter, leave = self.around_step or (_nothing, _nothing)
         while True:
             started = time.perf_counter()
+            enter()
             try:
                 yielded = send(value) if error is None else throw(error)
             except StopIteration as stop:
+                leave()
                 self._timed(started)
                 return stop.value  # type: ignore[no-any-return]
             except BaseException:
+                leave()
                 self._timed(started)
                 raise
+            leave()
             self._timed(started)
             value, error = None, None
             try:
@@ -85,3 +93,7 @@ class Interruptible(Generic[T]):
         took = time.perf_counter() - started
         if took > self.slow and self.on_slow_step is not None:
             self.on_slow_step(took)
+
+
+def _nothing() -> None:
+    """Nothing to do around a step."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -89,7 +90,8 @@ class ContextTask(Task[Any, Any]):
         store = partial(
             self.backend.store_result,
             task_id if task_id is not None else request.id,  # type: ignore[arg-type]
-            meta,
+            # Stored later, on another thread: as it is now, whatever the task does with it.
+            copy.deepcopy(meta) if asyncio_pool.current_job_on_loop() else meta,
             state,  # type: ignore[arg-type]  # Celery takes None, as its own update_state does
             request=request,
             **kwargs,
@@ -138,7 +140,7 @@ class ContextTask(Task[Any, Any]):
             with cancellable(task_id) as running:
                 try:
                     job = asyncio_pool.current_job()
-                    if job is not None and inspect.iscoroutinefunction(self.run):
+                    if job is not None and asyncio_pool.is_async_task(self):
                         # On the async pool: the body, in its app context, on the loop.
                         context = contextvars.copy_context()
                         context.run(_requests.set, {**_requests.get({}), self.name: request})
@@ -146,10 +148,17 @@ class ContextTask(Task[Any, Any]):
                             job,
                             _awaited_in_app_context(app, self.run, args, kwargs, running),
                             context,
+                            self,
+                            request,
                         )
                     return _call_in_app_context(app, self.run, args, kwargs, running)
-                except (TaskCancelled, asyncio.CancelledError):
+                except (TaskCancelled, asyncio.CancelledError) as error:
                     if running is None or not running.cancelled.is_set():
+                        if isinstance(error, asyncio.CancelledError):
+                            # Not asked for (a library cancelled what it awaited): a failure
+                            # like any other, not an exception that Celery's tracer and the
+                            # worker take for a lost worker.
+                            raise RuntimeError("the task's coroutine was cancelled") from error
                         raise
                 # Ended as REVOKED, and said so to Flower and `celery events`; Ignore has the
                 # worker acknowledge the message, so late acknowledgement does not hand it to
