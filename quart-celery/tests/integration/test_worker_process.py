@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import defaultdict
+from functools import partial
 
 import pytest
 import redis
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
-from quart_celery.testing import ProcessWorker, wait_for
+from quart_celery.testing import ProcessWorker
+from tests.channels import published_states
 from tests.worker_tasks import async_echo, cached_client, count, echo, fail, increment_later
 
 pytestmark = pytest.mark.integration
@@ -77,21 +78,8 @@ def test_a_counting_task_records_started_each_step_and_success(
 ) -> None:
     process_worker()
     task_id = str(uuid.uuid4())
-    # redis-py leaves pubsub() unannotated.
-    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
-        # Subscribe before sending, so no state is published before anyone listens.
-        pubsub.subscribe(f"celery-task-meta-{task_id}")
-        count.apply_async((3, 0.01), task_id=task_id)
-        states: list[tuple[str, object]] = []
-
-        def finished() -> bool:
-            message = pubsub.get_message(timeout=0.1)
-            if message is not None:
-                meta = json.loads(message["data"])
-                states.append((meta["status"], meta["result"]))
-            return bool(states) and states[-1][0] == "SUCCESS"
-
-        wait_for(finished, TIMEOUT, "the count to succeed")
+    send = partial(count.apply_async, (3, 0.01), task_id=task_id)
+    states = published_states(redis_client, task_id, send, TIMEOUT)
     assert [state for state, _ in states] == ["STARTED", *["PROGRESS"] * 3, "SUCCESS"]
     assert [result for _, result in states[1:]] == [
         {"current": 1, "total": 3},

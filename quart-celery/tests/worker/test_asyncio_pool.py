@@ -3,9 +3,9 @@ one loop, each in a context of its own, with the promises Celery makes about a t
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from quart_celery.testing import (
     submit,
     wait_for,
 )
+from tests.channels import published_states
 from tests.worker_tasks import (
     async_autoretried,
     async_echo,
@@ -145,19 +146,8 @@ def test_progress_from_a_coroutine_is_stored_in_order_before_the_result(
 ) -> None:
     process_worker()
     task_id = str(uuid.uuid4())
-    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
-        pubsub.subscribe(f"celery-task-meta-{task_id}")
-        async_progress.apply_async((3, 0.01), task_id=task_id)
-        states: list[tuple[str, Any]] = []
-
-        def finished() -> bool:
-            message = pubsub.get_message(timeout=0.1)
-            if message is not None:
-                meta = json.loads(message["data"])
-                states.append((meta["status"], meta["result"]))
-            return bool(states) and states[-1][0] == "SUCCESS"
-
-        wait_for(finished, TIMEOUT, "the task to succeed")
+    send = partial(async_progress.apply_async, (3, 0.01), task_id=task_id)
+    states = published_states(redis_client, task_id, send, TIMEOUT)
     assert states == [
         ("STARTED", states[0][1]),
         *[("PROGRESS", {"current": n, "total": 3}) for n in (1, 2, 3)],

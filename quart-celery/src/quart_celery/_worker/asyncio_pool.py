@@ -71,11 +71,6 @@ logger = logging.getLogger(__name__)
 #: `--max-async-tasks`. An `async def` task in flight costs a coroutine and a greenlet, not a
 #: process or a thread.
 DEFAULT_CONCURRENCY = 100
-#: Threads running the tracers (Celery's bookkeeping, which blocks on Redis) of async tasks.
-#: One: every thread more that wants the GIL delays the worker's consumer thread after each of
-#: its round trips, and the consumer paces the whole worker (bench/async_tasks.py, 1,000 tasks
-#: of 1 s: 2.29-2.37 s after the last send with one, 2.62-2.67 s with four).
-TRACER_THREADS = 1
 #: Threads running sync tasks, at most.
 SYNC_THREADS = 4
 #: The most threads a worker process running this pool has, however many tasks are in flight:
@@ -204,13 +199,7 @@ class _Job:
     def coroutine_done(self, task: asyncio.Task[Any]) -> None:
         for timer in self.timers:
             timer.cancel()
-        if task.cancelled():
-            try:
-                task.result()
-            except asyncio.CancelledError as cancelled:
-                self.resume(_Outcome(error=cancelled))
-            return
-        error = task.exception()
+        error = asyncio.CancelledError() if task.cancelled() else task.exception()
         self.resume(_Outcome(task.result()) if error is None else _Outcome(error=error))
 
     @property
@@ -277,7 +266,11 @@ class _Job:
 
 
 class _TracerThread:
-    """A thread that runs the tracers of async tasks, each in a greenlet of its own.
+    """The thread that runs the tracers of async tasks, each in a greenlet of its own.
+
+    One for the pool: every thread more that wants the GIL delays the worker's consumer thread
+    after each of its round trips, and the consumer paces the whole worker (bench/async_tasks.py,
+    1,000 tasks of 1 s: 2.29-2.37 s after the last send with one, 2.62-2.67 s with four).
 
     Its main greenlet takes work from `inbox`, in order: a job to start, or a waiting job's
     greenlet to resume (with its coroutine's outcome), or a call to make for a coroutine
@@ -285,9 +278,9 @@ class _TracerThread:
     end; then the thread takes the next piece of work.
     """
 
-    def __init__(self, number: int) -> None:
+    def __init__(self) -> None:
         self.inbox: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name=f"task-tracer-{number}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="task-tracer", daemon=True)
         self.thread.start()
 
     def start(self, job: _Job) -> None:
@@ -324,7 +317,7 @@ class AsyncPool(BasePool):
         self.shutdown_timeout = SHUTDOWN_TIMEOUT
         self.loop = asyncio.new_event_loop()
         self.loop_thread: threading.Thread | None = None
-        self.tracers: list[_TracerThread] = []
+        self.tracer: _TracerThread | None = None
         self.sync_threads = ThreadPoolExecutor(
             max_workers=min(SYNC_THREADS, self.limit), thread_name_prefix="sync-task"
         )
@@ -337,7 +330,6 @@ class AsyncPool(BasePool):
         self.terminated = False
         #: Shutting down: nothing more starts.
         self.stopping = False
-        self._next_tracer = 0
         self._async_tasks: dict[str, bool] = {}
         #: The sync tasks whose time limits this pool said it cannot keep.
         self._unlimited: set[str] = set()
@@ -352,7 +344,7 @@ class AsyncPool(BasePool):
             sys.setswitchinterval(SWITCH_INTERVAL)
         self.loop_thread = threading.Thread(target=self._run_loop, name="task-loop", daemon=True)
         self.loop_thread.start()
-        self.tracers = [_TracerThread(number) for number in range(min(TRACER_THREADS, self.limit))]
+        self.tracer = _TracerThread()
 
     def on_apply(  # type: ignore[override]  # the stubs say (*args, **kwargs) -> None
         self,
@@ -429,7 +421,7 @@ class AsyncPool(BasePool):
                     "max-concurrency": self.limit,
                     "in-flight": len(self.running),
                     "waiting": len(self.waiting),
-                    "tracer-threads": len(self.tracers),
+                    "tracer-threads": 0 if self.tracer is None else 1,
                     "sync-threads": len(self.sync_threads._threads),
                 }
             )
@@ -454,9 +446,8 @@ class AsyncPool(BasePool):
 
     def _start(self, job: _Job) -> None:
         if job.is_async:
-            tracer = self.tracers[self._next_tracer % len(self.tracers)]
-            self._next_tracer += 1
-            tracer.start(job)
+            assert self.tracer is not None, "the pool was not started"
+            self.tracer.start(job)
         else:
             if (job.soft_timeout or job.timeout) and job.args[0] not in self._unlimited:
                 self._unlimited.add(job.args[0])
@@ -502,8 +493,8 @@ class AsyncPool(BasePool):
                 self.loop.call_soon_threadsafe(cancel_all)
                 done.wait(5)
         self.terminated = True
-        for tracer in self.tracers:
-            tracer.stop()
+        if self.tracer is not None:
+            self.tracer.stop()
         self.sync_threads.shutdown(wait=not cancel, cancel_futures=True)
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
