@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: The requests of the tasks whose bodies run in this context, by task name: Celery keeps a
 #: task's request per thread (or greenlet), and coroutines on the async pool's loop share one.
+#: The pool pushes it around each step of a body's own coroutine (`_Job.around_step`); this
+#: finds it in the asyncio tasks that coroutine starts, which copy its context.
 _requests: contextvars.ContextVar[dict[str, Context]] = contextvars.ContextVar(
     "quart_celery_requests"
 )
