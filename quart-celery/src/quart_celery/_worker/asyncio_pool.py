@@ -50,6 +50,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -85,6 +86,8 @@ MAX_THREADS = 20
 SWITCH_INTERVAL = 0.00025
 #: A coroutine that runs this long without awaiting is reported: it held up every other task.
 SLOW_STEP = 0.5
+#: How long the cancelled coroutines get to clean up as the pool closes.
+UNWIND_TIMEOUT = 5.0
 #: How long a warm shutdown waits for the tasks in flight, by default.
 SHUTDOWN_TIMEOUT = 60.0
 
@@ -555,12 +558,20 @@ class _SnapshotWeakSet(weakref.WeakSet[Any]):
 
 
 def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel the tasks left on `loop`, and let them unwind (their `finally` blocks run)."""
+    """Cancel the tasks left on `loop`, and let them unwind (their `except` and `finally`
+    blocks run) for up to `UNWIND_TIMEOUT` seconds.
+
+    A task cancelled already (a cold shutdown cancels each running task first) is not
+    cancelled again: a second cancellation would cut short the clean-up it is awaiting.
+    """
     remaining = [task for task in asyncio.all_tasks(loop) if not task.done()]
     for task in remaining:
-        task.cancel()
+        if not task.cancelling():
+            task.cancel()
     if remaining:
-        loop.run_until_complete(asyncio.gather(*remaining, return_exceptions=True))
+        unwound = asyncio.gather(*remaining, return_exceptions=True)
+        with suppress(TimeoutError):  # what still runs then is cancelled by wait_for
+            loop.run_until_complete(asyncio.wait_for(unwound, UNWIND_TIMEOUT))
 
 
 def is_async_task(task: Any) -> bool:
