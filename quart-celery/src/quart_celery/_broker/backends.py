@@ -27,6 +27,8 @@ from celery.backends.redis import SentinelBackend as CelerySentinelBackend
 from kombu.utils.encoding import bytes_to_str
 from redis.commands.core import Script
 
+from quart_celery._broker.round_trips import shares_round_trips
+
 #: Store (with an expiry in seconds, 0 for none) and publish a state, unless the key holds
 #: SUCCESS already: Celery's rule, as one step.
 STORE_UNLESS_SUCCEEDED = """
@@ -54,6 +56,11 @@ class SendsWithoutSubscribing:
     _store_script: Script | None = None
     expires: Any
     client: Any
+
+    def _create_client(self, **params: Any) -> Any:
+        """Celery's client, whose round trips from the async pool's tracers are shared
+        (`quart_celery._broker.round_trips`)."""
+        return shares_round_trips(super()._create_client(**params))  # type: ignore[misc]
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Send without subscribing to the task's result channel."""

@@ -25,6 +25,7 @@ from kombu.utils.json import dumps
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from quart_celery._broker import recording
+from quart_celery._broker.consuming import AcknowledgesOnEachTurn, ReceivesInBatches
 
 # The message onto its queue and the record of its task, atomically, in one command. A
 # MULTI/EXEC pipeline would be as atomic, but redis-py took twice as long over its four replies:
@@ -35,8 +36,9 @@ redis.call("SET", KEYS[2], ARGV[2], "EX", ARGV[3])
 """
 
 
-class Channel(redis.Channel):
-    """A Redis channel that keeps the client it publishes with."""
+class Channel(ReceivesInBatches, redis.Channel):
+    """A Redis channel that keeps the client it publishes with, and receives in batches
+    (`quart_celery._broker.consuming`)."""
 
     @cached_property
     def _publishing_client(self) -> Any:
@@ -52,6 +54,7 @@ class Channel(redis.Channel):
         """Forget the client with the pools it fronts (after fork, on close)."""
         self.__dict__.pop("_publishing_client", None)
         self.__dict__.pop("_send_with_record", None)
+        self.__dict__.pop("_take_batch", None)
         super()._disconnect_pools()  # type: ignore[misc]  # missing from the stubs
 
     def _connparams(self, asynchronous: bool = False) -> Any:
@@ -94,13 +97,13 @@ class SentinelChannel(Channel, redis.SentinelChannel):
     """The channel above, on the master Redis Sentinel names (kombu's `sentinel://`)."""
 
 
-class Transport(redis.Transport):
+class Transport(AcknowledgesOnEachTurn, redis.Transport):
     """kombu's Redis transport, with the channel above."""
 
     Channel = Channel
 
 
-class SentinelTransport(redis.SentinelTransport):
+class SentinelTransport(AcknowledgesOnEachTurn, redis.SentinelTransport):
     """kombu's Redis Sentinel transport, with the channel above."""
 
     Channel = SentinelChannel

@@ -62,6 +62,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
+from quart_celery._broker.round_trips import RoundTrips
 from quart_celery._worker import revoked
 from quart_celery._worker.interrupts import Interruptible
 
@@ -86,6 +87,8 @@ MAX_THREADS = 20
 SWITCH_INTERVAL = 0.00025
 #: A coroutine that runs this long without awaiting is reported: it held up every other task.
 SLOW_STEP = 0.5
+#: The most Redis commands the tracers send in one pipeline (`quart_celery._broker.round_trips`).
+MOST_ROUND_TRIPS_AT_ONCE = 500
 #: How long the cancelled coroutines get to clean up as the pool closes.
 UNWIND_TIMEOUT = 5.0
 #: How long a warm shutdown waits for the tasks in flight, by default.
@@ -299,11 +302,25 @@ class _TracerThread:
         job.greenlet.switch()
 
     def _run(self) -> None:
-        while (work := self.inbox.get()) is not None:
+        round_trips = RoundTrips()
+        round_trips.install()
+        while True:
+            if round_trips.waiting:
+                try:
+                    work = self.inbox.get_nowait()
+                except queue.Empty:
+                    round_trips.flush()  # nothing else to do: send what the tracers wait on
+                    continue
+            else:
+                work = self.inbox.get()
+            if work is None:
+                break
             try:
                 work()
             except Exception:
                 logger.exception("the task pool's tracer thread failed a piece of work")
+            if len(round_trips.waiting) >= MOST_ROUND_TRIPS_AT_ONCE:
+                round_trips.flush()
 
 
 class AsyncPool(BasePool):

@@ -39,6 +39,7 @@ from quart_celery._broker import address as redis_address
 from quart_celery._broker.address import RedisAddress
 from quart_celery._broker.cancel_requests import database_of
 from quart_celery._broker.keys import Keys
+from quart_celery._broker.round_trips import shares_round_trips
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Listener:
     """This process's subscription to the cancel requests, and the tasks running in it."""
 
     def __init__(self, address: RedisAddress, keys: Keys) -> None:
-        self.redis = address.client(socket_connect_timeout=2, socket_timeout=2)
+        self.redis = shares_round_trips(address.client(socket_connect_timeout=2, socket_timeout=2))
         self.keys = keys
         self.channel = keys.cancel_channel(database_of(self.redis))
         self.running: dict[str, Running] = {}
