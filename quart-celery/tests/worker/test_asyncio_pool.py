@@ -76,6 +76,21 @@ def test_a_thousand_async_tasks_run_side_by_side_each_in_a_context_of_its_own(
         assert seen == {"g": run.id, "request": run.id, "app": "probe_app"}
 
 
+def test_a_worker_holds_no_more_messages_than_it_can_start(
+    celery: Celery, process_worker: ProcessWorker, redis_client: redis.Redis
+) -> None:
+    # Queued before the worker starts: it takes them in batches (`_broker.consuming`), each no
+    # larger than its room; acknowledged ones leave Redis before it takes more.
+    runs = [async_echo.delay("queued", 0.2) for _ in range(40)]
+    process_worker(concurrency=10)
+    most = 0
+    while not all(run.ready() for run in runs):
+        most = max(most, int(redis_client.hlen("unacked")))
+    assert most <= 10
+    assert [run.get(timeout=TIMEOUT)["message"] for run in runs] == ["queued"] * 40
+    wait_for(lambda: redis_client.hlen("unacked") == 0, TIMEOUT, "every message acknowledged")
+
+
 def test_sync_tasks_spinning_the_cpu_do_not_hold_up_async_ones(
     celery: Celery, process_worker: ProcessWorker
 ) -> None:
