@@ -4,6 +4,7 @@ same no-op task on Celery's solo pool.
 
     .venv/bin/python bench/async_tasks.py [--tasks 1000] [--seconds 1] [--rounds 2]
     .venv/bin/python bench/async_tasks.py --profile profile.svg   # py-spy the async pool
+    .venv/bin/python bench/async_tasks.py --timeline              # where the async pool waits
 
 1. `--tasks` tasks that each `await asyncio.sleep(--seconds)`, sent one after another by one
    client, run by one worker process: the async pool (`celery -A bench.async_worker worker -c
@@ -63,12 +64,21 @@ def main() -> None:
     parser.add_argument("--noops", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", help="record a py-spy flame graph of the async pool's run")
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="only the async pool's round, sampling every 50 ms the tasks sent, queued, "
+        "unacknowledged, STARTED and SUCCESS",
+    )
     args = parser.parse_args()
 
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
     os.environ["REDIS_URL"] = redis_url
     os.environ.setdefault("SECRET_KEY", "bench")
+    if args.timeline:
+        timeline(redis_url, args.tasks, args.seconds)
+        return
     taskiq_python = taskiq_environment()
     concurrency = str(args.tasks)
     contenders: dict[str, Callable[[], dict[str, float]]] = {
@@ -144,6 +154,44 @@ def celery_round(
         "rss_mb": peak.rss_mb,
         "kb_per_task": (peak.rss_mb - idle) * 1024 / tasks,
     }
+
+
+def timeline(redis_url: str, tasks: int, seconds: float) -> None:
+    """The async pool's round, printing every 50 ms how many tasks were sent, are queued, are
+    held unacknowledged by the worker, and are STARTED and SUCCESS: whether the worker falls
+    behind in taking its messages or in starting and ending its tasks."""
+    from worker import celery
+
+    flush(redis_url)
+    sent: list[str] = []
+    rows: list[tuple[float, int, int, int, int, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        client = redis.Redis.from_url(redis_url)
+        while not stop.wait(0.05):
+            values = client.mget([f"celery-task-meta-{i}" for i in list(sent)]) if sent else []
+            started = sum(1 for v in values if v and b'"STARTED"' in v)
+            succeeded = sum(1 for v in values if v and b'"SUCCESS"' in v)
+            queued, held = int(client.llen("celery")), int(client.hlen("unacked"))
+            rows.append((time.time(), len(sent), queued, held, started, succeeded))
+        client.close()
+
+    with running([*CELERY, "-c", str(tasks), *CELERY_OPTIONS], redis_url):
+        celery.send_task("bench.noop").get(timeout=60)  # ready
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        first_send = time.time()
+        for _ in range(tasks):
+            sent.append(celery.send_task("bench.sleep", (seconds,)).id)
+        last_send = time.time()
+        done = wait_until_stored(redis_url, [f"celery-task-meta-{i}" for i in sent], b"SUCCESS")
+        stop.set()
+        sampler.join()
+    print(f"sent in {last_send - first_send:.2f} s; the last result {done - last_send:.2f} s after")
+    print("   s   sent  queued  unacked  started  succeeded")
+    for at, count, queued, held, started, succeeded in rows:
+        print(f"{at - first_send:5.2f} {count:6} {queued:7} {held:8} {started:8} {succeeded:10}")
 
 
 def taskiq_round(redis_url: str, python: Path, tasks: int, seconds: float) -> dict[str, float]:
