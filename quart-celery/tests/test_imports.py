@@ -1,12 +1,12 @@
 """The package's imports: they flow one way between its rooms, no module of it reaches into the
 app that uses it, and importing any module, alone, connects nowhere.
 
-The rooms, from the bottom up: the base modules (`settings`, `errors`, `states`, `schemas`);
-`_broker`, the broker and result protocol; beside each other `_worker`, the worker side, and
-`_observability`; `_client`, the async client API; `_protection`; `_web`, the endpoints; and at
-the top `extension`, `testing` and the package itself, which re-exports the public names. A
-module may import its own room, and the rooms below it, never one above or beside it: a
-module that needs one from above is in the wrong room.
+The rooms, from the bottom up: the base modules (`settings`, `errors`, `states`, `schemas`,
+`heap`); `_broker`, the broker and result protocol; beside each other `_worker`, the worker
+side, and `_observability`; `_client`, the async client API; `_protection`; `_web`, the
+endpoints; and at the top `extension`, `testing` and the package itself, which re-exports the
+public names. A module may import its own room, and the rooms below it, never one above or
+beside it: a module that needs one from above is in the wrong room.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import redis
 from celery import Celery
 from kombu import Connection, Consumer, Message, Queue
@@ -20,11 +21,11 @@ from tests.worker_tasks import echo
 
 @contextmanager
 def consuming(
-    celery: Celery, prefetch: int, no_ack: bool = False
+    celery: Celery, prefetch: int, no_ack: bool = False, **transport_options: Any
 ) -> Iterator[tuple[Connection, Channel, list[Message]]]:
     """A consumer of the `celery` queue holding at most `prefetch` messages; what it received."""
     received: list[Message] = []
-    with celery.connection_for_read() as connection:
+    with celery.connection_for_read(transport_options=transport_options) as connection:
         channel = connection.channel()
         assert isinstance(channel, Channel)
         channel.basic_qos(0, prefetch, False)
@@ -101,6 +102,42 @@ def test_a_message_that_is_not_kombus_stops_the_batch_and_stays_queued(
         assert list(recorded(redis_client)) == [received[0].delivery_tag]
         assert redis_client.lindex("celery", -1) == b"not JSON"  # next in line, as it was
         assert redis_client.llen("celery") == 2
+
+
+def test_a_first_message_that_is_not_kombus_fails_alone(
+    celery: Celery, redis_client: redis.Redis
+) -> None:
+    redis_client.lpush("celery", b"not JSON")
+    send(2)
+    with consuming(celery, prefetch=5) as (connection, _, received):
+        with pytest.raises(ValueError):
+            connection.drain_events(timeout=5)  # as kombu's own read fails it
+        assert received == []
+        assert recorded(redis_client) == {}  # nothing taken behind it
+        assert redis_client.llen("celery") == 2
+
+
+def test_with_prefetch_disabled_it_takes_one_at_a_time(
+    celery: Celery, redis_client: redis.Redis
+) -> None:
+    # Celery's `worker_disable_prefetch` patches the QoS's `can_consume` alone.
+    send(3)
+    with consuming(celery, prefetch=5) as (connection, channel, received):
+        qos = channel.qos
+        qos.can_consume = lambda: len(received) < 1  # type: ignore[method-assign]
+        connection.drain_events(timeout=5)
+        assert len(received) == 1
+        assert len(recorded(redis_client)) == 1
+
+
+def test_without_ack_emulation_it_reads_as_kombu_does(
+    celery: Celery, redis_client: redis.Redis
+) -> None:
+    send(3)
+    with consuming(celery, prefetch=5, ack_emulation=False) as (connection, _, received):
+        connection.drain_events(timeout=5)
+        assert len(received) == 1
+        assert redis_client.hlen("unacked") == 0
 
 
 def test_acknowledgements_on_the_event_loop_go_at_the_end_of_its_turn(

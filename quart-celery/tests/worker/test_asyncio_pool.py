@@ -3,6 +3,7 @@ one loop, each in a context of its own, with the promises Celery makes about a t
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from functools import partial
@@ -16,7 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
-from quart_celery._worker.asyncio_pool import MAX_THREADS
+from quart_celery._worker.asyncio_pool import MAX_THREADS, AsyncPool
 from quart_celery.testing import (
     ProcessWorker,
     ThreadWorker,
@@ -89,6 +90,18 @@ def test_a_worker_holds_no_more_messages_than_it_can_start(
     assert most <= 10
     assert [run.get(timeout=TIMEOUT)["message"] for run in runs] == ["queued"] * 40
     wait_for(lambda: redis_client.hlen("unacked") == 0, TIMEOUT, "every message acknowledged")
+
+
+def test_the_start_up_heap_is_frozen_while_the_pool_runs(celery: Celery) -> None:
+    # A full garbage collection walking it paused every coroutine for 0.15 s as 500 tasks
+    # started at once (test_nothing_blocks_the_loop_under_load, one run in two before).
+    pool = AsyncPool(limit=2, app=celery)
+    pool.start()
+    try:
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        pool.stop()
+    assert gc.get_freeze_count() == 0
 
 
 def test_sync_tasks_spinning_the_cpu_do_not_hold_up_async_ones(

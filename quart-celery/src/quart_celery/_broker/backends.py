@@ -27,7 +27,7 @@ from celery.backends.redis import SentinelBackend as CelerySentinelBackend
 from kombu.utils.encoding import bytes_to_str
 from redis.commands.core import Script
 
-from quart_celery._broker.round_trips import shares_round_trips
+from quart_celery._broker.round_trips import cooperative_sleep, shares_round_trips, sharing
 
 #: Store (with an expiry in seconds, 0 for none) and publish a state, unless the key holds
 #: SUCCESS already: Celery's rule, as one step.
@@ -61,6 +61,17 @@ class SendsWithoutSubscribing:
         """Celery's client, whose round trips from the async pool's tracers are shared
         (`quart_celery._broker.round_trips`)."""
         return shares_round_trips(super()._create_client(**params))  # type: ignore[misc]
+
+    def store_result(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's `store_result`, its round trips shared with the other tracers' on the async
+        pool (a SET and a PUBLISH, or a read, holding nothing: `_broker.round_trips`)."""
+        with sharing():
+            return super().store_result(*args, **kwargs)  # type: ignore[misc]
+
+    def _sleep(self, amount: float) -> None:
+        """Celery's backoff before it retries a call to Redis: on the async pool's tracer
+        thread, the other tracers run meanwhile (each task's retries are its own)."""
+        cooperative_sleep(amount)
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Send without subscribing to the task's result channel."""

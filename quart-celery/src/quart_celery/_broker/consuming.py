@@ -8,8 +8,9 @@ a second that way, however many it could have started (bench/async_tasks.py). He
 
 - once BRPOP hands over a message, one script records it as unacknowledged and takes as many
   more from the same list as the worker may hold (its prefetch), recording each, atomically:
-  no message is ever out of the list and not yet recorded, as one was between kombu's two
-  round trips;
+  those are never out of the list and not yet recorded, as each message was between kombu's
+  two round trips (the first, taken by BRPOP, is lost if the connection fails before the
+  script runs, as in kombu);
 - the acknowledgements the consumer makes in one turn of its event loop go to Redis together,
   at the end of that turn.
 
@@ -39,9 +40,10 @@ MOST_AT_ONCE = 1000
 
 #: KEYS: the list, the unacked hash, its index. ARGV: the message BRPOP took, the time, how
 #: many more to take. Records each message as kombu's `QoS.append` does (`[message, exchange,
-#: routing key]` under its delivery tag, the tag in the index at the time) and returns the
-#: ones taken after the first, oldest first. A message that is not kombu's JSON stops the batch
-#: and goes back where it was; the first, taken already, is left to fail as kombu fails it.
+#: routing key]` under its delivery tag, the tag in the index at the time) and returns 1 then
+#: the ones taken after the first, oldest first. A message that is not kombu's JSON stops the
+#: batch and goes back where it was; where the first is not, it returns 0 and takes none (the
+#: first, taken already, is left to fail as kombu fails it).
 RECEIVE = """
 local function record(payload)
     local decoded, message = pcall(cjson.decode, payload)
@@ -63,8 +65,10 @@ local function record(payload)
         .. cjson.encode(info['routing_key'] or cjson.null) .. ']')
     return true
 end
-record(ARGV[1])
-local taken = {}
+if not record(ARGV[1]) then
+    return {0}
+end
+local taken = {1}
 for _ = 1, tonumber(ARGV[3]) do
     local payload = redis.call('RPOP', KEYS[1])
     if not payload then
@@ -110,8 +114,9 @@ class QoS(redis.QoS):
     def flush_acknowledged(self) -> None:
         """Remove the messages acknowledged since the last flush from Redis, in one round trip.
 
-        Where that fails, they stay recorded as unacknowledged and come back after the
-        visibility timeout: as an acknowledgement that fails in kombu, logged.
+        Where that fails (Redis away) they are kept for the next flush; a worker that stops
+        before one succeeds leaves them recorded as unacknowledged, to come back after the
+        visibility timeout, as an acknowledgement that fails in kombu.
         """
         tags, self.acknowledged = self.acknowledged, []
         if not tags:
@@ -123,7 +128,8 @@ class QoS(redis.QoS):
                 pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags)
                 pipe.execute()
         except Exception:
-            logger.exception("%d message(s) could not be acknowledged", len(tags))
+            self.acknowledged[:0] = tags  # again at the next turn's end
+            logger.exception("%d message(s) could not be acknowledged yet", len(tags))
 
     def restore_unacked_once(self, stderr: Any = None) -> Any:
         """Send the acknowledgements still held before the channel closes (kombu then puts
@@ -152,7 +158,7 @@ class ReceivesInBatches(redis.Channel):
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def _brpop_read(self, **options: Any) -> bool:
-        if self.global_keyprefix:
+        if self.global_keyprefix or not isinstance(self.qos, QoS):  # or `ack_emulation=False`
             return super()._brpop_read(**options)  # type: ignore[misc,no-any-return]
         kombus: Any = self  # its private parts, which the stubs leave out
         try:
@@ -173,17 +179,19 @@ class ReceivesInBatches(redis.Channel):
             self.connection._deliver(loads(bytes_to_str(first)), queue)
             return True
         qos: Any = self.qos
-        room = 0 if kombus._closing else qos.can_consume_max_estimate()
-        more = max(min(MOST_AT_ONCE if room is None else room, MOST_AT_ONCE) - 1, 0)
+        if "can_consume" in vars(qos):
+            more = 0  # Celery's worker_disable_prefetch, kept by patching can_consume alone
+        else:
+            room = 0 if kombus._closing else qos.can_consume_max_estimate()
+            more = max(min(MOST_AT_ONCE if room is None else room, MOST_AT_ONCE) - 1, 0)
         keys = [key, qos.unacked_key, qos.unacked_index_key]
-        rest = self._take_batch(keys=keys, args=[first, time(), more])
+        recorded, *rest = self._take_batch(keys=keys, args=[first, time(), more])
         failed: BaseException | None = None
-        for payload in [first, *rest]:
-            message = loads(bytes_to_str(payload))
-            tag = (message.get("properties") or {}).get("delivery_tag")
-            if tag is not None:
-                qos.recorded.add(tag)
+        for index, payload in enumerate([first, *rest]):
             try:
+                message = loads(bytes_to_str(payload))
+                if index > 0 or recorded:
+                    qos.recorded.add(message["properties"]["delivery_tag"])
                 self.connection._deliver(message, queue)
             except Exception as error:  # deliver the others all the same; raise the first
                 failed = failed or error
@@ -212,6 +220,6 @@ class AcknowledgesOnEachTurn(redis.Transport):
 
     def flush_acknowledged(self) -> None:
         for channel in self.channels or ():
-            qos = channel.qos
+            qos = getattr(channel, "_qos", None)  # not `qos`, which makes one where none is
             if isinstance(qos, QoS):
                 qos.flush_acknowledged()

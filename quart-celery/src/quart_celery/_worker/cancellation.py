@@ -39,7 +39,7 @@ from quart_celery._broker import address as redis_address
 from quart_celery._broker.address import RedisAddress
 from quart_celery._broker.cancel_requests import database_of
 from quart_celery._broker.keys import Keys
-from quart_celery._broker.round_trips import shares_round_trips
+from quart_celery._broker.round_trips import shares_round_trips, sharing
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ class Listener:
         try:
             self.subscribed.wait(SUBSCRIBE_TIMEOUT)
             try:
-                if self.redis.exists(self.keys.cancel_mark(task_id)):
+                with sharing():  # one read, holding nothing (`_broker.round_trips`)
+                    marked = self.redis.exists(self.keys.cancel_mark(task_id))
+                if marked:
                     running.cancelled.set()
             except RedisError:
                 logger.warning("could not read whether task %s was cancelled", task_id)

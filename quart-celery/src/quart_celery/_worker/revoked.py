@@ -14,6 +14,8 @@ from celery import signals, states
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
+from quart_celery._broker.round_trips import sharing
+
 #: Whether this process's pool reads revocations itself as it starts each task (the async
 #: pool does, on its tracer threads): then the worker's consumer, which every message waits
 #: on, does not.
@@ -42,8 +44,9 @@ def was_revoked(request: Request) -> bool:
 
 
 def _count_if_revoked(request: Request) -> None:
-    if (
-        request.id not in worker_state.revoked
-        and request.task.backend.get_state(request.id) == states.REVOKED
-    ):
+    if request.id in worker_state.revoked:
+        return
+    with sharing():  # one read, holding nothing (`quart_celery._broker.round_trips`)
+        state = request.task.backend.get_state(request.id)
+    if state == states.REVOKED:
         worker_state.revoked.add(request.id)
