@@ -263,10 +263,13 @@ class _Job:
         self.tracer.inbox.put(partial(self.greenlet.switch, outcome))
 
     def cancel(self) -> None:
-        """Cancel the body's coroutine, never resuming its tracer (on the loop)."""
+        """Cancel the body's coroutine, never resuming its tracer (on the loop), once: a cold
+        shutdown both stops each task (`terminate`) and cancels what runs (`_close`), and a
+        second cancellation would cut short the clean-up the first one started (its `except`
+        block's awaits)."""
         for timer in self.timers:
             timer.cancel()
-        if self.task is not None:
+        if self.task is not None and not self.task.cancelling():
             self.task.cancel()
 
 
