@@ -586,20 +586,27 @@ class _SnapshotWeakSet(weakref.WeakSet[Any]):
 
 
 def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel the tasks left on `loop`, and let them unwind (their `except` and `finally`
-    blocks run) for up to `UNWIND_TIMEOUT` seconds.
+    """Let the tasks cancelled already unwind (their `except` and `finally` blocks run), then
+    cancel the tasks left on `loop`; all within `UNWIND_TIMEOUT` seconds.
 
-    A task cancelled already (a cold shutdown cancels each running task first) is not
-    cancelled again: a second cancellation would cut short the clean-up it is awaiting.
+    The tasks a cold shutdown cancelled go first, and are never cancelled again: a second
+    cancellation would cut short the clean-up they await, and so would cancelling the helper
+    tasks that clean-up awaits meanwhile (`asyncio.wait_for` runs one: redis-py's every send
+    does), which are tasks of their own on the loop.
     """
+    deadline = time.monotonic() + UNWIND_TIMEOUT
+    unwinding = [task for task in asyncio.all_tasks(loop) if task.cancelling()]
+    if unwinding:
+        loop.run_until_complete(asyncio.wait(unwinding, timeout=UNWIND_TIMEOUT))
     remaining = [task for task in asyncio.all_tasks(loop) if not task.done()]
     for task in remaining:
         if not task.cancelling():
             task.cancel()
     if remaining:
         unwound = asyncio.gather(*remaining, return_exceptions=True)
+        left = max(deadline - time.monotonic(), 0.1)
         with suppress(TimeoutError):  # what still runs then is cancelled by wait_for
-            loop.run_until_complete(asyncio.wait_for(unwound, UNWIND_TIMEOUT))
+            loop.run_until_complete(asyncio.wait_for(unwound, left))
 
 
 def is_async_task(task: Any) -> bool:
