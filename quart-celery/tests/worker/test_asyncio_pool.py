@@ -106,8 +106,8 @@ def test_the_start_up_heap_is_frozen_while_the_pool_runs(celery: Celery) -> None
 
 
 async def test_a_coroutine_is_cancelled_once_however_often_it_is_stopped() -> None:
-    # A cold shutdown stops each task and cancels what runs: a second cancellation cut short
-    # the clean-up in the coroutine's `except` block (one CI run in three).
+    # A cold shutdown both stops each task and cancels what runs: a second cancellation
+    # would cut short the clean-up in the coroutine's `except` block.
     cleaned: list[str] = []
 
     async def body() -> None:
