@@ -52,6 +52,28 @@ def echo(message: Text) -> str:
     return message
 
 
+@expose
+@celery.task(name="tests.square")
+def square(x: int) -> int:
+    """`x` squared: a workflow's step."""
+    return x * x
+
+
+@expose
+@celery.task(name="tests.total")
+def total(values: list[int]) -> int:
+    """The sum of `values`: a chord's body."""
+    return sum(values)
+
+
+@expose
+@celery.task(name="tests.async_square")
+async def async_square(x: int, delay: Seconds = 0.0) -> int:
+    """`x` squared, after `delay` seconds on the event loop: a step that can be cancelled."""
+    await asyncio.sleep(delay)
+    return x * x
+
+
 @expose(rules=AtMostAMinute)
 @celery.task(name="tests.count", bind=True)
 def count(

@@ -34,6 +34,33 @@ class TaskNotFound(APIError):
         super().__init__(404, "task_not_found", f"No task {task_id} was submitted here.")
 
 
+class WorkflowNotFound(APIError):
+    """404: no workflow was submitted under this id (or its record expired with its results)."""
+
+    def __init__(self, workflow_id: object) -> None:
+        super().__init__(
+            404, "workflow_not_found", f"No workflow {workflow_id} was submitted here."
+        )
+
+
+class WorkflowFailed(APIError):
+    """502: a task of the workflow failed, and the workflow with it."""
+
+    def __init__(self, workflow_id: str, failed: int) -> None:
+        super().__init__(
+            502, "workflow_failed", f"Workflow {workflow_id} failed: {failed} of its tasks failed."
+        )
+        self.workflow_id = workflow_id
+
+
+class WorkflowRevoked(APIError):
+    """409: the workflow was cancelled, and has no result."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(409, "workflow_revoked", f"Workflow {workflow_id} was revoked.")
+        self.workflow_id = workflow_id
+
+
 class ServiceUnavailable(APIError):
     """503: the broker, the result backend or Redis cannot be reached, or not in time."""
 

@@ -73,6 +73,66 @@ class TaskSnapshot(BaseModel):
     ]
 
 
+class WorkflowMember(BaseModel):
+    """A task of a workflow."""
+
+    id: str
+    name: str
+
+
+class WorkflowAccepted(BaseModel):
+    """A workflow accepted to run: where to follow it, and its tasks in the order they run."""
+
+    id: str
+    url: str
+    websocket: str
+    tasks: list[WorkflowMember]
+
+
+class WorkflowTask(WorkflowMember):
+    """A task of a workflow, and its state."""
+
+    state: Annotated[TaskState | str, Field(description=STATE_DESCRIPTION)]
+
+
+class WorkflowSnapshot(BaseModel):
+    """A workflow as it stands: its own state, how many of its tasks have ended, its result
+    once it has ended, and each task's state."""
+
+    id: str
+    state: Annotated[
+        TaskState,
+        Field(
+            description="PENDING until a task of it changes, then STARTED; once it has "
+            "ended, REVOKED if a task of it was revoked, FAILURE if one failed, else SUCCESS."
+        ),
+    ]
+    total: Annotated[int, Field(description="How many tasks the workflow has.")]
+    done: Annotated[int, Field(description="How many of them have ended, in any final state.")]
+    failed: Annotated[int, Field(description="How many of them have ended in FAILURE.")]
+    result: Annotated[
+        Any,
+        Field(
+            description="Once it has ended: a chain's last result, a group's list of results "
+            "in order, a chord body's result (null for a task that did not succeed)."
+        ),
+    ]
+    tasks: list[WorkflowTask]
+
+
+class WorkflowChange(BaseModel):
+    """A task of a workflow changed: the workflow's state and counts after it, and the task.
+    The change that ends the workflow carries its `result`."""
+
+    id: str
+    state: TaskState
+    total: int
+    done: int
+    failed: int
+    task: WorkflowTask
+    result: Annotated[Any, Field(description="The workflow's result, once it has ended.")] = None
+
+
 class ErrorDetail(BaseModel):
     """A stable code for programs, and a sentence for people."""
 

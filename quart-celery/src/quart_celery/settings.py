@@ -62,6 +62,9 @@ OPTIONS: dict[str, Option] = {
     "BLOCKING_TIMEOUT": Option(4.5, type="float", minimum=0.1),
     # Tasks one websocket may watch at once.
     "WS_MAX_TASKS": Option(1000, type="int", minimum=1),
+    # Tasks one workflow sent over HTTP may have, and how deep its workflows may nest.
+    "WORKFLOW_MAX_TASKS": Option(1000, type="int", minimum=1),
+    "WORKFLOW_MAX_DEPTH": Option(8, type="int", minimum=1),
     # Updates that may wait for one websocket; a socket further behind is closed (1013).
     "WS_QUEUE_SIZE": Option(256, type="int", minimum=1),
     # Bearer tokens the JSON API and the websockets require, comma-separated; none: open.

@@ -27,16 +27,23 @@ from celery.backends.redis import SentinelBackend as CelerySentinelBackend
 from kombu.utils.encoding import bytes_to_str
 from redis.commands.core import Script
 
+from quart_celery._broker import canvas
 from quart_celery._broker.round_trips import cooperative_sleep, shares_round_trips, sharing
+from quart_celery._broker.workflow_records import COUNT_MEMBER, membership_key
 
 #: Store (with an expiry in seconds, 0 for none) and publish a state, unless the key holds
-#: SUCCESS already: Celery's rule, as one step.
-STORE_UNLESS_SUCCEEDED = """
+#: SUCCESS already: Celery's rule, as one step. With ARGV[3] "1", only over a state of a task
+#: that has not started (none, PENDING or RETRY): how the web app revokes. Then, if the task is
+#: a member of a workflow, count it there (`workflow_records.COUNT_MEMBER`).
+STORE_UNLESS_SUCCEEDED = (
+    """
 local current = redis.call('GET', KEYS[1])
 if current then
     local decoded, meta = pcall(cjson.decode, current)
-    if decoded and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
-        return 0
+    if decoded and type(meta) == 'table' then
+        local status = meta['status']
+        if status == 'SUCCESS' then return 0 end
+        if ARGV[3] == '1' and status ~= 'PENDING' and status ~= 'RETRY' then return 0 end
     end
 end
 if tonumber(ARGV[2]) > 0 then
@@ -45,8 +52,9 @@ else
     redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
 """
+    + COUNT_MEMBER
+)
 
 
 class SendsWithoutSubscribing:
@@ -55,7 +63,6 @@ class SendsWithoutSubscribing:
 
     _store_script: Script | None = None
     expires: Any
-    client: Any
 
     def _create_client(self, **params: Any) -> Any:
         """Celery's client, whose round trips from the async pool's tracers are shared
@@ -76,6 +83,14 @@ class SendsWithoutSubscribing:
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Send without subscribing to the task's result channel."""
 
+    def add_pending_result(self, result: Any, weak: bool = False) -> Any:
+        """Celery's, but nothing while a workflow is captured: a group subscribes to each
+        member's channel as it sends it, in case its caller waits (`GroupResult.get()`), which
+        a workflow sent by the bridge is not (it is followed through its own channel)."""
+        if canvas.capturing() is not None:
+            return result
+        return super().add_pending_result(result, weak=weak)  # type: ignore[misc]
+
     def _store_result(
         self,
         task_id: str,
@@ -94,14 +109,39 @@ class SendsWithoutSubscribing:
         self._set_with_state(key, self.encode(meta), state)  # type: ignore[attr-defined]
         return result
 
-    def _set(self, key: str, value: Any, expires: Any = None) -> None:
-        """Store and publish `value` at `key`, unless it holds SUCCESS (one round trip)."""
+    def _set(self, key: str | bytes, value: Any, expires: Any = None) -> None:
+        """Store and publish `value` at `key`, unless it holds SUCCESS (one round trip); count
+        a workflow's member in its workflow."""
+        self._store(key, value, expires, only_unstarted=False)
+
+    def store_unless_started(self, task_id: str, meta: dict[str, Any]) -> bool:
+        """Store `meta` for the task only if it has not started (nothing stored, PENDING or
+        RETRY), as `_set` stores; whether it was stored. The read and the write are one step:
+        a task that starts, or ends, meanwhile keeps its state."""
+        key = self.get_key_for_task(task_id)  # type: ignore[attr-defined]
+        return self._store(key, self.encode(meta), None, only_unstarted=True)  # type: ignore[attr-defined]
+
+    def _store(self, key: str | bytes, value: Any, expires: Any, *, only_unstarted: bool) -> bool:
         if expires is None:
             expires = self.expires
         script = self._store_script
         if script is None:
             script = self._store_script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
-        script(keys=[key], args=[value, int(expires or 0)], client=self.client)
+        stored = script(
+            keys=[key, membership_key(key)],
+            args=[value, int(expires or 0), "1" if only_unstarted else "0"],
+            client=self.client,
+        )
+        return bool(stored)
+
+    @property
+    def client(self) -> Any:
+        """Celery's client; while a workflow's messages are captured (`_broker.canvas`), a
+        pipeline that keeps the writes Celery makes for it, to be sent with its messages."""
+        captured = canvas.capturing()
+        if captured is not None:
+            return captured.backend_writes(super().client)  # type: ignore[misc]
+        return super().client  # type: ignore[misc]
 
     def _get_result_meta(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Celery's meta of a state, with `date_stored` where it has no `date_done`."""

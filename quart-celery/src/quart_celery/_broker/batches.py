@@ -10,7 +10,7 @@ command: under load, where batches are small, about 80 µs a submission.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from functools import cached_property
 from typing import Any
@@ -22,19 +22,29 @@ from redis.commands.core import AsyncScript
 from quart_celery._broker.address import RedisAddress, aclose
 from quart_celery._broker.keys import Keys
 from quart_celery._broker.messages import Outgoing
+from quart_celery._broker.workflow_records import Command
 
 #: KEYS: the lists of the batch's messages, then the keys of its records. ARGV: how many
-#: messages, the records' lifetime in seconds, the messages, the records' task names, then a
-#: channel and an event for each task-sent event.
+#: messages, the records' lifetime in seconds, how many words the other commands take, the
+#: messages, the records' task names, the other commands (each its number of words, then its
+#: words: a workflow's records and counters, and Celery's writes for it), then a channel and
+#: an event for each task-sent event. The messages go last: a script is not undone where a
+#: command of it fails, and a command that fails before them leaves nothing queued.
 SEND_BATCH = """
-local messages, expires = tonumber(ARGV[1]), ARGV[2]
-for i = 1, messages do
-    redis.call("LPUSH", KEYS[i], ARGV[2 + i])
-end
+local messages, expires, words = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 for i = messages + 1, #KEYS do
-    redis.call("SET", KEYS[i], ARGV[2 + i], "EX", expires)
+    redis.call("SET", KEYS[i], ARGV[3 + i], "EX", expires)
 end
-for i = 3 + #KEYS, #ARGV, 2 do
+local i, last = 4 + #KEYS, 3 + #KEYS + words
+while i <= last do
+    local count = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + count))
+    i = i + count + 1
+end
+for i = 1, messages do
+    redis.call("LPUSH", KEYS[i], ARGV[3 + i])
+end
+for i = last + 1, #ARGV, 2 do
     redis.call("PUBLISH", ARGV[i], ARGV[i + 1])
 end
 """
@@ -86,15 +96,23 @@ class BatchWriter:
         return cls(broker, None if broker == address else address, keys, options)
 
     async def send(
-        self, batch: list[Outgoing], expires: int, timeout: float, event_topic: str
+        self,
+        batch: list[Outgoing],
+        expires: int,
+        timeout: float,
+        event_topic: str,
+        commands: Sequence[Command] = (),
     ) -> None:
         """Write a batch with its records (and the `task-sent` events, on `event_topic`), in
-        one round trip; raise if it cannot be written.
+        one round trip; raise if it cannot be written. `commands` go with the messages, in the
+        same step (a workflow's: only where the broker keeps the records).
 
         Where the records have a Redis of their own, they are written first, and dropped again
         if the messages cannot be.
         """
         if self.records is not None:
+            if commands:
+                raise ValueError("a workflow is sent in one step only where the broker keeps it")
             await self._write(self.records, [], batch, expires, timeout, event_topic)
             try:
                 await self._write(self.client, batch, [], expires, timeout, event_topic)
@@ -102,7 +120,7 @@ class BatchWriter:
                 await self._forget(batch)
                 raise
         else:
-            await self._write(self.client, batch, batch, expires, timeout, event_topic)
+            await self._write(self.client, batch, batch, expires, timeout, event_topic, commands)
 
     async def close(self) -> None:
         """Close the connections to the broker and to the records' Redis."""
@@ -124,13 +142,18 @@ class BatchWriter:
         expires: int,
         timeout: float,
         event_topic: str,
+        commands: Sequence[Command] = (),
     ) -> None:
-        """LPUSH each message and SET each record, in one command."""
+        """LPUSH each message, SET each record and run each command, in one command."""
         keys = [outgoing.key for outgoing in messages]
         keys += [self.keys.task(outgoing.task_id) for outgoing in records]
-        args: list[str | bytes | int] = [len(messages), expires]
+        words: list[str | bytes | int] = []
+        for command in commands:
+            words += [len(command), *command]
+        args: list[str | bytes | int] = [len(messages), expires, len(words)]
         args += [outgoing.payload for outgoing in messages]
         args += [outgoing.name for outgoing in records]
+        args += words
         for outgoing in messages:
             if outgoing.event is not None:
                 args += [event_topic, outgoing.event]

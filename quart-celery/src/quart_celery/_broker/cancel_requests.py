@@ -19,7 +19,14 @@ def database_of(redis: Redis) -> int:
 
 def request_cancel(redis: Redis, keys: Keys, task_id: str, expires: int) -> None:
     """Ask the worker running `task_id` to stop it (blocks: the web app runs it in its pool)."""
+    request_cancels(redis, keys, [task_id], expires)
+
+
+def request_cancels(redis: Redis, keys: Keys, task_ids: list[str], expires: int) -> None:
+    """Ask the workers running each of `task_ids` to stop it, in one round trip."""
+    channel = keys.cancel_channel(database_of(redis))
     with redis.pipeline(transaction=False) as pipeline:
-        pipeline.set(keys.cancel_mark(task_id), 1, ex=expires)
-        pipeline.publish(keys.cancel_channel(database_of(redis)), task_id)
+        for task_id in task_ids:
+            pipeline.set(keys.cancel_mark(task_id), 1, ex=expires)
+            pipeline.publish(channel, task_id)
         pipeline.execute()

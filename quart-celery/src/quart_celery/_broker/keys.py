@@ -21,6 +21,10 @@ class Keys:
         """The record of a published task: its name, for as long as its result is kept."""
         return f"{self.namespace}:task:{task_id}"
 
+    def workflow(self, workflow_id: str) -> str:
+        """The record of a workflow, the prefix of its counters, and its channel."""
+        return f"{self.namespace}:workflow:{workflow_id}"
+
     def cancel_mark(self, task_id: str) -> str:
         """The mark that asks the worker running `task_id` to stop it."""
         return f"{self.namespace}:cancel:{task_id}"

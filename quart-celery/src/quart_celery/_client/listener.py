@@ -172,13 +172,12 @@ class ResultListener:
             if subscribe:
                 for task_id in subscribe:
                     self.asked[task_id] = self.asked.get(task_id, 0) + 1
-                await _sent(pubsub.subscribe(*(CHANNEL_PREFIX + task_id for task_id in subscribe)))
+                await _sent(pubsub.subscribe(*map(channel_of, subscribe)))
             if unsubscribe:  # never none: UNSUBSCRIBE without a channel drops them all
                 for task_id in unsubscribe:
                     del self.asked[task_id]
                     self.confirmed.discard(task_id)
-                channels = (CHANNEL_PREFIX + task_id for task_id in unsubscribe)
-                await _sent(pubsub.unsubscribe(*channels))
+                await _sent(pubsub.unsubscribe(*map(channel_of, unsubscribe)))
 
     def lost_connection(self) -> None:
         """The connection is gone, and its subscriptions with it: ask for all again."""
@@ -229,6 +228,12 @@ class ResultListener:
                 recipient.deliver(Update(task_id))
         if task_id not in self.recipients:  # its follower went while it was confirmed
             self.changed.set()
+
+
+def channel_of(topic: str) -> str:
+    """The channel of what is followed: a task's id (its result channel), or a channel named
+    in full (a workflow's, which has a colon where no task id has one)."""
+    return topic if ":" in topic else CHANNEL_PREFIX + topic
 
 
 async def _sent(command: Awaitable[Any]) -> None:

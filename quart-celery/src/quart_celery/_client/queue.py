@@ -10,6 +10,11 @@ For your own views and websocket handlers, in place of Celery's blocking calls (
         ...
     report = await queue.result(task_id, timeout=30)
 
+    workflow_id = await queue.submit(chord([square.s(x=x) for x in range(10)], total.s()))
+    async for change in queue.follow_workflow(workflow_id):
+        ...
+    total = await queue.workflow_result(workflow_id, timeout=30)
+
 Submitting goes through the app's submitter, in batches; a look-up through its thread pool;
 following and waiting through the process's one pub/sub listener, so a follower costs no
 thread and no polling. The JSON API and the websockets are built on these same calls. Every
@@ -28,6 +33,7 @@ from typing import Any
 from celery import Signature, Task
 from quart import current_app
 
+from quart_celery._broker.canvas import kind_of
 from quart_celery._broker.task_ids import parse_task_id
 from quart_celery._client.current import current_celery
 from quart_celery._client.exposure import check_arguments
@@ -35,6 +41,13 @@ from quart_celery._client.following import Follower, TaskError
 from quart_celery._client.reader import task_reader
 from quart_celery._client.snapshots import decoded, snapshot_from_meta
 from quart_celery._client.submitter import Submission, submitter
+from quart_celery._client.workflows import (
+    cancel_workflow,
+    follow_workflow,
+    look_up_workflow,
+    submit_workflow,
+    workflow_result,
+)
 from quart_celery._observability import metrics
 from quart_celery.errors import (
     FellBehind,
@@ -44,6 +57,9 @@ from quart_celery.errors import (
     TaskFailed,
     TaskNotFound,
     TaskRevoked,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowRevoked,
 )
 from quart_celery.schemas import TaskSnapshot
 from quart_celery.states import FINAL_STATES, TaskState
@@ -56,10 +72,17 @@ __all__ = [
     "TaskFailed",
     "TaskNotFound",
     "TaskRevoked",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "WorkflowRevoked",
+    "cancel_workflow",
     "follow",
+    "follow_workflow",
     "look_up",
+    "look_up_workflow",
     "result",
     "submit",
+    "workflow_result",
 ]
 
 
@@ -67,14 +90,18 @@ async def submit(task: Task[Any, Any] | Signature[Any], /, *args: Any, **kwargs:
     """Send a run of `task` with these arguments; its id, once the broker has it.
 
     For Celery's options, pass a signature instead: `submit(report.s(7).set(countdown=60))`
-    (with `task_id` among them, the task gets that id). `InvalidArguments` (422) if the
-    arguments do not fit the task's declared ones; `ServiceUnavailable` (503) if the broker
-    does not take it within `BLOCKING_TIMEOUT`. Either way it was not sent, and will not be.
+    (with `task_id` among them, the task gets that id). A workflow (a chain, group or chord)
+    is sent whole or not at all, and its id is the workflow's (`look_up_workflow`,
+    `follow_workflow`). `InvalidArguments` (422) if the arguments do not fit the task's
+    declared ones; `ServiceUnavailable` (503) if the broker does not take it within
+    `BLOCKING_TIMEOUT`. Either way it was not sent, and will not be.
     """
     options: dict[str, Any] = {}
     if isinstance(task, Signature):
         if args or kwargs:
             raise TypeError("submit(signature) takes no more arguments: put them in the signature")
+        if kind_of(task) is not None:
+            return (await submit_workflow(task)).workflow_id
         signature = task
         if signature.task is None:
             raise TypeError(f"{signature!r} names no task")

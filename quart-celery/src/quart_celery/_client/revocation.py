@@ -11,12 +11,12 @@ once, a sync task at its next `checkpoint()`, and it ends REVOKED.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import TaskRevokedError
 from redis import Redis
-from redis.exceptions import WatchError
 
 from quart_celery._broker.cancel_requests import request_cancel
 from quart_celery._broker.keys import Keys
@@ -24,9 +24,6 @@ from quart_celery._client.snapshots import name_of_published, read_snapshot
 from quart_celery.errors import APIError
 from quart_celery.schemas import TaskSnapshot
 from quart_celery.states import FINAL_STATES
-
-# Revoking these stops them before they run; a task already running runs to its end.
-NOT_STARTED = frozenset({states.PENDING, states.RETRY})
 
 
 def revoke(celery: Celery, redis: Redis, keys: Keys, task_id: str) -> TaskSnapshot:
@@ -39,7 +36,7 @@ def revoke(celery: Celery, redis: Redis, keys: Keys, task_id: str) -> TaskSnapsh
     backend = celery.backend
     if not isinstance(backend, RedisBackend):
         raise RuntimeError("revoking needs the Redis result backend")
-    if not _mark_revoked_unless_started(backend, task_id):
+    if not revoke_unstarted(backend, task_id):
         current = read_snapshot(backend, task_id, name)
         if current.state in FINAL_STATES:
             raise APIError(
@@ -54,36 +51,20 @@ def revoke(celery: Celery, redis: Redis, keys: Keys, task_id: str) -> TaskSnapsh
     return read_snapshot(backend, task_id, name)
 
 
-def _mark_revoked_unless_started(backend: RedisBackend, task_id: str) -> bool:
+def revoke_unstarted(backend: Any, task_id: str) -> bool:
     """Store REVOKED for the task, only if it has not started; whether it did.
 
-    Read and write are one transaction (WATCH): a task that starts, or ends, in between keeps
-    its state, where Celery's own `mark_as_revoked` would overwrite it.
+    Read and write are one step (the backend's script): a task that starts, or ends, in
+    between keeps its state, where Celery's own `mark_as_revoked` would overwrite it. A task of
+    a workflow is counted there as it is for any state stored.
     """
-    key = backend.get_key_for_task(task_id)
-    revoked = backend.encode(
-        {
-            "status": states.REVOKED,
-            "result": backend.prepare_exception(TaskRevokedError("revoked")),
-            "traceback": None,
-            "children": [],
-            "date_done": datetime.now(UTC).isoformat(),
-            "task_id": task_id,
-        }
-    )
-    with backend.client.pipeline() as pipeline:
-        while True:
-            try:
-                pipeline.watch(key)
-                stored = pipeline.get(key)
-                state = backend.decode(stored)["status"] if stored else states.PENDING
-                if state not in NOT_STARTED:
-                    return False
-                pipeline.multi()
-                # `expires` (seconds, from result_expires) is missing from the stubs.
-                pipeline.set(key, revoked, ex=int(backend.expires))  # type: ignore[attr-defined]
-                pipeline.publish(key, revoked)  # as Celery publishes every state it stores
-                pipeline.execute()
-                return True
-            except WatchError:
-                continue
+    revoked = {
+        "status": states.REVOKED,
+        "result": backend.prepare_exception(TaskRevokedError("revoked")),
+        "traceback": None,
+        "children": [],
+        "date_done": datetime.now(UTC).isoformat(),
+        "task_id": task_id,
+    }
+    stored: bool = backend.store_unless_started(task_id, revoked)
+    return stored

@@ -22,20 +22,22 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Signature, Task
 from quart import Quart, current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from quart_celery._broker import recording, records
+from quart_celery._broker import canvas, recording, records, workflow_records
 from quart_celery._broker.address import RedisAddress
 from quart_celery._broker.batches import BatchWriter
 from quart_celery._broker.keys import Keys
 from quart_celery._broker.messages import MessageBuilder, Outgoing, Unsupported
+from quart_celery._broker.workflow_records import Command, WorkflowRecord
 from quart_celery._client.availability import as_api_error, unavailable
 from quart_celery._client.blocking import run_blocking
 from quart_celery._client.connections import blocking_redis
 from quart_celery._client.current import celery_of, current_keys
+from quart_celery._client.revocation import revoke_unstarted
 from quart_celery.errors import ServiceUnavailable
 
 EXTENSION = "quart_celery.submitter"
@@ -67,6 +69,23 @@ class Waiting:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedWorkflow:
+    """A workflow ready to send: what Celery would send for it, and what records it."""
+
+    record: WorkflowRecord
+    sends: list[canvas.Send]
+    #: Its messages, where they go from the event loop in one step (None: the thread pool's
+    #: path sends them).
+    outgoing: list[Outgoing] | None
+    #: The workflow's record and counters, and Celery's own writes for it (a chord's size),
+    #: for the result backend's Redis.
+    backend_commands: list[Command]
+    #: The tasks its messages carry to run later (a chain's links, a chord's body): recorded
+    #: now, so that each can be looked up and followed from the start.
+    carried: list[tuple[str, str]]
+
+
 class Submitter:
     """Sends the tasks submitted on one event loop, a batch at a time."""
 
@@ -82,6 +101,14 @@ class Submitter:
         self.expires = expires
         self.writer = writer
         self.builder = None if writer is None else MessageBuilder(celery, writer.broker.database)
+        #: Whether a workflow goes in one step: where one Redis is broker, records and
+        #: results alike (as by default).
+        conf = celery.conf
+        self.workflows_in_one_step = (
+            writer is not None
+            and writer.records is None
+            and str(conf.result_backend) == str(conf.broker_url)
+        )
         self.waiting: list[Waiting] = []
         self.sending: asyncio.Task[None] | None = None
 
@@ -104,6 +131,73 @@ class Submitter:
         await waiting.sent
         if outgoing is not None:
             MessageBuilder.published(outgoing)
+
+    async def submit_workflow(
+        self, workflow: Signature[Any], workflow_id: str | None = None
+    ) -> WorkflowRecord:
+        """Record and send a workflow, all of it or none; its record, once sent. 503 if it
+        cannot be sent (and then none of it runs).
+
+        Celery's canvas is applied, captured (`quart_celery._broker.canvas`), in the thread
+        pool; where one Redis keeps everything, the messages, the records and Celery's writes
+        then go from the event loop in one script. Otherwise the thread pool sends them one
+        by one, and if one cannot be sent, every task of the workflow is marked REVOKED, so
+        that none of it runs.
+        """
+        prepared = await run_blocking("the broker", self.prepare, workflow, workflow_id)
+        if prepared.outgoing is not None and self.writer is not None:
+            timeout = 0.8 * current_app.config["BLOCKING_TIMEOUT"]
+            commands = prepared.backend_commands + [
+                ("SET", self.keys.task(task_id), name, "EX", self.expires)
+                for task_id, name in prepared.carried
+            ]
+            topic = self.builder.event_topic if self.builder is not None else ""
+            try:
+                await self.writer.send(prepared.outgoing, self.expires, timeout, topic, commands)
+            except TimeoutError:
+                message = f"The broker did not answer within {timeout:g} s."
+                raise ServiceUnavailable(message) from None
+            except Exception as error:
+                raise as_api_error("the broker", error) from error
+            for outgoing in prepared.outgoing:
+                MessageBuilder.published(outgoing)
+        else:
+            deadline = time.monotonic() + 0.8 * current_app.config["BLOCKING_TIMEOUT"]
+            await run_blocking(
+                "the broker",
+                publish_workflow,
+                self.celery,
+                self.redis,
+                self.keys,
+                self.expires,
+                prepared,
+                deadline,
+            )
+        return prepared.record
+
+    def prepare(self, workflow: Signature[Any], workflow_id: str | None) -> PreparedWorkflow:
+        """Capture what Celery would send for `workflow` (as `workflow_id`, if given), and
+        build its messages where they go from the event loop. Runs in the thread pool."""
+        captured = canvas.capture(self.celery, workflow, workflow_id)
+        record = captured.record
+        backend: Any = self.celery.backend
+        commands = workflow_records.writes(
+            record, self.keys.workflow(record.workflow_id), backend.get_key_for_task, self.expires
+        )
+        sent = {send.task_id for send in captured.sends}
+        carried = [(task_id, name) for task_id, name in record.members if task_id not in sent]
+        outgoing: list[Outgoing] | None = None
+        if self.workflows_in_one_step and self.builder is not None:
+            try:
+                outgoing = [
+                    self.builder.message(send.task, send.args, send.kwargs, send.options)
+                    for send in captured.sends
+                ]
+            except Unsupported:
+                outgoing = None
+        return PreparedWorkflow(
+            record, captured.sends, outgoing, commands + captured.commands, carried
+        )
 
     async def send_waiting(self) -> None:
         """Send batches until none waits (a task of its own, outliving any one request).
@@ -223,6 +317,44 @@ def publish(
         with suppress(RedisError):  # the records expire anyway
             records.forget(redis, keys, unsent)
     return errors
+
+
+def publish_workflow(
+    celery: Celery,
+    redis: Redis,
+    keys: Keys,
+    expires: int,
+    prepared: PreparedWorkflow,
+    deadline: float,
+) -> None:
+    """Record a workflow, then publish its messages one by one, as Celery would; if one
+    cannot be published, mark every task of it REVOKED, so that none runs, and raise.
+
+    Runs in the thread pool: the path where the broker and the results are not one Redis.
+    """
+    backend: Any = celery.backend
+    with backend.client.pipeline(transaction=False) as pipeline:
+        for command in prepared.backend_commands:
+            pipeline.execute_command(*command)
+        pipeline.execute()
+    records.remember(redis, keys, prepared.carried, expires)
+    submissions = [
+        Submission(
+            send.task,
+            send.args,
+            send.kwargs,
+            {name: value for name, value in send.options.items() if name != "task_id"},
+            task_id=send.task_id,
+        )
+        for send in prepared.sends
+    ]
+    errors = publish(celery, redis, keys, expires, submissions, deadline)
+    failed = next((error for error in errors if error is not None), None)
+    if failed is not None:
+        for task_id, _ in prepared.record.members:
+            with suppress(RedisError):
+                revoke_unstarted(backend, task_id)
+        raise failed
 
 
 def _send(

@@ -56,6 +56,8 @@ DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds, from a millisecond up: a state is pushed, and most requests answered, in a few.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN_TASK = "unknown"
+#: The task label of a workflow submitted (its tasks are not counted one by one).
+WORKFLOW = "workflow"
 UNMATCHED_ROUTE = "unmatched"
 #: The methods a label names; any other a client makes up is "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -112,7 +112,8 @@ def request_token() -> str | None:
 
 
 def watch_ticket(task_id: str) -> str:
-    """A ticket that opens `/ws/tasks/<task_id>`, for the result page."""
+    """A ticket that opens `/ws/tasks/<task_id>` (or `/ws/workflows/<task_id>`, given a
+    workflow's id), for a result page."""
     ticket: str = _access().tickets.dumps(task_id)
     return ticket
 
@@ -151,15 +152,20 @@ def _origin_allowed(access: Access, origin: str) -> bool:
 
 
 def _websocket_authorized(access: Access) -> bool:
-    """A token in the header or the query, or a ticket for the task this socket watches."""
+    """A token in the header or the query, or a ticket for the task (or workflow) this socket
+    watches."""
     token = _bearer(websocket.headers.get("Authorization")) or websocket.args.get("token")
     if access.token_is_valid(token):
         return True
-    ticket, task_id = websocket.args.get("ticket"), (websocket.view_args or {}).get("task_id")
-    if ticket is None or task_id is None:
+    watched = websocket.view_args or {}
+    ticket, followed = (
+        websocket.args.get("ticket"),
+        watched.get("task_id", watched.get("workflow_id")),
+    )
+    if ticket is None or followed is None:
         return False
     try:
-        return bool(access.tickets.loads(ticket, max_age=access.ticket_max_age) == task_id)
+        return bool(access.tickets.loads(ticket, max_age=access.ticket_max_age) == followed)
     except BadSignature:
         return False
 

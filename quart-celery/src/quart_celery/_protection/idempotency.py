@@ -209,10 +209,11 @@ class Claims:
             logger.warning("could not mark the claim of %s as sent", claim.task_id)
 
     async def was_sent(self, claim: Claim) -> bool:
-        """Whether the claim's task was sent after all: its record says so."""
+        """Whether the claim's task (or workflow) was sent after all: its record says so."""
         try:
             async with self._answering():
-                return bool(await self.client.exists(self.keys.task(claim.task_id)))
+                records = (self.keys.task(claim.task_id), self.keys.workflow(claim.task_id))
+                return bool(await self.client.exists(*records))
         except ServiceUnavailable:
             return False
 

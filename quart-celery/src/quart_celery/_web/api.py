@@ -13,7 +13,7 @@ from uuid import UUID
 
 import orjson
 from pydantic import RootModel, ValidationError
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, current_app, request
 from quart_schema import (
     RequestSchemaValidationError,
     document_headers,
@@ -24,7 +24,7 @@ from quart_schema import (
 )
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
-from quart_celery._client import queue, revocation
+from quart_celery._client import queue, revocation, workflows
 from quart_celery._client.blocking import run_blocking
 from quart_celery._client.connections import blocking_redis
 from quart_celery._client.current import current_celery, current_keys
@@ -32,8 +32,19 @@ from quart_celery._client.exposure import ExposedTasks
 from quart_celery._observability import metrics
 from quart_celery._protection import access, idempotency
 from quart_celery._protection.rate_limits import limits_submissions
+from quart_celery._web.workflow_requests import (
+    Limits,
+    WorkflowRequest,
+    read_workflow,
+)
 from quart_celery.errors import APIError
-from quart_celery.schemas import ErrorBody, TaskAccepted, TaskSnapshot
+from quart_celery.schemas import (
+    ErrorBody,
+    TaskAccepted,
+    TaskSnapshot,
+    WorkflowAccepted,
+    WorkflowSnapshot,
+)
 from quart_celery.states import TaskState
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -42,6 +53,7 @@ PREFIX = "/api"
 #: A task's route, and its URL (a submission names it without `url_for`, which took longer
 #: than the rest of the answer).
 TASK = "/tasks/{}"
+WORKFLOW = "/workflows/{}"
 
 
 def create_blueprint(exposed: ExposedTasks) -> Blueprint:
@@ -51,6 +63,10 @@ def create_blueprint(exposed: ExposedTasks) -> Blueprint:
     blueprint.add_url_rule("/tasks", view_func=submit_view(exposed), methods=["POST"])
     blueprint.add_url_rule(TASK.format("<uuid:task_id>"), view_func=get_task, methods=["GET"])
     blueprint.add_url_rule(TASK.format("<uuid:task_id>"), view_func=revoke_task, methods=["DELETE"])
+    blueprint.add_url_rule("/workflows", view_func=workflow_view(exposed), methods=["POST"])
+    workflow = WORKFLOW.format("<uuid:workflow_id>")
+    blueprint.add_url_rule(workflow, view_func=get_workflow, methods=["GET"])
+    blueprint.add_url_rule(workflow, view_func=cancel_workflow, methods=["DELETE"])
     return blueprint
 
 
@@ -216,3 +232,96 @@ async def revoke_task(task_id: UUID) -> tuple[TaskSnapshot, int]:
         str(task_id),
     )
     return revoked, 202
+
+
+def workflow_view(exposed: ExposedTasks) -> Callable[..., Any]:
+    """The view that submits workflows of the `exposed` tasks."""
+
+    @tag(["workflows"])
+    @document_request(WorkflowRequest)
+    @document_headers(idempotency.IdempotencyHeaders)
+    @document_response(WorkflowAccepted, 202)
+    @document_errors(400, 409, 413, 422, 429, 503)
+    @limits_submissions
+    async def submit_workflow() -> Response:
+        """Run a chain, group or chord of the exposed tasks, all of it or none; follow it at
+        `url` or through `websocket`.
+
+        `Idempotency-Key` works as for `POST /api/tasks`. A fault in the workflow is 422
+        `invalid_workflow`, with where it is in the message (`group[2].kwargs.x: ...`), and
+        nothing is sent.
+        """
+        try:
+            key = idempotency.requested_key()
+            body = await json_body()
+            config = current_app.config
+            limits = Limits(config["WORKFLOW_MAX_TASKS"], config["WORKFLOW_MAX_DEPTH"])
+            workflow = read_workflow(body, exposed, limits)
+        except (HTTPException, APIError):
+            metrics.count_submission(metrics.WORKFLOW, "invalid")
+            raise
+        headers: dict[str, str] = {}
+        if key is None:
+            record = await workflows.submit_workflow(workflow)
+            workflow_id, tasks = record.workflow_id, list(record.members)
+        else:
+
+            async def send(workflow_id: str) -> None:
+                await workflows.submit_workflow(workflow, workflow_id)
+
+            outcome = await idempotency.submit_once(key, metrics.WORKFLOW, {"workflow": body}, send)
+            workflow_id = outcome.task_id
+            snapshot = await workflows.look_up_workflow(workflow_id)
+            tasks = [(task.id, task.name) for task in snapshot.tasks]
+            if outcome.replayed:
+                headers[idempotency.REPLAYED] = "true"
+        url = request.root_path + PREFIX + WORKFLOW.format(workflow_id)
+        accepted = {  # a WorkflowAccepted, as documented
+            "id": workflow_id,
+            "url": url,
+            "websocket": f"/ws/workflows/{workflow_id}",
+            "tasks": [{"id": task_id, "name": name} for task_id, name in tasks],
+        }
+        return Response(
+            orjson.dumps(accepted),
+            status=202,
+            headers={"Location": url, **headers},
+            mimetype=JSON,
+        )
+
+    view: Callable[..., Any] = submit_workflow
+    return view
+
+
+async def json_body() -> Any:
+    """The request's body, parsed as JSON: 400 if it is not."""
+    require_json()
+    try:
+        async with asyncio.timeout(request.body_timeout):
+            body = await request.body
+    except TimeoutError:
+        raise RequestTimeout() from None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise APIError(
+            400, "invalid_json", f"The request body is not valid JSON: {error}."
+        ) from None
+
+
+@tag(["workflows"])
+@validate_response(WorkflowSnapshot, 200)
+@document_errors(404, 503)
+async def get_workflow(workflow_id: UUID) -> WorkflowSnapshot:
+    """The workflow's state, how many of its tasks have ended, its result once it has ended,
+    and each task's state."""
+    return await workflows.look_up_workflow(str(workflow_id))
+
+
+@tag(["workflows"])
+@validate_response(WorkflowSnapshot, 202)
+@document_errors(404, 409, 503)
+async def cancel_workflow(workflow_id: UUID) -> tuple[WorkflowSnapshot, int]:
+    """Revoke every task of the workflow not yet ended, stopping the running ones; it ends
+    REVOKED. 409 if it already ended."""
+    return await workflows.cancel_workflow(str(workflow_id)), 202

@@ -12,6 +12,10 @@ never `state`. A task that cannot be served costs only itself: on `/ws/tasks` it
 message with its `id` and is dropped, while the socket and its other tasks carry on; on
 `/ws/tasks/<id>` the socket says why and closes with 1011, never with the normal 1000. Waiting
 costs no thread: the changes come from `quart_celery._client.following.Follower`.
+
+`/ws/workflows/<id>` follows a workflow: its snapshot (as `GET /api/workflows/<id>`), then a
+message for each change of a task of it (the workflow's `state`, `total`, `done`, `failed`, and
+the task under `task`), the last with the workflow's `result`, then a close (1000).
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from quart import Blueprint, current_app, websocket
 
 from quart_celery._broker.task_ids import parse_task_id
 from quart_celery._client.following import Follower, Inbox, TaskError, Unfollowed
+from quart_celery._client.workflows import WorkflowFollower
 from quart_celery._protection import access, sockets
 from quart_celery._web import shutdown
-from quart_celery.errors import APIError, FellBehind, TaskNotFound
+from quart_celery.errors import APIError, FellBehind, TaskNotFound, WorkflowNotFound
+from quart_celery.schemas import WorkflowChange
 from quart_celery.states import FINAL_STATES
 
 blueprint = Blueprint("websockets", __name__)
@@ -69,6 +75,15 @@ async def follow_task(task_id: str) -> None:
     await _serve(follower, _follow_one(follower, task_id), _ignore_messages)
 
 
+@blueprint.websocket("/ws/workflows/<workflow_id>")
+async def follow_workflow(workflow_id: str) -> None:
+    """One workflow: its snapshot, then a message for each change of a task of it; closed
+    (1000) after the workflow's final state."""
+    await websocket.accept()
+    follower = WorkflowFollower()
+    await _serve(follower, _follow_workflow(follower, workflow_id), _ignore_messages)
+
+
 @blueprint.websocket("/ws/tasks")
 async def follow_tasks() -> None:
     """Many tasks on one socket, as the client subscribes and unsubscribes."""
@@ -78,7 +93,9 @@ async def follow_tasks() -> None:
 
 
 async def _serve(
-    follower: Follower, sending: Awaitable[None], receiving: Callable[[], Awaitable[None]]
+    follower: Follower | WorkflowFollower,
+    sending: Awaitable[None],
+    receiving: Callable[[], Awaitable[None]],
 ) -> None:
     """Send from the handler and read the client's messages in a task of its own, until
     either half ends or the server begins to shut down (1001); end the socket as
@@ -121,6 +138,33 @@ async def _follow_one(follower: Follower, task_id: str) -> None:
     except APIError as error:
         raise CloseSocket.for_error(error) from None
     await _send_changes(follower, one_task=True)
+
+
+async def _follow_workflow(follower: WorkflowFollower, workflow_id: str) -> None:
+    """Follow the workflow of `/ws/workflows/<id>` to its end; 4404 if nobody submitted it.
+
+    Each change carries the workflow's state and counts and the task that changed; the one
+    that ends the workflow carries its `result` too."""
+    try:
+        snapshot = await follower.follow(workflow_id)
+    except WorkflowNotFound:
+        message = f"No workflow {workflow_id} was submitted here."
+        raise CloseSocket(NOT_FOUND, "not_found", message) from None
+    except APIError as error:
+        raise CloseSocket.for_error(error) from None
+    await _send_text(snapshot.model_dump_json())
+    state = snapshot.state
+    while state not in FINAL_STATES:
+        try:
+            change = await follower.next_change()
+        except FellBehind:
+            raise _too_slow() from None
+        except APIError as error:
+            raise CloseSocket.for_error(error) from None
+        state = change.state
+        ended = state in FINAL_STATES or not isinstance(change, WorkflowChange)
+        await _send_text(change.model_dump_json(exclude=None if ended else {"result"}))
+    await websocket.close(NORMAL)
 
 
 async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:

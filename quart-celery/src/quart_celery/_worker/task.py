@@ -26,6 +26,7 @@ from celery.exceptions import Ignore
 from flask import Flask
 from quart import Quart
 
+from quart_celery._broker import canvas
 from quart_celery._worker import asyncio_pool
 from quart_celery._worker.cancellation import Running, TaskCancelled, cancellable
 from quart_celery._worker.event_loops import call_outside_loop, run_coroutine
@@ -100,6 +101,27 @@ class ContextTask(Task[Any, Any]):
         )
         if not asyncio_pool.on_tracer_thread(store):
             store()
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Celery's `apply_async`; while the bridge captures a workflow in this context
+        (`quart_celery._broker.canvas`), the call is kept to be sent with the rest of it."""
+        capture = canvas.capturing()
+        if capture is not None:
+            options.update(task_id=task_id, link=link, link_error=link_error, shadow=shadow)
+            return capture.send(self, args, kwargs, options)
+        return super().apply_async(
+            args, kwargs, task_id, producer, link, link_error, shadow, **options
+        )
 
     @classmethod
     def bind(cls, app: Celery) -> Celery:
