@@ -10,10 +10,12 @@ bridge's own):
   `init_celery(app)` in your Celery factory, `init_app(app)` in your application factory;
 - `expose` (and `ArgumentRules`): let clients start a task over the JSON API, its arguments
   checked against its signature;
-- `queue`: submit, look up, follow and wait for tasks from async views, without blocking;
+- `queue`: submit, look up, follow and wait for tasks and workflows (chains, groups,
+  chords) from async views, without blocking;
 - `APIError` and its kinds: raise one in a view to answer with a JSON error; `queue` raises
   them;
-- `TaskState`, `TaskSnapshot`: a task as clients see it;
+- `TaskState`, `TaskSnapshot`: a task as clients see it; `WorkflowSnapshot`, `WorkflowChange`,
+  `WorkflowTask`: a workflow, and a change of a task of it;
 - `checkpoint` (and `TaskCancelled`): where a long sync task may stop if it is cancelled;
 - `watch_ticket`: lets a page of yours follow one task over its websocket;
 - `limits_submissions`: counts a view of yours that submits against `API_RATE_LIMIT`;
@@ -45,9 +47,19 @@ from quart_celery.errors import (
     TaskFailed,
     TaskNotFound,
     TaskRevoked,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowRevoked,
 )
 from quart_celery.extension import QuartCelery
-from quart_celery.schemas import Progress, TaskFailure, TaskSnapshot
+from quart_celery.schemas import (
+    Progress,
+    TaskFailure,
+    TaskSnapshot,
+    WorkflowChange,
+    WorkflowSnapshot,
+    WorkflowTask,
+)
 from quart_celery.settings import ConfigurationError, exit_on_configuration_error
 from quart_celery.states import TaskState
 
@@ -72,6 +84,12 @@ __all__ = [
     "TaskRevoked",
     "TaskSnapshot",
     "TaskState",
+    "WorkflowChange",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "WorkflowRevoked",
+    "WorkflowSnapshot",
+    "WorkflowTask",
     "checkpoint",
     "exit_on_configuration_error",
     "expose",
