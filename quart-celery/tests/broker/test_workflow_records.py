@@ -1,0 +1,78 @@
+"""A workflow's counters, kept by the script that stores each state of its tasks: counted once
+as each ends, published with the counts on the workflow's channel, and nothing for a task of
+no workflow."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+
+from quart_celery._broker.workflow_records import Counts, WorkflowRecord, writes
+from quart_celery.testing import wait_for
+from tests.probe_app import KEYS
+
+
+def recorded(celery: Celery, redis_client: redis.Redis, members: int) -> WorkflowRecord:
+    """A group of `members` tasks, recorded as the bridge records it when it sends one."""
+    ids = [str(uuid.uuid4()) for _ in range(members)]
+    record = WorkflowRecord(
+        str(uuid.uuid4()), "group", tuple((i, "tests.square") for i in ids), ids
+    )
+    backend: Any = celery.backend
+    for command in writes(record, KEYS.workflow(record.workflow_id), backend.get_key_for_task, 60):
+        redis_client.execute_command(*command)
+    return record
+
+
+def counts(redis_client: redis.Redis, record: WorkflowRecord) -> Counts:
+    fields = redis_client.hgetall(KEYS.workflow(record.workflow_id) + ":progress")
+    return Counts.of({name.decode(): value for name, value in fields.items()})
+
+
+def test_members_are_counted_once_as_they_end(celery: Celery, redis_client: redis.Redis) -> None:
+    record = recorded(celery, redis_client, 3)
+    first, second, third = (task_id for task_id, _ in record.members)
+    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
+        pubsub.subscribe(KEYS.workflow(record.workflow_id))
+        celery.backend.store_result(first, None, "STARTED")
+        celery.backend.store_result(first, 1, "SUCCESS")
+        celery.backend.store_result(first, 1, "SUCCESS")  # again: no change, not counted
+        celery.backend.store_result(second, "x", "FAILURE")
+        celery.backend.store_result(second, "x", "REVOKED")  # ended already: not counted again
+        changes = [
+            json.loads(wait_for(lambda: pubsub.get_message(timeout=0.1), 5, "a change")["data"])
+            for _ in range(4)
+        ]
+    assert [(change["task"], change["state"]) for change in changes] == [
+        (first, "STARTED"),
+        (first, "SUCCESS"),
+        (second, "FAILURE"),
+        (second, "REVOKED"),
+    ]
+    assert [change["version"] for change in changes] == [1, 2, 3, 4]
+    now = counts(redis_client, record)
+    assert (now.done, now.failed, now.revoked, now.results_done, now.ended) == (2, 1, 0, 2, False)
+    celery.backend.store_result(third, 9, "SUCCESS")
+    final = counts(redis_client, record)
+    assert (final.ended, final.state) == (True, "FAILURE")
+
+
+def test_a_task_of_no_workflow_costs_nothing_more(
+    celery: Celery, redis_client: redis.Redis
+) -> None:
+    task_id = str(uuid.uuid4())
+    celery.backend.store_result(task_id, 1, "SUCCESS")
+    assert set(redis_client.keys("*")) == {f"celery-task-meta-{task_id}".encode()}
+
+
+def test_counters_expire_with_the_results(celery: Celery, redis_client: redis.Redis) -> None:
+    record = recorded(celery, redis_client, 1)
+    ((task_id, _),) = record.members
+    celery.backend.store_result(task_id, 1, "SUCCESS")
+    for key in (KEYS.workflow(record.workflow_id), KEYS.workflow(record.workflow_id) + ":progress"):
+        assert 0 < redis_client.ttl(key) <= 60
+    assert 0 < redis_client.ttl(f"celery-task-meta-{task_id}.workflow") <= 60
