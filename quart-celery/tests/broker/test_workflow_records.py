@@ -11,26 +11,32 @@ from typing import Any
 import redis
 from celery import Celery
 
-from quart_celery._broker.workflow_records import Counts, WorkflowRecord, writes
+from quart_celery._broker.workflow_records import (
+    Counts,
+    ResultShape,
+    WorkflowRecord,
+    decoded_hash,
+    writes,
+)
 from quart_celery.testing import wait_for
 from tests.probe_app import KEYS
 
 
 def recorded(celery: Celery, redis_client: redis.Redis, members: int) -> WorkflowRecord:
     """A group of `members` tasks, recorded as the bridge records it when it sends one."""
-    ids = [str(uuid.uuid4()) for _ in range(members)]
+    ids: list[ResultShape] = [str(uuid.uuid4()) for _ in range(members)]
     record = WorkflowRecord(
-        str(uuid.uuid4()), "group", tuple((i, "tests.square") for i in ids), ids
+        str(uuid.uuid4()), "group", tuple((str(i), "tests.square") for i in ids), ids
     )
     backend: Any = celery.backend
     for command in writes(record, KEYS.workflow(record.workflow_id), backend.get_key_for_task, 60):
-        redis_client.execute_command(*command)
+        redis_client.execute_command(*command)  # type: ignore[no-untyped-call]
     return record
 
 
 def counts(redis_client: redis.Redis, record: WorkflowRecord) -> Counts:
     fields = redis_client.hgetall(KEYS.workflow(record.workflow_id) + ":progress")
-    return Counts.of({name.decode(): value for name, value in fields.items()})
+    return Counts.of(decoded_hash(fields))
 
 
 def test_members_are_counted_once_as_they_end(celery: Celery, redis_client: redis.Redis) -> None:

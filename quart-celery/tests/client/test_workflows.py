@@ -26,6 +26,7 @@ from quart_celery import (
     WorkflowSnapshot,
     queue,
 )
+from quart_celery._broker.workflow_records import decoded_hash
 from quart_celery._client import submitter as submitter_module
 from quart_celery._client.submitter import submitter
 from quart_celery._client.workflows import submit_workflow
@@ -140,10 +141,7 @@ async def test_where_the_broker_is_apart_a_failed_send_revokes_the_whole_workflo
         with pytest.raises(ServiceUnavailable):
             await submit_workflow(workflow)
     (progress,) = redis_client.keys(f"{KEYS.namespace}:workflow:*:progress")
-    members = [
-        name.decode().removeprefix("state:")
-        for name in redis_client.hkeys(progress)
-        if name.startswith(b"state:")
-    ]
+    fields = decoded_hash(redis_client.hgetall(progress))
+    members = [name.removeprefix("state:") for name in fields if name.startswith("state:")]
     assert len(members) == 3  # each counted as it was revoked
     assert {stored_state(redis_client, task_id) for task_id in members} == {"REVOKED"}
