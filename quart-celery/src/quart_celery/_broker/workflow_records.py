@@ -6,7 +6,8 @@ result backend's Redis, for as long as they are kept. Under `<app>:workflow:<id>
 - the key itself: what it is (`WorkflowRecord`): its kind, its members (id and task name, in
   the order they run) and where its result comes from (a member's id, or a list of them for a
   group);
-- `:progress`, a hash: the counters (`Counts`), and each member's last state (`state:<id>`);
+- `:progress`, a hash: the counters (`Counts`), each member's last state (`state:<id>`), and
+  whether it was cancelled as a whole;
 - the channel of the same name: a message for every change of a member.
 
 Each member's `celery-task-meta-<id>.workflow` names its workflow. The script that stores a
@@ -66,11 +67,12 @@ if ended[state] and not ended[previous] then
 end
 local version = redis.call('HINCRBY', progress, 'version', 1)
 local counts = redis.call('HMGET', progress, 'total', 'results', 'done', 'failed', 'revoked',
-    'results_done')
+    'results_done', 'cancelled')
 redis.call('PUBLISH', workflow, cjson.encode({
     task = member, state = state, version = version, total = tonumber(counts[1]),
     results = tonumber(counts[2]), done = tonumber(counts[3]), failed = tonumber(counts[4]),
-    revoked = tonumber(counts[5]), results_done = tonumber(counts[6])}))
+    revoked = tonumber(counts[5]), results_done = tonumber(counts[6]),
+    cancelled = tonumber(counts[7])}))
 return 1
 """
 
@@ -130,6 +132,8 @@ class Counts:
     revoked: int
     #: One more for every change of a member: an update older than a snapshot is dropped.
     version: int
+    #: 1 once the workflow was cancelled as a whole (`DELETE /api/workflows/<id>`).
+    cancelled: int = 0
 
     @classmethod
     def of(cls, fields: dict[str, Any]) -> Counts:
@@ -147,13 +151,17 @@ class Counts:
             failed=number("failed"),
             revoked=number("revoked"),
             version=number("version"),
+            cancelled=number("cancelled"),
         )
 
     @property
     def ended(self) -> bool:
-        """Whether the workflow has ended: every member its result comes from has. (Celery
+        """Whether the workflow has ended: every member its result comes from has (Celery
         stores the failure of a chain's link on the links after it, and a chord's on its body:
-        a workflow that fails ends too.)"""
+        a workflow that fails ends too). Once cancelled, every member: the running ones are
+        being stopped, and each not ended was marked REVOKED."""
+        if self.cancelled:
+            return self.done >= self.total
         return self.results_done >= self.results
 
     @property
@@ -161,7 +169,7 @@ class Counts:
         """The workflow's own state: REVOKED if a member was revoked, FAILURE if one failed,
         else SUCCESS, once it has ended; STARTED once a member has changed; else PENDING."""
         if self.ended:
-            if self.revoked:
+            if self.revoked or self.cancelled:
                 return TaskState.REVOKED
             return TaskState.FAILURE if self.failed else TaskState.SUCCESS
         return TaskState.STARTED if self.version else TaskState.PENDING

@@ -142,6 +142,8 @@ def cancel(celery: Celery, redis: Redis, keys: Keys, workflow_id: str) -> Workfl
         for task_id, _ in workflow.record.members
         if workflow.states.get(task_id) not in ENDED
     ]
+    # First: from now on it ends only once every task of it has, the running ones stopped.
+    backend.client.hset(keys.workflow(workflow_id) + ":progress", "cancelled", 1)
     for task_id in open_ids:
         revoke_unstarted(backend, task_id)
     # The running ones, and any a worker takes meanwhile: they stop once they run.
