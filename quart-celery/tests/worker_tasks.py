@@ -15,12 +15,12 @@ from weakref import WeakKeyDictionary
 
 import flask
 import quart
-from celery import Task
+from celery import Task, chord
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import Field, model_validator
 from redis.asyncio import Redis
 
-from quart_celery import ArgumentRules, checkpoint, expose
+from quart_celery import ArgumentRules, checkpoint, expose, send_workflow
 from tests.probe_app import celery
 
 Text = Annotated[str, Field(min_length=1, max_length=100)]
@@ -72,6 +72,13 @@ async def async_square(x: int, delay: Seconds = 0.0) -> int:
     """`x` squared, after `delay` seconds on the event loop: a step that can be cancelled."""
     await asyncio.sleep(delay)
     return x * x
+
+
+@expose
+@celery.task(name="tests.fans_out")
+def fans_out(count: Annotated[int, Field(ge=1, le=100)]) -> str:
+    """Send a chord of `count` squares and their total from inside a task; its id."""
+    return send_workflow(chord([square.s(x=x) for x in range(count)], total.s()))
 
 
 @expose(rules=AtMostAMinute)

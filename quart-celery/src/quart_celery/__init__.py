@@ -16,6 +16,8 @@ bridge's own):
   them;
 - `TaskState`, `TaskSnapshot`: a task as clients see it; `WorkflowSnapshot`, `WorkflowChange`,
   `WorkflowTask`: a workflow, and a change of a task of it;
+- `send_workflow`: a chain, group or chord sent from sync code (a task, a shell), followable
+  as one;
 - `checkpoint` (and `TaskCancelled`): where a long sync task may stop if it is cancelled;
 - `watch_ticket`: lets a page of yours follow one task over its websocket;
 - `limits_submissions`: counts a view of yours that submits against `API_RATE_LIMIT`;
@@ -31,6 +33,7 @@ connects nowhere.
 
 from __future__ import annotations
 
+from quart_celery._broker.workflow_sending import send_workflow
 from quart_celery._client import queue
 from quart_celery._client.exposure import ArgumentRules, expose
 from quart_celery._protection.access import watch_ticket
@@ -95,5 +98,6 @@ __all__ = [
     "expose",
     "limits_submissions",
     "queue",
+    "send_workflow",
     "watch_ticket",
 ]

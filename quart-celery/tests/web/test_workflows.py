@@ -152,6 +152,32 @@ async def test_a_failed_step_fails_the_workflow(
     assert [task["state"] for task in after["tasks"]] == ["FAILURE", "FAILURE"]
 
 
+async def test_a_workflow_a_task_sends_is_followed_as_one(
+    client: Client, process_worker: ProcessWorker
+) -> None:
+    process_worker()
+    sender = await client.post(
+        "/api/tasks", json={"name": "tests.fans_out", "kwargs": {"count": 3}}
+    )
+    sender_id = (await sender.get_json())["id"]
+    sent = await wait_for_async(
+        lambda: _succeeded(client, sender_id), TIMEOUT, "the task to send its workflow"
+    )
+    workflow_id = sent["result"]
+    messages, code = await followed(client, {"websocket": f"/ws/workflows/{workflow_id}"})
+    assert code == 1000
+    assert (messages[-1]["state"], messages[-1]["result"], messages[-1]["total"]) == (
+        "SUCCESS",
+        5,
+        4,
+    )
+
+
+async def _succeeded(client: Client, task_id: str) -> dict[str, Any] | None:
+    body = await snapshot(client, task_id)
+    return body if body["state"] == "SUCCESS" else None
+
+
 async def test_a_late_follower_gets_the_final_snapshot_and_a_normal_close(
     client: Client, process_worker: ProcessWorker
 ) -> None:

@@ -22,8 +22,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.backends.redis import SentinelBackend as CelerySentinelBackend
+from celery.exceptions import TaskRevokedError
 from kombu.utils.encoding import bytes_to_str
 from redis.commands.core import Script
 
@@ -114,10 +116,19 @@ class SendsWithoutSubscribing:
         a workflow's member in its workflow."""
         self._store(key, value, expires, only_unstarted=False)
 
-    def store_unless_started(self, task_id: str, meta: dict[str, Any]) -> bool:
-        """Store `meta` for the task only if it has not started (nothing stored, PENDING or
-        RETRY), as `_set` stores; whether it was stored. The read and the write are one step:
-        a task that starts, or ends, meanwhile keeps its state."""
+    def revoke_unless_started(self, task_id: str) -> bool:
+        """Store REVOKED for the task only if it has not started (nothing stored, PENDING or
+        RETRY); whether it was stored. The read and the write are one step: a task that starts,
+        or ends, meanwhile keeps its state, where Celery's own `mark_as_revoked` would
+        overwrite it. A task of a workflow is counted there, as for any state stored."""
+        meta = {
+            "status": states.REVOKED,
+            "result": self.prepare_exception(TaskRevokedError("revoked")),  # type: ignore[attr-defined]
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat(),
+            "task_id": task_id,
+        }
         key = self.get_key_for_task(task_id)  # type: ignore[attr-defined]
         return self._store(key, self.encode(meta), None, only_unstarted=True)  # type: ignore[attr-defined]
 

@@ -131,6 +131,11 @@ class RecordingAMQP(AMQP):
         return send_task_message
 
 
+def recorder() -> PublishRecorder | None:
+    """What records the tasks this process publishes (None: nothing does)."""
+    return _recorder
+
+
 def init_celery(recorder: PublishRecorder | None) -> None:
     """Record every task the app publishes from now on with `recorder` (None: record nothing,
     as for an app without Redis, a plain Flask app's, where nothing reads the records)."""

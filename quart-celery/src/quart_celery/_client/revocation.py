@@ -10,12 +10,8 @@ once, a sync task at its next `checkpoint()`, and it ends REVOKED.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
-from celery import Celery, states
+from celery import Celery
 from celery.backends.redis import RedisBackend
-from celery.exceptions import TaskRevokedError
 from redis import Redis
 
 from quart_celery._broker.cancel_requests import request_cancel
@@ -36,7 +32,7 @@ def revoke(celery: Celery, redis: Redis, keys: Keys, task_id: str) -> TaskSnapsh
     backend = celery.backend
     if not isinstance(backend, RedisBackend):
         raise RuntimeError("revoking needs the Redis result backend")
-    if not revoke_unstarted(backend, task_id):
+    if not backend.revoke_unless_started(task_id):  # type: ignore[attr-defined]
         current = read_snapshot(backend, task_id, name)
         if current.state in FINAL_STATES:
             raise APIError(
@@ -49,22 +45,3 @@ def revoke(celery: Celery, redis: Redis, keys: Keys, task_id: str) -> TaskSnapsh
     request_cancel(redis, keys, task_id, int(backend.expires))  # type: ignore[attr-defined]
     celery.control.revoke(task_id)
     return read_snapshot(backend, task_id, name)
-
-
-def revoke_unstarted(backend: Any, task_id: str) -> bool:
-    """Store REVOKED for the task, only if it has not started; whether it did.
-
-    Read and write are one step (the backend's script): a task that starts, or ends, in
-    between keeps its state, where Celery's own `mark_as_revoked` would overwrite it. A task of
-    a workflow is counted there as it is for any state stored.
-    """
-    revoked = {
-        "status": states.REVOKED,
-        "result": backend.prepare_exception(TaskRevokedError("revoked")),
-        "traceback": None,
-        "children": [],
-        "date_done": datetime.now(UTC).isoformat(),
-        "task_id": task_id,
-    }
-    stored: bool = backend.store_unless_started(task_id, revoked)
-    return stored

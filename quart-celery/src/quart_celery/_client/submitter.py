@@ -37,7 +37,6 @@ from quart_celery._client.availability import as_api_error, unavailable
 from quart_celery._client.blocking import run_blocking
 from quart_celery._client.connections import blocking_redis
 from quart_celery._client.current import celery_of, current_keys
-from quart_celery._client.revocation import revoke_unstarted
 from quart_celery.errors import ServiceUnavailable
 
 EXTENSION = "quart_celery.submitter"
@@ -353,7 +352,7 @@ def publish_workflow(
     if failed is not None:
         for task_id, _ in prepared.record.members:
             with suppress(RedisError):
-                revoke_unstarted(backend, task_id)
+                backend.revoke_unless_started(task_id)
         raise failed
 
 

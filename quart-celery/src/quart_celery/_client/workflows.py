@@ -41,7 +41,6 @@ from quart_celery._client.blocking import run_blocking
 from quart_celery._client.connections import blocking_redis
 from quart_celery._client.current import current_celery, current_keys
 from quart_celery._client.following import Inbox, Unfollowed
-from quart_celery._client.revocation import revoke_unstarted
 from quart_celery._client.snapshots import decoded
 from quart_celery._client.submitter import submitter
 from quart_celery._observability import metrics
@@ -145,7 +144,7 @@ def cancel(celery: Celery, redis: Redis, keys: Keys, workflow_id: str) -> Workfl
     # First: from now on it ends only once every task of it has, the running ones stopped.
     backend.client.hset(keys.workflow(workflow_id) + ":progress", "cancelled", 1)
     for task_id in open_ids:
-        revoke_unstarted(backend, task_id)
+        backend.revoke_unless_started(task_id)
     # The running ones, and any a worker takes meanwhile: they stop once they run.
     request_cancels(redis, keys, open_ids, int(backend.expires))
     if open_ids:
