@@ -7,6 +7,7 @@ accepts connections but never answers (only a timeout ends the wait).
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 import redis
 from quart import Quart
 
-from quart_celery.testing import free_port
+from quart_celery.testing import free_port, wait_for
 from tests.probe_app import create_app
 
 #: A task id in Celery's form that nobody publishes (the tests' database is flushed).
@@ -62,6 +63,9 @@ def unreachable_app(request: pytest.FixtureRequest, silent_server: int) -> Quart
         ("GET", f"/api/tasks/{NEVER_SENT}", None),
         ("DELETE", f"/api/tasks/{NEVER_SENT}", None),
         ("GET", "/readyz", None),
+        ("POST", "/api/workflows", {"group": [{"name": "tests.square", "kwargs": {"x": 1}}]}),
+        ("GET", f"/api/workflows/{NEVER_SENT}", None),
+        ("DELETE", f"/api/workflows/{NEVER_SENT}", None),
     ],
 )
 async def test_unreachable_redis_is_503_within_the_deadline(
@@ -95,6 +99,26 @@ async def test_a_broker_that_cannot_take_the_task_leaves_no_record(
         assert response.status_code == 503
         assert "broker" in (await response.get_json())["error"]["message"]
     assert redis_client.keys("probe_app:task:*") == []
+
+
+async def test_a_workflow_the_broker_cannot_take_never_runs(
+    redis_client: redis.Redis, silent_broker_app: Quart
+) -> None:
+    body = {"group": [{"name": "tests.square", "kwargs": {"x": x}} for x in range(3)]}
+    async with silent_broker_app.test_app() as test_app:
+        started = time.monotonic()
+        response = await test_app.test_client().post("/api/workflows", json=body)
+        assert time.monotonic() - started < DEADLINE
+        assert response.status_code == 503
+
+        def revoked() -> bool | None:
+            keys = [key for key in redis_client.keys("celery-task-meta-*") if b"." not in key]
+            metas = [json.loads(raw) for raw in redis_client.mget(keys) if raw] if keys else []
+            states = [meta["status"] for meta in metas if "status" in meta]
+            return (len(states) == 3 and set(states) == {"REVOKED"}) or None
+
+        # Recorded before its messages went, and revoked once one could not: none of it runs.
+        wait_for(revoked, DEADLINE, "every task of the workflow to be revoked")
 
 
 async def test_a_burst_to_a_silent_broker_is_all_503_and_leaves_no_record(
