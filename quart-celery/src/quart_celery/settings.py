@@ -65,6 +65,9 @@ OPTIONS: dict[str, Option] = {
     # Tasks one workflow sent over HTTP may have, and how deep its workflows may nest.
     "WORKFLOW_MAX_TASKS": Option(1000, type="int", minimum=1),
     "WORKFLOW_MAX_DEPTH": Option(8, type="int", minimum=1),
+    # Bytes the messages of one workflow may take (a chord's body is copied into each message
+    # of its header).
+    "WORKFLOW_MAX_BYTES": Option(8 * 1024 * 1024, type="int", minimum=1024),
     # Updates that may wait for one websocket; a socket further behind is closed (1013).
     "WS_QUEUE_SIZE": Option(256, type="int", minimum=1),
     # Bearer tokens the JSON API and the websockets require, comma-separated; none: open.

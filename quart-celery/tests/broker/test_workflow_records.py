@@ -61,10 +61,22 @@ def test_members_are_counted_once_as_they_end(celery: Celery, redis_client: redi
     ]
     assert [change["version"] for change in changes] == [1, 2, 3, 4]
     now = counts(redis_client, record)
-    assert (now.done, now.failed, now.revoked, now.results_done, now.ended) == (2, 1, 0, 2, False)
+    # A failure ends the workflow (FAILURE), whatever else runs after it.
+    assert (now.done, now.failed, now.revoked, now.results_done) == (2, 1, 0, 2)
+    assert (now.ended, now.state) == (True, "FAILURE")
     celery.backend.store_result(third, 9, "SUCCESS")
-    final = counts(redis_client, record)
-    assert (final.ended, final.state) == (True, "FAILURE")
+    assert counts(redis_client, record).done == 3
+
+
+def test_a_task_revoked_then_started_then_revoked_is_counted_once(
+    celery: Celery, redis_client: redis.Redis
+) -> None:
+    record = recorded(celery, redis_client, 2)
+    (first, _), _ = record.members
+    for state in ("REVOKED", "STARTED", "REVOKED"):
+        celery.backend.store_result(first, None, state)
+    now = counts(redis_client, record)
+    assert (now.done, now.revoked, now.results_done) == (1, 1, 1)
 
 
 def test_a_task_of_no_workflow_costs_nothing_more(
@@ -75,10 +87,13 @@ def test_a_task_of_no_workflow_costs_nothing_more(
     assert set(redis_client.keys("*")) == {f"celery-task-meta-{task_id}".encode()}
 
 
-def test_counters_expire_with_the_results(celery: Celery, redis_client: redis.Redis) -> None:
-    record = recorded(celery, redis_client, 1)
+def test_the_workflow_lives_as_long_as_its_latest_result(
+    celery: Celery, redis_client: redis.Redis
+) -> None:
+    record = recorded(celery, redis_client, 1)  # recorded for 60 s
     ((task_id, _),) = record.members
-    celery.backend.store_result(task_id, 1, "SUCCESS")
-    for key in (KEYS.workflow(record.workflow_id), KEYS.workflow(record.workflow_id) + ":progress"):
-        assert 0 < redis_client.ttl(key) <= 60
-    assert 0 < redis_client.ttl(f"celery-task-meta-{task_id}.workflow") <= 60
+    keys = (KEYS.workflow(record.workflow_id), KEYS.workflow(record.workflow_id) + ":progress")
+    assert all(0 < redis_client.ttl(key) <= 60 for key in keys)
+    celery.backend.store_result(task_id, 1, "SUCCESS")  # kept for result_expires from now
+    expires = redis_client.ttl(f"celery-task-meta-{task_id}")
+    assert all(redis_client.ttl(key) >= expires - 1 > 60 for key in keys)

@@ -95,6 +95,27 @@ async def test_a_failed_or_cancelled_workflow_raises_its_error(
         await queue.look_up_workflow(str(uuid.uuid4()))
 
 
+async def test_a_task_that_keeps_no_result_is_made_to_keep_it_in_a_workflow(
+    serving: Quart, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    keeps_none = square.s(x=3).set(ignore_result=True)  # type: ignore[call-arg]  # not in the stubs
+    workflow_id = await queue.submit(group(square.s(x=2), keeps_none))
+    with thread_worker(celery):
+        assert await queue.workflow_result(workflow_id, timeout=TIMEOUT) == [4, 9]
+
+
+async def test_a_task_of_no_app_or_eager_mode_is_refused_before_anything_is_sent(
+    serving: Quart, celery: Celery, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stranger = celery.signature("elsewhere.task", kwargs={"x": 1})
+    with pytest.raises(TypeError, match="no task of this app"):
+        await queue.submit(group(square.s(x=1), stranger))
+    monkeypatch.setitem(celery.conf, "task_always_eager", True)
+    with pytest.raises(RuntimeError, match="task_always_eager"):
+        await queue.submit(group(square.s(x=1)))
+    assert redis_client.llen("celery") == 0
+
+
 async def test_a_workflow_goes_in_one_step_with_its_record_and_counter(
     serving: Quart, redis_client: redis.Redis
 ) -> None:

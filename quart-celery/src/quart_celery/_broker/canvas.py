@@ -16,6 +16,7 @@ Only the calling thread (its context) captures: every other send goes on as usua
 from __future__ import annotations
 
 import contextvars
+import copy
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.canvas import Signature, maybe_signature
+from celery.canvas import signature as signature_of
 from celery.result import AsyncResult, GroupResult
 
 from quart_celery._broker.workflow_records import Command, ResultShape, WorkflowRecord
@@ -137,18 +139,52 @@ def capture(
     kind = kind_of(workflow)
     if kind is None:
         raise TypeError(f"{workflow!r} is no chain, group or chord")
+    if celery.conf.task_always_eager:
+        raise RuntimeError(
+            "task_always_eager runs a workflow where it is sent: apply it directly, or run a worker"
+        )
+    copied = copy.deepcopy(workflow)  # plain dicts, all the way down
+    for task in _tasks_of(copied):
+        registered = celery.tasks.get(str(task.get("task")))
+        if not getattr(registered, "captures_workflows", False):
+            raise TypeError(
+                f"{task.get('task')!r} is no task of this app (from its ContextTask): "
+                "it cannot be sent as part of a workflow"
+            )
+        # A task that stores no result could never be counted as ended.
+        task.setdefault("options", {})["ignore_result"] = False
     with captured() as capture:
         # No `task_id=None`: a group takes it as its id.
         options: dict[str, Any] = {} if workflow_id is None else {"task_id": workflow_id}
-        result = workflow.clone().apply_async(**options)
+        result = signature_of(copied, app=celery).apply_async(**options)
     if not capture.sends:
         raise TypeError(f"{workflow!r} has no task to run")
     members = _members(celery, capture.sends)
     shape = _shape(result)
     if kind == "group" and isinstance(shape, str):  # Celery sends a group of one as its task
         shape = [shape]
-    record = WorkflowRecord(str(result.id), kind, tuple(members.items()), shape)
+    # Celery gives the id asked for to what it returns, but for a group ending a chain or
+    # making a chord's body: the record goes under the id asked for all the same.
+    record = WorkflowRecord(workflow_id or str(result.id), kind, tuple(members.items()), shape)
     return CapturedWorkflow(record, capture.sends, capture.commands())
+
+
+def _tasks_of(signature: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The task signatures of a workflow held as plain dicts (as `deepcopy` makes it)."""
+    kind = WORKFLOW_TASKS.get(str(signature.get("task")))
+    arguments = signature.get("kwargs") or {}
+    if kind == "chord":
+        header = arguments.get("header") or []
+        if isinstance(header, dict):  # a group's signature
+            header = (header.get("kwargs") or {}).get("tasks") or []
+        for part in header:
+            yield from _tasks_of(part)
+        yield from _tasks_of(arguments["body"])
+    elif kind is not None:
+        for part in arguments.get("tasks") or []:
+            yield from _tasks_of(part)
+    else:
+        yield signature
 
 
 def _shape(result: AsyncResult[Any] | GroupResult) -> ResultShape:

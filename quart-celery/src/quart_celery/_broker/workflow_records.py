@@ -6,8 +6,9 @@ result backend's Redis, for as long as they are kept. Under `<app>:workflow:<id>
 - the key itself: what it is (`WorkflowRecord`): its kind, its members (id and task name, in
   the order they run) and where its result comes from (a member's id, or a list of them for a
   group);
-- `:progress`, a hash: the counters (`Counts`), each member's last state (`state:<id>`), and
-  whether it was cancelled as a whole;
+- `:progress`, a hash: the counters (`Counts`), each member's last state (`state:<id>`) and
+  first final state (`ended:<id>`, so that it is counted once), and whether it was cancelled
+  as a whole;
 - the channel of the same name: a message for every change of a member.
 
 Each member's `celery-task-meta-<id>.workflow` names its workflow. The script that stores a
@@ -36,34 +37,37 @@ Command: TypeAlias = tuple[str | bytes | int, ...]
 MEMBERSHIP_SUFFIX = b".workflow"
 ENDED = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
 
-#: Run by the store script after it stored a state (KEYS[1], the meta ARGV[1]) and published
-#: it: if the task is a member of a workflow (KEYS[2] names it, as "<1 if its result is the
-#: workflow's, else 0>|<the workflow's key>"), record its state, count it if it has just
-#: ended, and publish the change with the counts on the workflow's channel. Nothing if the
-#: state is the one recorded already. The workflow's keys are not among KEYS: they are named
-#: by a value, which a single Redis (or Sentinel's master) allows and a cluster would not.
+#: Run by the store script after it stored a state (KEYS[1], the meta ARGV[1], its expiry in
+#: seconds ARGV[2]) and published it: if the task is a member of a workflow (KEYS[2] names
+#: it, as "<1 if its result is the workflow's, else 0>|<the task's id>|<the workflow's key>"),
+#: record its state, count it the first time it ends, refresh the workflow's expiry to its
+#: state's, and publish the change with the counts on the workflow's channel. Nothing if the
+#: state is the one recorded already. The state is read off the start of the meta, where
+#: Celery's JSON puts it, rather than by decoding a result that may be large. The workflow's
+#: keys are not among KEYS: they are named by a value, which a single Redis (or Sentinel's
+#: master) allows and a cluster would not.
 COUNT_MEMBER = """
 local membership = redis.call('GET', KEYS[2])
 if not membership then return 1 end
-local parsed, new = pcall(cjson.decode, ARGV[1])
-if not parsed or type(new) ~= 'table' then return 1 end
-local state, member = new['status'], new['task_id']
-local bar = string.find(membership, '|', 1, true)
-if not bar or type(state) ~= 'string' or type(member) ~= 'string' then return 1 end
-local bears_result = string.sub(membership, 1, bar - 1) == '1'
-local workflow = string.sub(membership, bar + 1)
+local bears_result, member, workflow = string.match(membership, '^([01])|([^|]+)|(.+)$')
+local state = string.match(ARGV[1], '^{"status": ?"([%w_]+)"')
+if not workflow or not state then return 1 end
 local progress = workflow .. ':progress'
 if redis.call('EXISTS', progress) == 0 then return 1 end
 local field = 'state:' .. member
-local previous = redis.call('HGET', progress, field)
-if previous == state then return 1 end
+if redis.call('HGET', progress, field) == state then return 1 end
 redis.call('HSET', progress, field, state)
-local ended = {SUCCESS = true, FAILURE = true, REVOKED = true}
-if ended[state] and not ended[previous] then
+if (state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED')
+        and redis.call('HSETNX', progress, 'ended:' .. member, state) == 1 then
     redis.call('HINCRBY', progress, 'done', 1)
     if state == 'FAILURE' then redis.call('HINCRBY', progress, 'failed', 1) end
     if state == 'REVOKED' then redis.call('HINCRBY', progress, 'revoked', 1) end
-    if bears_result then redis.call('HINCRBY', progress, 'results_done', 1) end
+    if bears_result == '1' then redis.call('HINCRBY', progress, 'results_done', 1) end
+end
+if tonumber(ARGV[2]) > 0 then
+    for _, key in ipairs({workflow, progress}) do
+        if redis.call('TTL', key) < tonumber(ARGV[2]) then redis.call('EXPIRE', key, ARGV[2]) end
+    end
 end
 local version = redis.call('HINCRBY', progress, 'version', 1)
 local counts = redis.call('HMGET', progress, 'total', 'results', 'done', 'failed', 'revoked',
@@ -156,13 +160,14 @@ class Counts:
 
     @property
     def ended(self) -> bool:
-        """Whether the workflow has ended: every member its result comes from has (Celery
-        stores the failure of a chain's link on the links after it, and a chord's on its body:
-        a workflow that fails ends too). Once cancelled, every member: the running ones are
-        being stopped, and each not ended was marked REVOKED."""
+        """Whether the workflow has ended: every member its result comes from has, or one
+        member failed or was revoked (as `GroupResult.get()` raises at the first failure: what
+        Celery runs after a failure, and whether it stores anything for it, depends on the
+        workflow's shape, and the workflow's outcome does not). Once cancelled as a whole, every
+        member has ended: the running ones are stopped, each not started was marked REVOKED."""
         if self.cancelled:
             return self.done >= self.total
-        return self.results_done >= self.results
+        return self.failed > 0 or self.revoked > 0 or self.results_done >= self.results
 
     @property
     def state(self) -> TaskState:
@@ -229,5 +234,5 @@ def writes(record: WorkflowRecord, key: str, meta_key_of: Any, expires: int) -> 
     for task_id, _ in record.members:
         flag = "1" if task_id in bears else "0"
         membership = membership_key(meta_key_of(task_id))
-        commands.append(("SET", membership, f"{flag}|{key}", "EX", expires))
+        commands.append(("SET", membership, f"{flag}|{task_id}|{key}", "EX", expires))
     return commands

@@ -37,7 +37,7 @@ from quart_celery._client.availability import as_api_error, unavailable
 from quart_celery._client.blocking import run_blocking
 from quart_celery._client.connections import blocking_redis
 from quart_celery._client.current import celery_of, current_keys
-from quart_celery.errors import ServiceUnavailable
+from quart_celery.errors import APIError, ServiceUnavailable
 
 EXTENSION = "quart_celery.submitter"
 
@@ -143,7 +143,13 @@ class Submitter:
         by one, and if one cannot be sent, every task of the workflow is marked REVOKED, so
         that none of it runs.
         """
-        prepared = await run_blocking("the broker", self.prepare, workflow, workflow_id)
+        # One context for Celery's publish signals, before (in the pool) and after (here), as
+        # for a task: a receiver may keep state between them in a context variable (a span).
+        context = contextvars.copy_context()
+        limit = current_app.config["WORKFLOW_MAX_BYTES"]
+        prepared: PreparedWorkflow = await run_blocking(
+            "the broker", context.run, self.prepare, workflow, workflow_id, limit
+        )
         if prepared.outgoing is not None and self.writer is not None:
             timeout = 0.8 * current_app.config["BLOCKING_TIMEOUT"]
             commands = prepared.backend_commands + [
@@ -159,7 +165,7 @@ class Submitter:
             except Exception as error:
                 raise as_api_error("the broker", error) from error
             for outgoing in prepared.outgoing:
-                MessageBuilder.published(outgoing)
+                context.run(MessageBuilder.published, outgoing)
         else:
             deadline = time.monotonic() + 0.8 * current_app.config["BLOCKING_TIMEOUT"]
             await run_blocking(
@@ -174,9 +180,16 @@ class Submitter:
             )
         return prepared.record
 
-    def prepare(self, workflow: Signature[Any], workflow_id: str | None) -> PreparedWorkflow:
+    def prepare(
+        self, workflow: Signature[Any], workflow_id: str | None, limit: int
+    ) -> PreparedWorkflow:
         """Capture what Celery would send for `workflow` (as `workflow_id`, if given), and
-        build its messages where they go from the event loop. Runs in the thread pool."""
+        build its messages where they go from the event loop. Runs in the thread pool.
+
+        413 if its messages take more than `limit` bytes: Celery copies a chord's body into
+        the message of each task of its header, so a workflow of a few tasks may make a great
+        deal to send.
+        """
         captured = canvas.capture(self.celery, workflow, workflow_id)
         record = captured.record
         backend: Any = self.celery.backend
@@ -194,6 +207,15 @@ class Submitter:
                 ]
             except Unsupported:
                 outgoing = None
+        if outgoing is not None:
+            size = sum(len(message.payload) for message in outgoing)
+            if size > limit:
+                raise APIError(
+                    413,
+                    "workflow_too_large",
+                    f"The workflow's messages would take {size} bytes, over WORKFLOW_MAX_BYTES "
+                    f"({limit}): Celery copies a chord's body into each task of its header.",
+                )
         return PreparedWorkflow(
             record, captured.sends, outgoing, commands + captured.commands, carried
         )

@@ -57,6 +57,8 @@ class ContextTask(Task[Any, Any]):
     #: Set here, not only in the settings: Celery copies a setting onto a task when the task is
     #: first used, which may be before the app is configured.
     track_started = True
+    #: `apply_async` hands its call to a workflow being captured (`quart_celery._broker.canvas`).
+    captures_workflows: ClassVar[bool] = True
     #: The options this task takes from the settings, not from its own declaration.
     options_from_settings: ClassVar[tuple[str, ...]] = ()
 
