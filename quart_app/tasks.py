@@ -25,6 +25,13 @@ MAX_PLANNED_SECONDS = 600
 Message = Annotated[str, Field(min_length=1, max_length=1000)]
 Steps = Annotated[int, Field(ge=1, le=1000)]
 Delay = Annotated[float, Field(ge=0, le=10, description="seconds")]
+Number = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
+# Bounded by the largest square of a `Number`, so that `total` takes whatever `square`s a chord
+# gives it, and no client has a worker add up numbers of thousands of digits.
+Numbers = Annotated[
+    list[Annotated[int, Field(ge=-(10**12), le=10**12)]],
+    Field(max_length=1000),
+]
 
 
 class AtMostTenMinutes(ArgumentRules):
@@ -78,3 +85,17 @@ async def async_task(message: Message, delay: Delay = 0.0) -> dict[str, str]:
 def failing_task(message: Message) -> None:
     """Raise `ValueError(message)`: shows how a task's failure reaches the client."""
     raise ValueError(message)
+
+
+@expose
+@celery.task(name="square")
+def square(x: Number) -> int:
+    """`x` squared: the map step of a workflow, as in the front page's chord with `total`."""
+    return x * x
+
+
+@expose
+@celery.task(name="total")
+def total(values: Numbers) -> int:
+    """The sum of `values`: a chord's body (reduce), given the list of its header's results."""
+    return sum(values)

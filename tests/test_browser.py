@@ -2,7 +2,7 @@
 
 Chromium is the machine's own (Debian's `chromium`, which `scripts/dev.py test` installs), found
 through `CHROMIUM`. A screenshot of the finished result page is kept in `test-artifacts/`
-(or `$TEST_ARTIFACTS`) for a person to look at.
+(or `$TEST_ARTIFACTS`) for a person to look at, as is one of a finished workflow's page.
 """
 
 from __future__ import annotations
@@ -79,6 +79,34 @@ def test_the_result_page_follows_the_task_live(
     page.screenshot(path=ARTIFACTS / "result-page.png", full_page=True)
 
 
+def test_the_workflow_page_follows_every_task_of_the_chord_live(
+    page: Page, server_url: str, process_worker: ProcessWorker
+) -> None:
+    page.goto(f"{server_url}/")
+    page.fill("#chord-count", "5")
+    page.click("form[action='/workflows'] button[type=submit]")
+    page.click("#workflow-submitted a")
+
+    # No worker runs yet: the five squares and their total wait, with the websocket open.
+    expect(page.locator("#state")).to_have_text("PENDING")
+    expect(page.locator("#live")).to_be_visible()
+    expect(page.locator("#tasks .state")).to_have_text(["PENDING"] * 6)
+    page.evaluate("window.notReloaded = true")
+
+    process_worker()
+    expect(page.locator("#state")).to_have_text("SUCCESS")
+    expect(page.locator("#done")).to_have_text("6")
+    expect(page.locator("#total")).to_have_text("6")
+    expect(page.locator("#failed")).to_have_text("0")
+    expect(page.locator("#progress")).to_have_js_property("value", 6)
+    expect(page.locator("#result")).to_have_text("55")  # 1 + 4 + 9 + 16 + 25
+    expect(page.locator("#tasks .state")).to_have_text(["SUCCESS"] * 6)
+    assert page.evaluate("window.notReloaded") is True  # pushed, not reloaded
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "workflow-page.png", full_page=True)
+
+
 def test_the_api_docs_render_offline(page: Page, server_url: str) -> None:
     elsewhere: list[str] = []
 
@@ -95,7 +123,9 @@ def test_the_api_docs_render_offline(page: Page, server_url: str) -> None:
     expect(
         page.locator(".opblock-summary-path").filter(has_text="/api/tasks").first
     ).to_be_visible()
-    expect(page.locator(".opblock-post")).to_contain_text("/api/tasks")
+    # One POST operation per path: tasks, and workflows of them.
+    for path in ("/api/tasks", "/api/workflows"):
+        expect(page.locator(".opblock-post").filter(has_text=path).first).to_be_visible()
     assert elsewhere == [], elsewhere
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from types import ModuleType
 import redis
 from celery import Celery
 from quart.typing import TestClientProtocol as Client
-from quart_celery.testing import ThreadWorker, error_of
+from quart_celery.testing import ThreadWorker, error_of, messages_until_closed, wait_for_async
 
 from factories.application import create_application
 from quart_app.extensions import celery as placeholder
@@ -67,6 +67,51 @@ async def test_the_route_of_your_own_runs_on_the_async_api(
     assert states.count("PROGRESS") == 3
     assert unknown.status_code == 404
     assert (await error_of(unknown))["code"] == "task_not_found"
+
+
+async def test_the_workflow_of_your_own_is_followed_on_one_socket(
+    redis_client: redis.Redis, thread_worker: ThreadWorker
+) -> None:
+    sums = readme_example("# quart_app/blueprints/sums.py")
+    app = create_application({"TESTING": True})
+    app.register_blueprint(sums.blueprint)
+    async with app.test_app() as test_app:
+        client: Client = test_app.test_client()
+        refused = await client.post("/sums/101")
+        with thread_worker(placeholder):
+            started = await client.post("/sums/4")
+            assert started.status_code == 202
+            accepted = await started.get_json()
+            async with client.websocket(accepted["websocket"]) as socket:
+                messages, code = await messages_until_closed(socket)
+    assert refused.status_code == 422
+    assert (await error_of(refused))["message"] == "count is 101, not 1 to 100."
+    assert code == 1000
+    assert (messages[0]["id"], messages[0]["total"]) == (accepted["id"], 5)
+    assert (messages[-1]["state"], messages[-1]["done"], messages[-1]["result"]) == (
+        "SUCCESS",
+        5,
+        30,  # 1 + 4 + 9 + 16
+    )
+    assert {change["task"]["name"] for change in messages[1:]} == {"square", "total"}
+
+
+async def test_the_readmes_curl_sends_a_workflow_the_api_takes(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    commands = re.findall(r"```sh\n(curl [^`]*/api/workflows[^`]*)```", README.read_text())
+    (body,) = re.findall(r"-d '(.*?)'", commands[0], re.DOTALL)
+    started = await client.post("/api/workflows", json=json.loads(body))
+    assert started.status_code == 202, await started.get_data(as_text=True)
+    url = (await started.get_json())["url"]
+
+    async def ended() -> dict[str, object] | None:
+        workflow: dict[str, object] = await (await client.get(url)).get_json()
+        return workflow if workflow["state"] == "SUCCESS" else None
+
+    with thread_worker(celery):
+        workflow = await wait_for_async(ended, 20, "the README's chord to end")
+    assert workflow["result"] == 5  # 1 + 4
 
 
 async def test_the_exposed_task_of_the_readme_is_accepted_checked_and_documented(

@@ -13,7 +13,7 @@ import redis
 from celery import Celery
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
-from quart_celery.testing import ThreadWorker, error_of, finished, submit
+from quart_celery.testing import ThreadWorker, error_of, finished, submit, wait_for_async
 
 from quart_app.tasks import (
     MAX_PLANNED_SECONDS,
@@ -21,9 +21,17 @@ from quart_app.tasks import (
     failing_task,
     progress_task,
     simple_task,
+    square,
+    total,
 )
 
-EXAMPLES = ("simple_task", "progress_task", "async_task", "failing_task")
+EXAMPLES = ("simple_task", "progress_task", "async_task", "failing_task", "square", "total")
+SUM_OF_SQUARES = {
+    "chord": {
+        "header": [{"name": "square", "kwargs": {"x": x}} for x in (1, 2, 3)],
+        "body": {"name": "total"},
+    }
+}
 
 
 def test_simple_task_returns_its_message(app: Quart) -> None:
@@ -43,12 +51,21 @@ def test_failing_task_raises_its_message(app: Quart) -> None:
         failing_task("boom")
 
 
+def test_square_returns_its_square(app: Quart) -> None:
+    assert square(-7) == 49
+
+
+def test_total_adds_up_its_values(app: Quart) -> None:
+    assert total([1, 4, 9]) == 14
+    assert total([]) == 0
+
+
 async def test_each_example_is_exposed_under_its_function_name(client: Client) -> None:
     document = await (await client.get("/openapi.json")).get_json()
     request = document["paths"]["/api/tasks"]["post"]["requestBody"]["content"]
     variants = request["application/json"]["schema"]["discriminator"]["mapping"]
     assert set(EXAMPLES) <= set(variants)
-    tasks = (simple_task, progress_task, async_task, failing_task)
+    tasks = (simple_task, progress_task, async_task, failing_task, square, total)
     assert [task.name for task in tasks] == list(EXAMPLES)
 
 
@@ -67,6 +84,8 @@ async def test_each_example_is_exposed_under_its_function_name(client: Client) -
             {"message": "boom"},
             ("FAILURE", None, {"type": "ValueError", "message": "boom"}),
         ),
+        ("square", {"x": 12}, ("SUCCESS", 144, None)),
+        ("total", {"values": [1, 4, 9]}, ("SUCCESS", 14, None)),
     ],
 )
 async def test_each_example_sent_from_the_event_loop_runs_on_a_worker(
@@ -101,6 +120,12 @@ async def test_each_example_sent_from_the_event_loop_runs_on_a_worker(
         ({"name": "progress_task", "kwargs": {"steps": 1000, "delay": 1}}, "at most 600 s"),
         ({"name": "async_task", "kwargs": {"message": "x", "delay": 10.5}}, "kwargs.delay"),
         ({"name": "failing_task", "kwargs": {"message": "x" * 1001}}, "kwargs.message"),
+        ({"name": "square", "kwargs": {}}, "kwargs.x: Field required"),
+        ({"name": "square", "kwargs": {"x": 1_000_001}}, "kwargs.x"),
+        ({"name": "square", "kwargs": {"x": 1.5}}, "kwargs.x"),
+        ({"name": "total", "kwargs": {"values": [0] * 1001}}, "kwargs.values"),
+        ({"name": "total", "kwargs": {"values": [1, 10**12 + 1]}}, "kwargs.values.1"),
+        ({"name": "total", "kwargs": {"values": [1, "2"]}}, "kwargs.values.1"),
     ],
 )
 async def test_the_examples_arguments_are_bounded(
@@ -119,3 +144,52 @@ async def test_the_bound_on_planned_work_is_documented(client: Client) -> None:
     assert str(MAX_PLANNED_SECONDS) in schemas["ProgressTaskKwargs"]["description"]
     assert schemas["ProgressTaskKwargs"]["properties"]["steps"]["maximum"] == 1000
     assert schemas["ProgressTaskKwargs"]["properties"]["delay"]["default"] == 0.1
+
+
+async def test_square_and_total_run_as_a_chord_sent_to_the_api(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    response = await client.post("/api/workflows", json=SUM_OF_SQUARES)
+    assert response.status_code == 202, await response.get_data(as_text=True)
+    accepted = await response.get_json()
+    assert [task["name"] for task in accepted["tasks"]] == ["square"] * 3 + ["total"]
+
+    async def ended() -> dict[str, Any] | None:
+        workflow: dict[str, Any] = await (await client.get(accepted["url"])).get_json()
+        return workflow if workflow["done"] == workflow["total"] else None
+
+    with thread_worker(celery):
+        workflow = await wait_for_async(ended, 20, "the chord to end")
+    assert (workflow["state"], workflow["result"], workflow["failed"]) == ("SUCCESS", 14, 0)
+    assert {task["state"] for task in workflow["tasks"]} == {"SUCCESS"}
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "message"),
+    [
+        (
+            [{"name": "square", "kwargs": {"x": 10**7}}],
+            {"name": "total"},
+            "chord.header[0].kwargs.x",
+        ),
+        (
+            [{"name": "square", "kwargs": {"x": 1}}],
+            # The chord gives `values`: the body may not give them too.
+            {"name": "total", "kwargs": {"values": []}},
+            "chord.body.kwargs.values",
+        ),
+    ],
+)
+async def test_a_workflow_of_the_examples_is_checked_where_it_is_wrong(
+    client: Client,
+    redis_client: redis.Redis,
+    header: list[dict[str, Any]],
+    body: dict[str, Any],
+    message: str,
+) -> None:
+    response = await client.post("/api/workflows", json={"chord": {"header": header, "body": body}})
+    assert response.status_code == 422
+    error = await error_of(response)
+    assert error["code"] == "invalid_workflow"
+    assert error["message"].startswith(message), error["message"]
+    assert redis_client.llen("celery") == 0  # nothing was sent
