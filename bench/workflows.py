@@ -12,9 +12,13 @@ on a flushed database. In each round, in turn:
   `POST /api/tasks` on one kept-alive connection and subscribed to as it is accepted, and the
   socket read until every task has ended.
 
-Reported for each: seconds from the (first) POST's answer to the last final message; the
-server process's CPU seconds from then on, per message the client received (a member update,
-the workflow's; a task's state, the tasks'). Uses the Redis at REDIS_URL (default
+Reported for each: seconds from the (first) POST's answer to the last final message.
+
+Then what an update costs the server, the same `members` tasks sent both ways while no worker
+runs, each followed (one socket for the workflow; `/ws/tasks` subscribed to every task) until
+every snapshot is in; a worker then starts, and the server process's CPU seconds from then
+until the last final message, per state change received (`STARTED` and `SUCCESS` of each task,
+as a member update or as a task's snapshot). Uses the Redis at REDIS_URL (default
 redis://127.0.0.1:6379/0), database 15, flushed before and after.
 """
 
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
@@ -40,6 +45,8 @@ from waiters import serving_process
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
+#: Task ids in one subscription: a message may be 16 KiB (WS_MAX_MESSAGE_SIZE).
+SUBSCRIBED_AT_ONCE = 300
 
 
 def main() -> None:
@@ -59,29 +66,29 @@ def main() -> None:
         env=env,
         stderr=subprocess.DEVNULL,
     )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = start_worker(env)
     try:
         wait_until_serving(port)
         pid = serving_process(server.pid)
         for number in range(1, args.rounds + 1):
-            workflow = asyncio.run(as_a_workflow(port, pid, args.members))
-            tasks = asyncio.run(one_by_one(port, pid, args.members))
+            workflow = asyncio.run(as_a_workflow(port, args.members))
+            tasks = asyncio.run(one_by_one(port, args.members))
             print(f"round {number}, {args.members} square tasks:")
-            for label, (seconds, cpu, messages) in (("workflow", workflow), ("tasks", tasks)):
+            for label, seconds in (("workflow", workflow), ("tasks", tasks)):
+                print(f"  {label:8} {seconds:6.2f} s from the answer to the last final message")
+            print(f"  workflow / tasks: {workflow / tasks:.2f}")
+        worker.terminate()
+        worker.wait(30)
+        for number in range(1, args.rounds + 1):
+            costs = {}
+            for label, follow in (("workflow", follow_a_workflow), ("tasks", follow_tasks)):
+                updates, cpu = asyncio.run(update_cost(follow, port, pid, env, args.members))
+                costs[label] = cpu / updates
                 print(
-                    f"  {label:8} {seconds:6.2f} s from the answer to the last final message; "
-                    f"server {1e6 * cpu / messages:6.1f} CPU µs per message ({messages} messages)"
+                    f"update cost, round {number}, {label:8}: server "
+                    f"{1e6 * costs[label]:6.1f} CPU µs per update ({updates} updates)"
                 )
-            print(
-                f"  workflow / tasks: time {workflow[0] / tasks[0]:.2f}, "
-                f"CPU per message {(workflow[1] / workflow[2]) / (tasks[1] / tasks[2]):.2f}"
-            )
+            print(f"  workflow / tasks: {costs['workflow'] / costs['tasks']:.2f}")
     finally:
         for process in (worker, server):
             process.terminate()
@@ -89,43 +96,39 @@ def main() -> None:
         flush(redis_url)
 
 
-async def as_a_workflow(port: int, pid: int, members: int) -> tuple[float, float, int]:
-    """One group of `members`, followed on its socket: seconds, server CPU, messages."""
+async def as_a_workflow(port: int, members: int) -> float:
+    """One group of `members`, followed on its socket: seconds from the answer to its end."""
     body = {"group": [{"name": "square", "kwargs": {"x": x}} for x in range(members)]}
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         accepted = await post(reader, writer, "/api/workflows", body)
     finally:
         writer.close()
-    answered, cpu = time.perf_counter(), cpu_seconds(pid)
-    messages = 0
+    answered = time.perf_counter()
     async with websockets.connect(
         f"ws://127.0.0.1:{port}{accepted['websocket']}", compression=None, max_size=None
     ) as socket:
         async for raw in socket:
-            messages += 1
             if json.loads(raw)["state"] in FINAL:
                 break
-    result = json.loads(raw)["result"]
-    assert result == [x * x for x in range(members)], "the group's results, in order"
-    return time.perf_counter() - answered, cpu_seconds(pid) - cpu, messages
+    ended = time.perf_counter()
+    assert json.loads(raw)["result"] == [x * x for x in range(members)], "results, in order"
+    return ended - answered
 
 
-async def one_by_one(port: int, pid: int, members: int) -> tuple[float, float, int]:
-    """`members` tasks, each sent and subscribed to on one socket: seconds, CPU, messages."""
+async def one_by_one(port: int, members: int) -> float:
+    """`members` tasks, each sent and subscribed to on one socket: seconds from the first
+    answer to the last task's end."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     open_tasks: set[str] = set()
-    messages = 0
-    answered = cpu = 0.0
+    answered = 0.0
     async with websockets.connect(
         f"ws://127.0.0.1:{port}/ws/tasks", compression=None, max_size=None
     ) as socket:
 
         async def read_until_all_ended() -> None:
-            nonlocal messages
             async for raw in socket:
                 message = json.loads(raw)
-                messages += 1
                 if message.get("state") in FINAL:
                     open_tasks.discard(message["id"])
                     if not open_tasks and sent.is_set():
@@ -139,7 +142,7 @@ async def one_by_one(port: int, pid: int, members: int) -> tuple[float, float, i
                     reader, writer, "/api/tasks", {"name": "square", "kwargs": {"x": x}}
                 )
                 if x == 0:
-                    answered, cpu = time.perf_counter(), cpu_seconds(pid)
+                    answered = time.perf_counter()
                 open_tasks.add(accepted["id"])
                 await socket.send(json.dumps({"subscribe": [accepted["id"]]}))
             sent.set()
@@ -148,12 +151,96 @@ async def one_by_one(port: int, pid: int, members: int) -> tuple[float, float, i
         finally:
             reading.cancel()
             writer.close()
-    return time.perf_counter() - answered, cpu_seconds(pid) - cpu, messages
+    return time.perf_counter() - answered
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`celery -A worker worker`, its default pool."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def update_cost(
+    follow: Any, port: int, pid: int, env: dict[str, str], members: int
+) -> tuple[int, float]:
+    """Follow tasks sent while no worker runs, then start one: the updates received until the
+    last task ended, and the server's CPU seconds meanwhile."""
+    following: Following = await follow(port, members)
+    worker = start_worker(env)
+    try:
+        cpu = cpu_seconds(pid)
+        updates = await following.finish()
+        return updates, cpu_seconds(pid) - cpu
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+class Following:
+    """Sockets following tasks not yet run: `finish()` reads on until every one has ended,
+    and counts the state changes received meanwhile."""
+
+    def __init__(self, sockets: list[websockets.ClientConnection], open_ids: set[str]) -> None:
+        self.sockets = sockets
+        self.open_ids = open_ids
+
+    async def finish(self) -> int:
+        updates = 0
+        socket = self.sockets[0]
+        try:
+            async for raw in socket:
+                message = json.loads(raw)
+                updates += 1
+                task = message.get("task", message)  # a member update, or a task's snapshot
+                if task.get("state") in FINAL:
+                    self.open_ids.discard(task["id"])
+                if not self.open_ids:
+                    return updates
+        finally:
+            await socket.close()
+        raise RuntimeError("the socket closed early")
+
+
+async def follow_a_workflow(port: int, members: int) -> Following:
+    """A group sent while no worker runs, its socket past the snapshot."""
+    body = {"group": [{"name": "square", "kwargs": {"x": x}} for x in range(members)]}
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    accepted = await post(reader, writer, "/api/workflows", body)
+    writer.close()
+    socket = await websockets.connect(
+        f"ws://127.0.0.1:{port}{accepted['websocket']}", compression=None, max_size=None
+    )
+    await socket.recv()  # the snapshot
+    return Following([socket], {task["id"] for task in accepted["tasks"]})
+
+
+async def follow_tasks(port: int, members: int) -> Following:
+    """`members` tasks sent while no worker runs, `/ws/tasks` subscribed to each, past the
+    snapshots."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ids = [
+        (await post(reader, writer, "/api/tasks", {"name": "square", "kwargs": {"x": x}}))["id"]
+        for x in range(members)
+    ]
+    writer.close()
+    socket = await websockets.connect(
+        f"ws://127.0.0.1:{port}/ws/tasks", compression=None, max_size=None
+    )
+    for start in range(0, members, SUBSCRIBED_AT_ONCE):
+        await socket.send(json.dumps({"subscribe": ids[start : start + SUBSCRIBED_AT_ONCE]}))
+    for _ in ids:
+        await socket.recv()  # each PENDING snapshot
+    return Following([socket], set(ids))
 
 
 async def post(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, body: object
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """POST JSON on a kept-alive HTTP/1.1 connection; the JSON answer (202 expected)."""
     data = json.dumps(body).encode()
     writer.write(
@@ -168,7 +255,7 @@ async def post(
         for line in head.split(b"\r\n")
         if line.lower().startswith(b"content-length:")
     )
-    answer: dict[str, str] = json.loads(await reader.readexactly(length))
+    answer: dict[str, Any] = json.loads(await reader.readexactly(length))
     assert status == b"202", answer
     return answer
 
