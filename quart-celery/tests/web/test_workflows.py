@@ -160,7 +160,7 @@ async def test_a_failed_step_fails_the_workflow(
     [
         # What runs after the failure is a group, or a chord nested in a body: Celery stores
         # the failure under an id that is no task's, and those tasks never get a state.
-        {"chain": [step("tests.fail", message="no"), {"group": squares(1, 2)}]},
+        {"chain": [step("tests.fail", message="no"), {"group": [step("tests.square")] * 2}]},
         {
             "chord": {
                 "header": [step("tests.fail", message="no"), *squares(1)],
