@@ -86,6 +86,28 @@ async def test_the_api_needs_a_token(guarded: Client, headers: dict[str, str]) -
         assert (await response.get_json())["error"]["code"] == "unauthorized"
 
 
+async def test_workflows_need_a_token_and_a_ticket_opens_its_socket(
+    guarded_app: Quart, guarded: Client
+) -> None:
+    workflow = {"group": [TASK]}
+    unknown = "3b241101-e2bb-4255-8caf-4136c566a962"
+    for response in (
+        await guarded.post("/api/workflows", json=workflow),
+        await guarded.get(f"/api/workflows/{unknown}"),
+        await guarded.delete(f"/api/workflows/{unknown}"),
+    ):
+        assert response.status_code == 401
+    response = await guarded.post("/api/workflows", json=workflow, headers=bearer("first-token"))
+    workflow_id = (await response.get_json())["id"]
+    assert (await refused(guarded, f"/ws/workflows/{workflow_id}"))[0] == 401
+    async with guarded_app.app_context():
+        ticket = watch_ticket(workflow_id)
+    async with guarded.websocket(
+        f"/ws/workflows/{workflow_id}", query_string={"ticket": ticket}
+    ) as ws:
+        assert (await ws.receive_json())["id"] == workflow_id
+
+
 async def test_either_token_opens_the_api(guarded: Client) -> None:
     for token in ("first-token", "second-token"):
         response = await guarded.post("/api/tasks", json=TASK, headers=bearer(token))

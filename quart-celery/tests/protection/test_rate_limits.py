@@ -32,6 +32,16 @@ async def test_past_the_limit_a_submission_is_429_with_retry_after(client: Clien
     assert (await client.get("/healthz")).status_code == 200
 
 
+@pytest.mark.settings(API_RATE_LIMIT="2/minute")
+async def test_a_workflow_counts_as_one_submission(client: Client) -> None:
+    workflow = {"group": [BODY, BODY, BODY]}
+    assert (await client.post("/api/workflows", json=workflow)).status_code == 202
+    assert await submit(client) == 202
+    refused = await client.post("/api/workflows", json=workflow)
+    assert refused.status_code == 429
+    assert (await error_of(refused))["code"] == "rate_limited"
+
+
 @pytest.mark.settings(API_RATE_LIMIT="2/minute", API_TOKEN="token-a,token-b")
 async def test_with_tokens_each_token_has_its_own_count(client: Client) -> None:
     a, b = {"Authorization": "Bearer token-a"}, {"Authorization": "Bearer token-b"}
