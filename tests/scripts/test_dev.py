@@ -212,7 +212,10 @@ def test_the_test_command_installs_chromium_only_where_it_can(
         installed["chromium"] = "/usr/bin/chromium"
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.delenv("CHROMIUM", raising=False)
+    # Set, then removed: the variable `ensure_chromium` sets is then undone after the test too
+    # (`delenv` of an unset variable notes nothing to undo).
+    monkeypatch.setenv("CHROMIUM", "")
+    monkeypatch.delenv("CHROMIUM")
     monkeypatch.setattr(dev.shutil, "which", installed.get)
     monkeypatch.setattr(dev.os, "geteuid", lambda: euid)
     monkeypatch.setattr(dev.subprocess, "run", run)
