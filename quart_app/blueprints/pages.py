@@ -52,8 +52,7 @@ async def submit_sum_of_squares() -> tuple[str, int]:
         return await render_template("index.html", form=message_form(), chord_form=chord_form), 400
     count = chord_form.count.data
     assert count is not None  # validated: required, and within its bounds
-    # The form's bounds are the only check: a workflow from your own code is sent as it is,
-    # unlike one posted to /api/workflows, whose arguments are checked against each task's.
+    # `queue.submit` checks each task's arguments; how many tasks is the form's to bound.
     squares = [square.s(x=number) for number in range(1, count + 1)]
     workflow_id = await queue.submit(chord(squares, total.s()))
     return await render_template(

@@ -18,6 +18,7 @@ from celery import Celery, chain, chord, group
 from quart import Quart
 
 from quart_celery import (
+    InvalidArguments,
     ServiceUnavailable,
     WorkflowChange,
     WorkflowFailed,
@@ -114,6 +115,26 @@ async def test_a_task_of_no_app_or_eager_mode_is_refused_before_anything_is_sent
     with pytest.raises(RuntimeError, match="task_always_eager"):
         await queue.submit(group(square.s(x=1)))
     assert redis_client.llen("celery") == 0
+
+
+@pytest.mark.parametrize(
+    ("workflow", "problem"),
+    [
+        (lambda: chord([square.s(x="2")], total.s()), "x: Input should be a valid integer"),
+        (lambda: chain(square.s(x=2), square.s(x=3)), "multiple values for argument 'x'"),
+        (lambda: group(square.s()), "missing a required argument: 'x'"),
+        (lambda: chain(square.s(x=1), echo.si(message="")), "message: String should have"),
+    ],
+    ids=["bad type", "given twice", "missing", "immutable step"],
+)
+async def test_each_step_is_checked_as_a_task_is_and_nothing_is_sent(
+    serving: Quart, redis_client: redis.Redis, workflow: Any, problem: str
+) -> None:
+    with pytest.raises(InvalidArguments, match=problem):
+        await queue.submit(workflow())
+    assert redis_client.llen("celery") == 0
+    # The argument a step is given by the step before it is taken as given.
+    await queue.submit(chain(square.s(x=2), square.s(), echo.si(message="fine")))
 
 
 async def test_a_workflow_goes_in_one_step_with_its_record_and_counter(

@@ -141,12 +141,19 @@ def exposed_tasks() -> ExposedTasks:
     return _resolved
 
 
-def check_arguments(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def check_arguments(
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    given_result: bool = False,
+) -> None:
     """`InvalidArguments` (422) unless a run of `task` with these arguments fits its declared
     ones: its parameters, their type hints and bounds, and its rules where it is exposed.
 
     Types are strict, as over HTTP: `"5"` is no `int`, and a tuple is no `list`. A parameter
-    without a hint takes anything.
+    without a hint takes anything. With `given_result` (a step of a workflow given the result
+    before it as its first argument), that argument is taken as given, and not checked.
     """
     if isinstance(task, Proxy):
         task = task._get_current_object()
@@ -156,21 +163,36 @@ def check_arguments(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[st
         check = _signature_checks[task] = SignatureCheck(
             signature, _signature_model(task, signature)
         )
+    given = (_GIVEN,) if given_result else ()
     try:
-        bound = check.signature.bind(*args, **kwargs)
+        bound = check.signature.bind(*given, *args, **kwargs)
     except TypeError as error:
         raise InvalidArguments(task.name, f"{error}.") from None
     exposed = exposed_tasks().by_name.get(task.name)
     model = exposed.arguments if exposed is not None else check.model
     if model is None:
         return
+    arguments = dict(bound.arguments)
+    given_name = next((name for name, value in arguments.items() if value is _GIVEN), None)
+    arguments.pop(given_name, None)  # type: ignore[arg-type]  # None is no key: nothing popped
     try:
-        model.model_validate(bound.arguments)
+        model.model_validate(arguments)
     except ValidationError as error:
-        first = error.errors()[0]
+        problems = [
+            problem
+            for problem in error.errors()
+            if not (problem["type"] == "missing" and problem["loc"] == (given_name,))
+        ]
+        if not problems:
+            return
+        first = problems[0]
         field = ".".join(str(part) for part in first["loc"]) or "arguments"
         problem = first["msg"].removeprefix("Value error, ")
         raise InvalidArguments(task.name, f"{field}: {problem}.") from None
+
+
+#: Stands for the result a workflow's step is given, where its arguments are checked.
+_GIVEN = object()
 
 
 def _signature_model(task: Task[Any, Any], signature: inspect.Signature) -> type[BaseModel] | None:

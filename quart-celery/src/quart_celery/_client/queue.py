@@ -31,6 +31,7 @@ from contextlib import aclosing
 from typing import Any
 
 from celery import Signature, Task
+from celery.canvas import maybe_signature
 from quart import current_app
 
 from quart_celery._broker.canvas import kind_of
@@ -101,6 +102,7 @@ async def submit(task: Task[Any, Any] | Signature[Any], /, *args: Any, **kwargs:
         if args or kwargs:
             raise TypeError("submit(signature) takes no more arguments: put them in the signature")
         if kind_of(task) is not None:
+            _check_steps(task, given_result=False)
             return (await submit_workflow(task)).workflow_id
         signature = task
         if signature.task is None:
@@ -110,6 +112,28 @@ async def submit(task: Task[Any, Any] | Signature[Any], /, *args: Any, **kwargs:
         options = dict(signature.options)
     check_arguments(task, args, kwargs)
     return await submit_checked(task, args, kwargs, options)
+
+
+def _check_steps(signature: Any, *, given_result: bool) -> None:
+    """Check the arguments of every task of a workflow, as `submit` checks a task's; the
+    argument a step is given by the step before it (in a chain, a chord's body) is not."""
+    signature = maybe_signature(signature)
+    kind = kind_of(signature)
+    if kind == "chain":
+        for index, step in enumerate(signature.tasks):
+            _check_steps(step, given_result=given_result or index > 0)
+    elif kind == "group":
+        for step in signature.tasks:
+            _check_steps(step, given_result=given_result)
+    elif kind == "chord":
+        for step in signature.tasks:  # its header's
+            _check_steps(step, given_result=given_result)
+        _check_steps(signature.body, given_result=True)
+    else:
+        task = current_celery().tasks.get(str(signature.task))
+        if task is not None:  # else refused as no task of the app, when it is captured
+            given = given_result and not signature.immutable
+            check_arguments(task, tuple(signature.args), dict(signature.kwargs), given_result=given)
 
 
 async def submit_checked(
