@@ -7,7 +7,8 @@ stops: a server hears only of the tasks its sockets watch, where a pattern subsc
 every server hear every state of every task in the system. Subscriptions asked for at the same
 moment go in one SUBSCRIBE (and UNSUBSCRIBE) on the listener's one connection; a follower waits
 for Redis to confirm its channel before it reads the stored state, so that no update falls in
-between.
+between. A workflow's channel (`<app>:workflow:<id>`, where its tasks' changes are published
+with its counts: `quart_celery._client.workflows`) is followed the same way, by its full name.
 
 If Redis goes away the listener reconnects with backoff (counted in the metrics), subscribes
 to every channel followed again, and, as each is confirmed, tells its followers to read the
