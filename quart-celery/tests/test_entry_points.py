@@ -136,6 +136,26 @@ async def test_a_real_websocket_client_gets_every_state_in_order(
     ]
 
 
+async def test_a_workflow_over_real_http_and_one_real_websocket(
+    server_url: str, process_worker: ProcessWorker
+) -> None:
+    header = [{"name": "tests.square", "kwargs": {"x": x}} for x in (1, 2, 3)]
+    chord = {"chord": {"header": header, "body": {"name": "tests.total"}}}
+    status, accepted = http("POST", f"{server_url}/api/workflows", chord)
+    assert status == 202
+    socket_url = server_url.replace("http://", "ws://") + accepted["websocket"]
+    received, code = await asyncio.wait_for(follow(socket_url, process_worker), 60)
+    assert code == 1000
+    assert (received[0]["state"], received[0]["total"]) == ("PENDING", 4)
+    final = received[-1]
+    assert (final["state"], final["done"], final["result"]) == ("SUCCESS", 4, 14)
+    # A member update for each change: STARTED and SUCCESS of each of the four.
+    assert len(received) == 1 + 2 * 4
+    status, after = http("GET", f"{server_url}{accepted['url']}")
+    assert (status, after["result"]) == (200, 14)
+    assert http("DELETE", f"{server_url}{accepted['url']}")[0] == 409
+
+
 async def test_two_servers_share_one_redis(
     start_server: Server, process_worker: ProcessWorker
 ) -> None:
