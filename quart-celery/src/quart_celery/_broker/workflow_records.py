@@ -39,7 +39,7 @@ ENDED = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
 
 #: Run by the store script after it stored a state (KEYS[1], the meta ARGV[1], its expiry in
 #: seconds ARGV[2]) and published it: if the task is a member of a workflow (KEYS[2] names
-#: it, as "<1 if its result is the workflow's, else 0>|<the task's id>|<the workflow's key>"),
+#: it, as "<the task's id>|<the workflow's key>"),
 #: record its state, count it the first time it ends, refresh the workflow's expiry to its
 #: state's, and publish the change with the counts on the workflow's channel. Nothing if the
 #: state is the one recorded already. The state is read off the start of the meta, where
@@ -49,7 +49,7 @@ ENDED = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
 COUNT_MEMBER = """
 local membership = redis.call('GET', KEYS[2])
 if not membership then return 1 end
-local bears_result, member, workflow = string.match(membership, '^([01])|([^|]+)|(.+)$')
+local member, workflow = string.match(membership, '^([^|]+)|(.+)$')
 local state = string.match(ARGV[1], '^{"status": ?"([%w_]+)"')
 if not workflow or not state then return 1 end
 local progress = workflow .. ':progress'
@@ -62,7 +62,6 @@ if (state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED')
     redis.call('HINCRBY', progress, 'done', 1)
     if state == 'FAILURE' then redis.call('HINCRBY', progress, 'failed', 1) end
     if state == 'REVOKED' then redis.call('HINCRBY', progress, 'revoked', 1) end
-    if bears_result == '1' then redis.call('HINCRBY', progress, 'results_done', 1) end
 end
 if tonumber(ARGV[2]) > 0 then
     for _, key in ipairs({workflow, progress}) do
@@ -70,13 +69,11 @@ if tonumber(ARGV[2]) > 0 then
     end
 end
 local version = redis.call('HINCRBY', progress, 'version', 1)
-local counts = redis.call('HMGET', progress, 'total', 'results', 'done', 'failed', 'revoked',
-    'results_done', 'cancelled')
+local counts = redis.call('HMGET', progress, 'total', 'done', 'failed', 'revoked', 'cancelled')
 redis.call('PUBLISH', workflow, cjson.encode({
     task = member, state = state, version = version, total = tonumber(counts[1]),
-    results = tonumber(counts[2]), done = tonumber(counts[3]), failed = tonumber(counts[4]),
-    revoked = tonumber(counts[5]), results_done = tonumber(counts[6]),
-    cancelled = tonumber(counts[7])}))
+    done = tonumber(counts[2]), failed = tonumber(counts[3]), revoked = tonumber(counts[4]),
+    cancelled = tonumber(counts[5])}))
 return 1
 """
 
@@ -127,9 +124,6 @@ class Counts:
     """A workflow's counters, as its members' states are stored."""
 
     total: int
-    #: How many members give the workflow's result, and how many of them have ended.
-    results: int
-    results_done: int
     #: Members ended, in any final state; those ended in FAILURE; in REVOKED.
     done: int
     failed: int
@@ -149,8 +143,6 @@ class Counts:
 
         return cls(
             total=number("total"),
-            results=number("results"),
-            results_done=number("results_done"),
             done=number("done"),
             failed=number("failed"),
             revoked=number("revoked"),
@@ -160,14 +152,16 @@ class Counts:
 
     @property
     def ended(self) -> bool:
-        """Whether the workflow has ended: every member its result comes from has, or one
-        member failed or was revoked (as `GroupResult.get()` raises at the first failure: what
-        Celery runs after a failure, and whether it stores anything for it, depends on the
-        workflow's shape, and the workflow's outcome does not). Once cancelled as a whole, every
-        member has ended: the running ones are stopped, each not started was marked REVOKED."""
+        """Whether the workflow has ended: every member has, or one failed or was revoked (as
+        `GroupResult.get()` raises at the first failure: what Celery runs after a failure, and
+        whether it stores anything for it, depends on the workflow's shape, and the workflow's
+        outcome does not). Every member, not only those its result comes from: Celery sends a
+        chain's next link before it stores the link's own result, so the last link may end
+        first. Once cancelled as a whole, only when every member has ended: the running ones
+        are stopped, each not started was marked REVOKED."""
         if self.cancelled:
             return self.done >= self.total
-        return self.failed > 0 or self.revoked > 0 or self.results_done >= self.results
+        return self.failed > 0 or self.revoked > 0 or self.done >= self.total
 
     @property
     def state(self) -> TaskState:
@@ -207,16 +201,11 @@ def membership_key(meta_key: str | bytes) -> bytes:
 def writes(record: WorkflowRecord, key: str, meta_key_of: Any, expires: int) -> list[Command]:
     """The commands that record a workflow at `key`, for `expires` seconds: its record, its
     counters, and each member's membership (at `meta_key_of(task_id)` + the suffix)."""
-    bears = set(record.result_ids())
     progress: Command = (
         "HSET",
         key + ":progress",
         "total",
         len(record.members),
-        "results",
-        len(bears),
-        "results_done",
-        0,
         "done",
         0,
         "failed",
@@ -232,7 +221,6 @@ def writes(record: WorkflowRecord, key: str, meta_key_of: Any, expires: int) -> 
         ("EXPIRE", key + ":progress", expires),
     ]
     for task_id, _ in record.members:
-        flag = "1" if task_id in bears else "0"
         membership = membership_key(meta_key_of(task_id))
-        commands.append(("SET", membership, f"{flag}|{task_id}|{key}", "EX", expires))
+        commands.append(("SET", membership, f"{task_id}|{key}", "EX", expires))
     return commands
