@@ -120,6 +120,13 @@ class CapturedWorkflow:
     sends: list[Send]
     commands: list[Command]
 
+    @property
+    def carried(self) -> list[tuple[str, str]]:
+        """The tasks (id, name) its messages carry to run later (a chain's links, a chord's
+        body), rather than sent now."""
+        sent = {send.task_id for send in self.sends}
+        return [(task_id, name) for task_id, name in self.record.members if task_id not in sent]
+
 
 def kind_of(workflow: Signature[Any]) -> str | None:
     """ "chain", "group" or "chord" for one of Celery's workflows; None for a task's signature."""

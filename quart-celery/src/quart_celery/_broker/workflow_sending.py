@@ -19,6 +19,8 @@ from celery import Signature
 from redis.exceptions import RedisError
 
 from quart_celery._broker import canvas, recording, records, workflow_records
+from quart_celery._broker.keys import Keys
+from quart_celery._broker.workflow_records import Command, WorkflowRecord
 
 
 def send_workflow(workflow: Signature[Any], workflow_id: str | None = None) -> str:
@@ -31,29 +33,43 @@ def send_workflow(workflow: Signature[Any], workflow_id: str | None = None) -> s
         raise RuntimeError("the bridge keeps workflows in the app's Redis, which this app has not")
     celery: Any = workflow.app
     captured = canvas.capture(celery, workflow, workflow_id)
-    record = captured.record
     backend: Any = celery.backend
-    commands = workflow_records.writes(
-        record,
-        recorder.keys.workflow(record.workflow_id),
-        backend.get_key_for_task,
-        recorder.expires,
-    )
-    with backend.client.pipeline(transaction=False) as pipeline:
-        for command in commands + captured.commands:
-            pipeline.execute_command(*command)
-        pipeline.execute()
-    sent = {send.task_id for send in captured.sends}
-    carried = [(task_id, name) for task_id, name in record.members if task_id not in sent]
-    records.remember(recorder.redis, recorder.keys, carried, recorder.expires)
+    keys, expires = recorder.keys, recorder.expires
+    run_commands(backend, recording_commands(captured, keys, backend, expires))
+    records.remember(recorder.redis, keys, captured.carried, expires)
     try:
         with celery.producer_or_acquire() as producer:
             for send in captured.sends:
-                options = dict(send.options)
-                send.task.apply_async(send.args, send.kwargs, producer=producer, **options)
+                send.task.apply_async(send.args, send.kwargs, producer=producer, **send.options)
     except Exception:
-        for task_id, _ in record.members:
-            with suppress(RedisError):
-                backend.revoke_unless_started(task_id)
+        revoke_every_task(backend, captured.record)
         raise
-    return record.workflow_id
+    return captured.record.workflow_id
+
+
+def recording_commands(
+    captured: canvas.CapturedWorkflow, keys: Keys, backend: Any, expires: int
+) -> list[Command]:
+    """The commands for the result backend's Redis that record a captured workflow (its record
+    and counters, each task's membership) for `expires` seconds, then Celery's own writes."""
+    record = captured.record
+    commands = workflow_records.writes(
+        record, keys.workflow(record.workflow_id), backend.get_key_for_task, expires
+    )
+    return commands + captured.commands
+
+
+def run_commands(backend: Any, commands: list[Command]) -> None:
+    """Run `commands` on the result backend's Redis, in one round trip."""
+    with backend.client.pipeline(transaction=False) as pipeline:
+        for command in commands:
+            pipeline.execute_command(*command)
+        pipeline.execute()
+
+
+def revoke_every_task(backend: Any, record: WorkflowRecord) -> None:
+    """Mark every task of a workflow not started REVOKED: one of its messages could not be
+    sent, and none of it is to run (a worker skips a task marked so)."""
+    for task_id, _ in record.members:
+        with suppress(RedisError):
+            backend.revoke_unless_started(task_id)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from quart import current_app
 
@@ -22,11 +24,12 @@ from quart_celery._client.listener import ResultListener, Update
 from quart_celery._client.reader import task_reader
 from quart_celery._client.snapshots import decoded, snapshot_from_meta
 from quart_celery._observability import metrics
-from quart_celery.errors import APIError, FellBehind, TaskNotFound
+from quart_celery.errors import APIError, FellBehind, ResultTimeout, TaskNotFound
 from quart_celery.schemas import TaskSnapshot
 from quart_celery.states import FINAL_STATES
 
 logger = logging.getLogger(__name__)
+Change = TypeVar("Change")
 
 
 @dataclass(frozen=True)
@@ -196,3 +199,22 @@ class Follower:
         """Forget a task, and stop hearing of it."""
         self.followed.pop(task_id, None)
         self.listener.unsubscribe(task_id, self.inbox)
+
+
+async def last_change(
+    changes: AsyncGenerator[Change, None], followed_id: str, timeout: float | None
+) -> Change:
+    """The last of `changes` (a follow, which ends after the final state), waited for at most
+    `timeout` seconds (None: as long as it takes); `ResultTimeout` (504) past it."""
+    last: Change | None = None
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline, aclosing(changes) as following:
+            async for change in following:
+                last = change
+    except TimeoutError:
+        if timeout is None or not deadline.expired():
+            raise
+        raise ResultTimeout(followed_id, timeout) from None
+    assert last is not None
+    return last

@@ -24,10 +24,8 @@ usual JSON body.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 from celery import Signature, Task
@@ -38,7 +36,7 @@ from quart_celery._broker.canvas import kind_of
 from quart_celery._broker.task_ids import parse_task_id
 from quart_celery._client.current import current_celery
 from quart_celery._client.exposure import check_arguments
-from quart_celery._client.following import Follower, TaskError
+from quart_celery._client.following import Follower, TaskError, last_change
 from quart_celery._client.reader import task_reader
 from quart_celery._client.snapshots import decoded, snapshot_from_meta
 from quart_celery._client.submitter import Submission, submitter
@@ -194,17 +192,8 @@ async def result(task_id: str, timeout: float | None = None) -> Any:
     (504, a `TimeoutError`) if it has not ended in time (it goes on running), `TaskNotFound`
     (404) if no task was published as `task_id`.
     """
-    last: TaskSnapshot | None = None
-    deadline = asyncio.timeout(timeout)
-    try:
-        async with deadline, aclosing(follow(task_id)) as changes:
-            async for snapshot in changes:
-                last = snapshot
-    except TimeoutError:
-        if timeout is None or not deadline.expired():
-            raise
-        raise ResultTimeout(task_id, timeout) from None
-    assert last is not None and last.state in FINAL_STATES
+    last = await last_change(follow(task_id), task_id, timeout)
+    assert last.state in FINAL_STATES
     if last.state == TaskState.SUCCESS:
         return last.result
     if last.state == TaskState.FAILURE:

@@ -27,12 +27,17 @@ from quart import Quart, current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from quart_celery._broker import canvas, recording, records, workflow_records
+from quart_celery._broker import canvas, recording, records
 from quart_celery._broker.address import RedisAddress
 from quart_celery._broker.batches import BatchWriter
 from quart_celery._broker.keys import Keys
 from quart_celery._broker.messages import MessageBuilder, Outgoing, Unsupported
 from quart_celery._broker.workflow_records import Command, WorkflowRecord
+from quart_celery._broker.workflow_sending import (
+    recording_commands,
+    revoke_every_task,
+    run_commands,
+)
 from quart_celery._client.availability import as_api_error, unavailable
 from quart_celery._client.blocking import run_blocking
 from quart_celery._client.connections import blocking_redis
@@ -72,17 +77,13 @@ class Waiting:
 class PreparedWorkflow:
     """A workflow ready to send: what Celery would send for it, and what records it."""
 
-    record: WorkflowRecord
-    sends: list[canvas.Send]
+    captured: canvas.CapturedWorkflow
     #: Its messages, where they go from the event loop in one step (None: the thread pool's
     #: path sends them).
     outgoing: list[Outgoing] | None
     #: The workflow's record and counters, and Celery's own writes for it (a chord's size),
     #: for the result backend's Redis.
     backend_commands: list[Command]
-    #: The tasks its messages carry to run later (a chain's links, a chord's body): recorded
-    #: now, so that each can be looked up and followed from the start.
-    carried: list[tuple[str, str]]
 
 
 class Submitter:
@@ -152,9 +153,11 @@ class Submitter:
         )
         if prepared.outgoing is not None and self.writer is not None:
             timeout = 0.8 * current_app.config["BLOCKING_TIMEOUT"]
+            # The tasks its messages carry to run later are recorded now: each can be looked up
+            # and followed from the start.
             commands = prepared.backend_commands + [
                 ("SET", self.keys.task(task_id), name, "EX", self.expires)
-                for task_id, name in prepared.carried
+                for task_id, name in prepared.captured.carried
             ]
             topic = self.builder.event_topic if self.builder is not None else ""
             try:
@@ -178,7 +181,7 @@ class Submitter:
                 prepared,
                 deadline,
             )
-        return prepared.record
+        return prepared.captured.record
 
     def prepare(
         self, workflow: Signature[Any], workflow_id: str | None, limit: int
@@ -191,13 +194,7 @@ class Submitter:
         deal to send.
         """
         captured = canvas.capture(self.celery, workflow, workflow_id)
-        record = captured.record
-        backend: Any = self.celery.backend
-        commands = workflow_records.writes(
-            record, self.keys.workflow(record.workflow_id), backend.get_key_for_task, self.expires
-        )
-        sent = {send.task_id for send in captured.sends}
-        carried = [(task_id, name) for task_id, name in record.members if task_id not in sent]
+        commands = recording_commands(captured, self.keys, self.celery.backend, self.expires)
         outgoing: list[Outgoing] | None = None
         if self.workflows_in_one_step and self.builder is not None:
             try:
@@ -216,9 +213,7 @@ class Submitter:
                     f"The workflow's messages would take {size} bytes, over WORKFLOW_MAX_BYTES "
                     f"({limit}): Celery copies a chord's body into each task of its header.",
                 )
-        return PreparedWorkflow(
-            record, captured.sends, outgoing, commands + captured.commands, carried
-        )
+        return PreparedWorkflow(captured, outgoing, commands)
 
     async def send_waiting(self) -> None:
         """Send batches until none waits (a task of its own, outliving any one request).
@@ -354,11 +349,9 @@ def publish_workflow(
     Runs in the thread pool: the path where the broker and the results are not one Redis.
     """
     backend: Any = celery.backend
-    with backend.client.pipeline(transaction=False) as pipeline:
-        for command in prepared.backend_commands:
-            pipeline.execute_command(*command)
-        pipeline.execute()
-    records.remember(redis, keys, prepared.carried, expires)
+    captured = prepared.captured
+    run_commands(backend, prepared.backend_commands)
+    records.remember(redis, keys, captured.carried, expires)
     submissions = [
         Submission(
             send.task,
@@ -367,14 +360,12 @@ def publish_workflow(
             {name: value for name, value in send.options.items() if name != "task_id"},
             task_id=send.task_id,
         )
-        for send in prepared.sends
+        for send in captured.sends
     ]
     errors = publish(celery, redis, keys, expires, submissions, deadline)
     failed = next((error for error in errors if error is not None), None)
     if failed is not None:
-        for task_id, _ in prepared.record.members:
-            with suppress(RedisError):
-                backend.revoke_unless_started(task_id)
+        revoke_every_task(backend, captured.record)
         raise failed
 
 

@@ -15,9 +15,7 @@ change of a task of it on its own channel, through the process's one pub/sub lis
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,13 +38,12 @@ from quart_celery._client import listener
 from quart_celery._client.blocking import run_blocking
 from quart_celery._client.connections import blocking_redis
 from quart_celery._client.current import current_celery, current_keys
-from quart_celery._client.following import Inbox, Unfollowed
+from quart_celery._client.following import Inbox, Unfollowed, last_change
 from quart_celery._client.snapshots import decoded
 from quart_celery._client.submitter import submitter
 from quart_celery._observability import metrics
 from quart_celery.errors import (
     APIError,
-    ResultTimeout,
     ServiceUnavailable,
     WorkflowFailed,
     WorkflowNotFound,
@@ -295,17 +292,8 @@ async def workflow_result(workflow_id: str, timeout: float | None = None) -> Any
     cancelled, `ResultTimeout` (504) if it has not ended in time (it goes on running),
     `WorkflowNotFound` (404).
     """
-    last: WorkflowSnapshot | WorkflowChange | None = None
-    deadline = asyncio.timeout(timeout)
-    try:
-        async with deadline, aclosing(follow_workflow(workflow_id)) as changes:
-            async for change in changes:
-                last = change
-    except TimeoutError:
-        if timeout is None or not deadline.expired():
-            raise
-        raise ResultTimeout(workflow_id, timeout) from None
-    assert last is not None and last.state in ENDED
+    last = await last_change(follow_workflow(workflow_id), workflow_id, timeout)
+    assert last.state in ENDED
     if last.state == TaskState.SUCCESS:
         return last.result
     if last.state == TaskState.FAILURE:

@@ -177,14 +177,7 @@ def _task_named(error: RequestSchemaValidationError, exposed: ExposedTasks) -> s
 async def validated(model: type[RootModel[Any]]) -> RootModel[Any]:
     """The request's body, parsed and validated by `model`: 400 if it is not JSON, 422 (as
     quart-schema's validation answers) if it does not fit."""
-    require_json()
-    try:
-        # Quart's `get_data` waits with `asyncio.wait_for`, a task of its own for each request;
-        # its `Body` is awaitable, and answers 413 beyond MAX_CONTENT_LENGTH itself.
-        async with asyncio.timeout(request.body_timeout):
-            body = await request.body
-    except TimeoutError:
-        raise RequestTimeout() from None
+    body = await json_request_body()
     if (b"NaN" in body or b"Infinity" in body) and not _strict_json(body):
         # pydantic's parser takes them as numbers, where JSON has no such thing.
         message = "The request body is not valid JSON: NaN and Infinity are not JSON numbers."
@@ -293,14 +286,22 @@ def workflow_view(exposed: ExposedTasks) -> Callable[..., Any]:
     return view
 
 
-async def json_body() -> Any:
-    """The request's body, parsed as JSON: 400 if it is not."""
+async def json_request_body() -> bytes:
+    """The request's body, which must say it is JSON (400), within the body timeout (408)."""
     require_json()
     try:
+        # Quart's `get_data` waits with `asyncio.wait_for`, a task of its own for each request;
+        # its `Body` is awaitable, and answers 413 beyond MAX_CONTENT_LENGTH itself.
         async with asyncio.timeout(request.body_timeout):
-            body = await request.body
+            body: bytes = await request.body
     except TimeoutError:
         raise RequestTimeout() from None
+    return body
+
+
+async def json_body() -> Any:
+    """The request's body, parsed as JSON: 400 if it is not."""
+    body = await json_request_body()
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
