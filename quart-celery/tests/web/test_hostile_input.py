@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import string
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -110,8 +110,25 @@ header_names = st.text(string.ascii_letters + string.digits + "-", min_size=1, m
 header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
 
 
+def sendable_by_the_test_client(headers: dict[str, str]) -> bool:
+    """Whether Quart's test client can send these headers at all: it makes a URL of `Host` (for
+    its cookies) and raises before any request for one `urllib` cannot parse (`[`, seen by
+    Hypothesis one run in a few dozen)."""
+    hosts = [value for name, value in headers.items() if name.lower() == "host"]
+    try:
+        for host in hosts:
+            urlsplit(f"http://{host}/")
+    except ValueError:
+        return False
+    return True
+
+
 @SETTINGS
-@given(headers=st.dictionaries(header_names, header_values, max_size=8))
+@given(
+    headers=st.dictionaries(header_names, header_values, max_size=8).filter(
+        sendable_by_the_test_client
+    )
+)
 async def test_any_headers_get_an_answer_and_never_a_500(
     client: Client, headers: dict[str, str]
 ) -> None:
