@@ -137,7 +137,7 @@ async def measure(
     await asyncio.gather(*(one() for _ in range(tasks)))
     listening.cancel()
     await asyncio.gather(listening, return_exceptions=True)
-    await subscriber.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+    await subscriber.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped in redis-py
     dones = {
         task_id: datetime.fromisoformat(json.loads(meta or b"{}")["date_done"]).timestamp()
         for task_id, meta in zip(heard, store.mget([f"{CHANNEL}{t}" for t in heard]), strict=True)

@@ -19,7 +19,7 @@ def published_states(
     listens)."""
     states: list[tuple[str, Any]] = []
     # redis-py leaves pubsub() unannotated.
-    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
+    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call, unused-ignore]
         pubsub.subscribe(f"celery-task-meta-{task_id}")
         send()
 

@@ -22,7 +22,7 @@ def stored(redis_client: redis.Redis, task_id: str) -> dict[str, object]:
 
 def test_a_state_is_stored_published_and_expires(celery: Celery, redis_client: redis.Redis) -> None:
     task_id = str(uuid.uuid4())
-    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
+    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call, unused-ignore]
         pubsub.subscribe(f"celery-task-meta-{task_id}")
         celery.backend.store_result(task_id, {"current": 1}, "PROGRESS")
         # (The first read takes the subscription's confirmation, and answers None.)

@@ -134,7 +134,7 @@ def test_the_task_sent_event_is_the_one_celery_publishes(
     # suite may publish in another.
     database = redis_client.connection_pool.connection_kwargs["db"]
     assert builder.event_topic == f"/{database}.celeryev/task.sent"
-    events = redis_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    events = redis_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]
     events.subscribe(builder.event_topic)
     assert events.get_message(timeout=TIMEOUT) is None  # the confirmation, ignored
     task_id = uuid()

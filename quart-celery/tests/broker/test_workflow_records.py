@@ -42,7 +42,7 @@ def counts(redis_client: redis.Redis, record: WorkflowRecord) -> Counts:
 def test_members_are_counted_once_as_they_end(celery: Celery, redis_client: redis.Redis) -> None:
     record = recorded(celery, redis_client, 3)
     first, second, third = (task_id for task_id, _ in record.members)
-    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
+    with redis_client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call, unused-ignore]
         pubsub.subscribe(KEYS.workflow(record.workflow_id))
         celery.backend.store_result(first, None, "STARTED")
         celery.backend.store_result(first, 1, "SUCCESS")

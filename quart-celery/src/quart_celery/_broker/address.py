@@ -116,10 +116,10 @@ class RedisAddress:
         """A blocking client (`options` are redis-py's connection options)."""
         if not self.sentinels:
             return redis.Redis.from_url(self.url, **options)
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             self.sentinels, sentinel_kwargs=self._sentinel_options(), **self._master_options()
         )
-        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
             str(self.master), **options
         )
         return client
@@ -141,7 +141,7 @@ class RedisAddress:
         """A `redis.asyncio` client (`options` are redis-py's connection options)."""
         if not self.sentinels:
             return redis.asyncio.Redis.from_url(self.url, **options)
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             self.sentinels, sentinel_kwargs=self._sentinel_options(), **self._master_options()
         )
         client: redis.asyncio.Redis = sentinel.master_for(str(self.master), **options)

@@ -132,7 +132,7 @@ class ResultListener:
                     socket_connect_timeout=2, socket_timeout=2, client_name=self.client_name
                 )
                 async with aclosing_client(client), client.pubsub() as pubsub:
-                    await pubsub.connect()
+                    await pubsub.connect()  # type: ignore[no-untyped-call, unused-ignore]  # untyped in redis-py 8.2
                     if connected_before and self.on_reconnect is not None:
                         self.on_reconnect()
                     connected_before = True

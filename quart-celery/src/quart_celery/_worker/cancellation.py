@@ -129,7 +129,7 @@ class Listener:
         backoff = 0.1
         while not self.stopping.is_set():
             try:
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]
                 with pubsub:
                     pubsub.subscribe(self.channel)
                     self.subscribed.set()
