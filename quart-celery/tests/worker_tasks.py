@@ -20,7 +20,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import Field, model_validator
 from redis.asyncio import Redis
 
-from quart_celery import ArgumentRules, checkpoint, expose, send_workflow
+from quart_celery import ArgumentRules, TooManyChunks, checkpoint, expose, send_chunk, send_workflow
 from tests.probe_app import celery
 
 Text = Annotated[str, Field(min_length=1, max_length=100)]
@@ -340,3 +340,73 @@ async def async_autoretried() -> str:
     """An `async def` task behind Celery's `autoretry_for` wrapper."""
     await asyncio.sleep(0)
     return "ran"
+
+
+@expose
+@celery.task(name="tests.stream_words")
+def stream_words(text: Text, delay: Seconds = 0.0) -> str:
+    """Stream `text` word by word (sync), sleeping `delay` between words; return `text`."""
+    for word in text.split():
+        send_chunk(word)
+        time.sleep(delay)
+    return text
+
+
+@expose
+@celery.task(name="tests.stream_count")
+async def stream_count(count: Annotated[int, Field(ge=0, le=100_000)], delay: Seconds = 0.0) -> int:
+    """Stream 0, 1, ..., count - 1 (async), sleeping `delay` between; return `count`."""
+    for number in range(count):
+        send_chunk(number)
+        if delay:
+            await asyncio.sleep(delay)
+    return count
+
+
+@expose
+@celery.task(name="tests.stream_yielded")
+async def stream_yielded(count: Annotated[int, Field(ge=0, le=1000)]) -> Any:
+    """An async generator task: stream what it yields, `{"n": 0}`, `{"n": 1}`, ..."""
+    for number in range(count):
+        yield {"n": number}
+        await asyncio.sleep(0)
+
+
+@expose
+@celery.task(name="tests.stream_with_progress", bind=True)
+def stream_with_progress(self: Task[Any, Any], steps: Annotated[int, Field(ge=1, le=100)]) -> int:
+    """Stream a chunk, then record PROGRESS, for each step: states and chunks interleaved."""
+    for step in range(steps):
+        send_chunk(f"chunk {step}")
+        self.update_state(state="PROGRESS", meta={"current": step + 1, "total": steps})
+    return steps
+
+
+@celery.task(name="tests.stream_with_progress_async", bind=True)
+async def stream_with_progress_async(self: Task[Any, Any], steps: int) -> int:
+    """`stream_with_progress`, as a coroutine on the async pool."""
+    for step in range(steps):
+        send_chunk(f"chunk {step}")
+        self.update_state(state="PROGRESS", meta={"current": step + 1, "total": steps})
+        await asyncio.sleep(0)
+    return steps
+
+
+@celery.task(name="tests.stream_then_fail")
+def stream_then_fail(count: int) -> None:
+    """Stream `count` chunks, then fail."""
+    for number in range(count):
+        send_chunk(number)
+    raise ValueError("failed after streaming")
+
+
+@celery.task(name="tests.stream_past_the_cap")
+def stream_past_the_cap() -> int:
+    """Stream until `STREAM_MAX_CHUNKS` refuses one; return how many were taken."""
+    sent = 0
+    while True:
+        try:
+            send_chunk(sent)
+        except TooManyChunks:
+            return sent
+        sent += 1

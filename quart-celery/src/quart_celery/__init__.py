@@ -18,6 +18,8 @@ bridge's own):
   `WorkflowTask`: a workflow, and a change of a task of it;
 - `send_workflow`: a chain, group or chord sent from sync code (a task, a shell), followable
   as one;
+- `send_chunk` (and `TooManyChunks`, `ChunksNotWritten`): stream a task's output, chunk by
+  chunk, to its clients (an async generator task streams what it yields);
 - `checkpoint` (and `TaskCancelled`): where a long sync task may stop if it is cancelled;
 - `watch_ticket`: lets a page of yours follow one task over its websocket;
 - `limits_submissions`: counts a view of yours that submits against `API_RATE_LIMIT`;
@@ -40,9 +42,11 @@ from quart_celery._protection.access import watch_ticket
 from quart_celery._protection.rate_limits import limits_submissions
 from quart_celery._worker.asyncio_pool import AsyncPool
 from quart_celery._worker.cancellation import TaskCancelled, checkpoint
+from quart_celery._worker.streams import send_chunk
 from quart_celery._worker.task import ContextTask
 from quart_celery.errors import (
     APIError,
+    ChunksNotWritten,
     FellBehind,
     InvalidArguments,
     ResultTimeout,
@@ -50,6 +54,7 @@ from quart_celery.errors import (
     TaskFailed,
     TaskNotFound,
     TaskRevoked,
+    TooManyChunks,
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowRevoked,
@@ -72,6 +77,7 @@ __all__ = [
     "APIError",
     "ArgumentRules",
     "AsyncPool",
+    "ChunksNotWritten",
     "ConfigurationError",
     "ContextTask",
     "FellBehind",
@@ -87,6 +93,7 @@ __all__ = [
     "TaskRevoked",
     "TaskSnapshot",
     "TaskState",
+    "TooManyChunks",
     "WorkflowChange",
     "WorkflowFailed",
     "WorkflowNotFound",
@@ -98,6 +105,7 @@ __all__ = [
     "expose",
     "limits_submissions",
     "queue",
+    "send_chunk",
     "send_workflow",
     "watch_ticket",
 ]

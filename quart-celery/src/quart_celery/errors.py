@@ -113,3 +113,13 @@ class ResultTimeout(APIError, TimeoutError):
 
 class FellBehind(Exception):
     """More updates waited for a follower than `WS_QUEUE_SIZE`: some had to be dropped."""
+
+
+class TooManyChunks(Exception):
+    """A task sent more chunks than `STREAM_MAX_CHUNKS`: raised where it sends the one too
+    many, so that it fails saying so rather than its stream being cut short unseen."""
+
+
+class ChunksNotWritten(Exception):
+    """A task's chunks could not be written to Redis by the time it ended (Redis was
+    unreachable): it fails, rather than end as though its clients had everything."""

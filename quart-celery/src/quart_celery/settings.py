@@ -68,6 +68,8 @@ OPTIONS: dict[str, Option] = {
     # Bytes the messages of one workflow may take (a chord's body is copied into each message
     # of its header).
     "WORKFLOW_MAX_BYTES": Option(8 * 1024 * 1024, type="int", minimum=1024),
+    # Chunks one run of a task may stream (`send_chunk`); the one after fails the task.
+    "STREAM_MAX_CHUNKS": Option(100_000, type="int", minimum=1),
     # Updates that may wait for one websocket; a socket further behind is closed (1013).
     "WS_QUEUE_SIZE": Option(256, type="int", minimum=1),
     # Bearer tokens the JSON API and the websockets require, comma-separated; none: open.

@@ -15,7 +15,7 @@ from quart_celery import queue
 from quart_celery._broker.keys import Keys
 from quart_celery._client import reader
 from quart_celery._client.following import Follower
-from quart_celery._client.reader import Found
+from quart_celery._client.reader import Asked, Found
 from tests.worker_tasks import echo
 
 
@@ -27,14 +27,12 @@ async def serving(app: Quart, redis_client: redis.Redis) -> AsyncIterator[Quart]
 
 
 @pytest.fixture
-def trips(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, bool, bool]]]:
+def trips(monkeypatch: pytest.MonkeyPatch) -> list[list[Asked]]:
     """What each trip to the pool asked for, as it happens."""
-    asked: list[list[tuple[str, bool, bool]]] = []
+    asked: list[list[Asked]] = []
     read = reader.read
 
-    def counted(
-        client: redis.Redis, backend: Any, keys: Keys, batch: list[tuple[str, bool, bool]]
-    ) -> list[Found]:
+    def counted(client: redis.Redis, backend: Any, keys: Keys, batch: list[Asked]) -> list[Found]:
         asked.append(batch)
         return read(client, backend, keys, batch)
 
@@ -42,9 +40,7 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, bool, bool]]]
     return asked
 
 
-async def test_look_ups_at_once_share_a_trip(
-    serving: Quart, trips: list[list[tuple[str, bool, bool]]]
-) -> None:
+async def test_look_ups_at_once_share_a_trip(serving: Quart, trips: list[list[Asked]]) -> None:
     task_ids = [await queue.submit(echo, str(n)) for n in range(200)]
     trips.clear()
     snapshots = await asyncio.gather(*(queue.look_up(task_id) for task_id in task_ids))
@@ -55,7 +51,7 @@ async def test_look_ups_at_once_share_a_trip(
 
 
 async def test_websockets_and_gets_share_the_batches(
-    serving: Quart, trips: list[list[tuple[str, bool, bool]]]
+    serving: Quart, trips: list[list[Asked]]
 ) -> None:
     task_ids = [await queue.submit(echo, str(n)) for n in range(50)]
     followers = [Follower() for _ in task_ids]
@@ -67,7 +63,7 @@ async def test_websockets_and_gets_share_the_batches(
     first_changes = await asyncio.gather(*(follower.next_event() for follower in followers))
     assert {getattr(change, "state", None) for change in first_changes} == {"PENDING"}
     # A subscription reads the record (name, not state); its first snapshot the stored state.
-    wanted = {(name, stored) for batch in trips for _, name, stored in batch}
+    wanted = {(one.name, one.stored) for batch in trips for one in batch}
     assert wanted == {(True, False), (True, True), (False, True)}
     assert len(trips) <= 4
     for follower in followers:

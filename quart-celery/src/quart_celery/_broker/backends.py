@@ -30,13 +30,15 @@ from kombu.utils.encoding import bytes_to_str
 from redis.commands.core import Script
 
 from quart_celery._broker import canvas
+from quart_celery._broker.chunks import stream_key
 from quart_celery._broker.round_trips import cooperative_sleep, shares_round_trips, sharing
 from quart_celery._broker.workflow_records import COUNT_MEMBER, membership_key
 
 #: Store (with an expiry in seconds, 0 for none) and publish a state, unless the key holds
 #: SUCCESS already: Celery's rule, as one step. With ARGV[3] "1", only over a state of a task
-#: that has not started (none, PENDING or RETRY): how the web app revokes. Then, if the task is
-#: a member of a workflow, count it there (`workflow_records.COUNT_MEMBER`).
+#: that has not started (none, PENDING or RETRY): how the web app revokes. The task's stream of
+#: chunks (KEYS[3], `_broker.chunks`) is kept as long as the state. Then, if the task is a member
+#: of a workflow, count it there (`workflow_records.COUNT_MEMBER`).
 STORE_UNLESS_SUCCEEDED = (
     """
 local current = redis.call('GET', KEYS[1])
@@ -54,6 +56,7 @@ else
     redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[3], ARGV[2]) end
 """
     + COUNT_MEMBER
 )
@@ -139,7 +142,7 @@ class SendsWithoutSubscribing:
         if script is None:
             script = self._store_script = self.client.register_script(STORE_UNLESS_SUCCEEDED)
         stored = script(
-            keys=[key, membership_key(key)],
+            keys=[key, membership_key(key), stream_key(key)],
             args=[value, int(expires or 0), "1" if only_unstarted else "0"],
             client=self.client,
         )

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeAlias, TypeVar
 
+import orjson
 from quart import current_app
 
+from quart_celery._broker.chunks import PAGE, StoredChunk
 from quart_celery._broker.task_ids import parse_task_id
 from quart_celery._client import listener
 from quart_celery._client.current import current_celery
-from quart_celery._client.listener import ResultListener, Update
+from quart_celery._client.listener import Chunks, ResultListener, Update
 from quart_celery._client.reader import task_reader
 from quart_celery._client.snapshots import decoded, snapshot_from_meta
 from quart_celery._observability import metrics
@@ -58,12 +62,12 @@ class Inbox:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.updates: list[Update | Unfollowed] = []
+        self.updates: list[Update | Chunks | Unfollowed] = []
         #: Why the follower can read no more (it fell behind, the server is going away).
         self.broken: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def deliver(self, update: Update | Unfollowed) -> None:
+    def deliver(self, update: Update | Chunks | Unfollowed) -> None:
         """Queue an update, or mark the follower fallen behind if it can't keep up."""
         if len(self.updates) < self.size:
             self.updates.append(update)
@@ -77,7 +81,7 @@ class Inbox:
             self.broken = reason
         self._wake()
 
-    async def get(self) -> Update | Unfollowed:
+    async def get(self) -> Update | Chunks | Unfollowed:
         """The next update, when there is one; what broke the inbox, if something did."""
         while self.broken is None and not self.updates:
             self._waiter = asyncio.get_running_loop().create_future()
@@ -94,21 +98,53 @@ class Inbox:
             self._waiter.set_result(None)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamedChunk:
+    """A chunk a followed task streamed: its offset (0, 1, 2, ...) and the chunk as JSON."""
+
+    task_id: str
+    offset: int
+    json: str
+
+    @property
+    def value(self) -> Any:
+        """The chunk, as the task sent it."""
+        return orjson.loads(self.json)
+
+    def message(self) -> str:
+        """The chunk as the websocket sends it: `{"id", "offset", "chunk"}`."""
+        task_id = orjson.dumps(self.task_id).decode()
+        return f'{{"id":{task_id},"offset":{self.offset},"chunk":{self.json}}}'
+
+
 @dataclass(slots=True)
 class Followed:
-    """A task a follower follows, and the last snapshot it gave of it (as JSON)."""
+    """A task a follower follows, the last snapshot it gave of it (as JSON), and, where its
+    chunks are followed too, the offset of the next one to give."""
 
     name: str
     last: str | None = None
+    #: None: its chunks are not followed.
+    next_offset: int | None = None
+    #: Its final snapshot, held until the chunks stored before it have been given.
+    held: TaskSnapshot | None = None
+
+
+Event: TypeAlias = TaskSnapshot | StreamedChunk | Unfollowed | TaskError
 
 
 class Follower:
-    """The tasks one consumer follows, and their changes, in the order they came.
+    """The tasks one consumer follows, and their changes (and chunks), in the order they came.
 
     A websocket follows many tasks with one follower; `follow()` one task. Updates come from
     the process's pub/sub listener into one inbox; only reading a stored state (on following,
     and after the listener reconnects) uses the thread pool. A snapshot equal to the last one
     given for its task is not given again; after a task's final state it is no longer followed.
+
+    Chunks, where followed, come in order from the offset asked for, each once: those stored
+    before the follower began (and any it missed, the listener having reconnected) are read
+    from the task's stream, a page at a time, and a published batch that overlaps them is
+    given from where they end. A task's final snapshot comes after its last chunk.
     """
 
     def __init__(self) -> None:
@@ -120,9 +156,14 @@ class Follower:
         self.reader = task_reader()
         # A key-value backend's (Redis's), whose `decode` the stubs leave out of `Backend`.
         self.backend: Any = current_celery().backend
+        #: Events made and not yet given (a batch of chunks gives many).
+        self.ready: deque[Event] = deque()
+        #: Tasks whose stored chunks are still being read, a page at a time, in order.
+        self.behind: dict[str, None] = {}
 
-    async def follow(self, task_id: object) -> str:
-        """Follow a published task from now on; its id in the usual form.
+    async def follow(self, task_id: object, chunks_from: int | None = None) -> str:
+        """Follow a published task from now on (and its chunks from offset `chunks_from`,
+        unless None); its id in the usual form.
 
         `TaskNotFound` if no task was published as `task_id`. Its stored state comes first,
         read once Redis has confirmed the subscription to its channel, and behind any update
@@ -135,7 +176,7 @@ class Follower:
             name = (await self.reader.read(normal, name=True)).name
             if name is None:
                 raise TaskNotFound(task_id)
-            self.followed[normal] = Followed(name)
+            self.followed[normal] = Followed(name, next_offset=chunks_from)
             await self.listener.subscribe(normal, self.inbox)
             self.inbox.deliver(Update(normal))
         return normal
@@ -147,57 +188,134 @@ class Follower:
 
     def waiting(self) -> int:
         """How many updates wait in the inbox now."""
-        return len(self.inbox.updates)
+        return len(self.inbox.updates) + len(self.ready)
 
     def close(self) -> None:
         """Stop following every task: the consumer is gone, and leaves nothing behind."""
         for task_id in list(self.followed):
             self._drop(task_id)
 
-    async def next_event(self) -> TaskSnapshot | Unfollowed | TaskError:
-        """The next change of a followed task, an unfollowed task's notice, or a task's error.
+    async def next_event(self) -> Event:
+        """The next change or chunk of a followed task, an unfollowed task's notice, or a
+        task's error.
 
         `FellBehind` if the inbox overflowed.
         """
-        while True:
+        while not self.ready:
+            if self.behind:
+                await self._guarded(next(iter(self.behind)), self._catch_up)
+                continue
             update = await self.inbox.get()
             if isinstance(update, Unfollowed):
                 return update
             followed = self.followed.get(update.task_id)
             if followed is None:  # unfollowed meanwhile
                 continue
-            try:
-                snapshot = await self._snapshot(update, followed.name)
-            except APIError as error:
-                self._drop(update.task_id)
-                return TaskError(update.task_id, error)
-            except Exception:
-                logger.exception("could not serve the state of task %s", update.task_id)
-                self._drop(update.task_id)
-                failed = APIError(500, "internal_error", "The server failed to read this task.")
-                return TaskError(update.task_id, failed)
-            text = snapshot.model_dump_json()
-            if self.followed.get(update.task_id) is not followed or text == followed.last:
-                continue  # unfollowed while it was read, or nothing new
-            followed.last = text
-            if snapshot.state in FINAL_STATES:
-                self._drop(update.task_id)
-            if update.meta is not None and self.metrics is not None:
-                self.metrics.observe_delivery(update.meta)  # pushed, as it is handed on
-            return snapshot
+            if isinstance(update, Chunks):
+                self._take_published(update, followed)
+            else:
+                await self._guarded(update.task_id, partial(self._take_update, update, followed))
+        return self.ready.popleft()
 
-    async def _snapshot(self, update: Update, name: str) -> TaskSnapshot:
-        """The snapshot an update stands for: the meta it carries, or the stored one."""
+    async def _guarded(self, task_id: str, taking: Callable[[str], Awaitable[None]]) -> None:
+        """Take an update of a task; a task that cannot be served is dropped, with its error."""
+        try:
+            await taking(task_id)
+        except APIError as error:
+            self._drop(task_id)
+            self.ready.append(TaskError(task_id, error))
+        except Exception:
+            logger.exception("could not serve the state of task %s", task_id)
+            self._drop(task_id)
+            failed = APIError(500, "internal_error", "The server failed to read this task.")
+            self.ready.append(TaskError(task_id, failed))
+
+    async def _take_update(self, update: Update, followed: Followed, task_id: str) -> None:
+        """A state published, or the stored one to read (with the chunks stored since)."""
         meta = update.meta
+        chunks: list[StreamedChunk] = []
         if meta is None:
-            meta = decoded(
-                self.backend, (await self.reader.read(update.task_id, stored=True)).stored
-            )
-        return snapshot_from_meta(update.task_id, name, meta, self.debug)
+            found = await self.reader.read(task_id, stored=True, chunks_from=followed.next_offset)
+            meta = decoded(self.backend, found.stored)
+            if found.chunks is not None:
+                chunks = self._take_stored(task_id, followed, found.chunks)
+        snapshot = snapshot_from_meta(task_id, followed.name, meta, self.debug)
+        if self.followed.get(task_id) is not followed:
+            return  # unfollowed while it was read
+        text = snapshot.model_dump_json()
+        if text == followed.last:
+            self.ready.extend(chunks)
+            return  # nothing new
+        followed.last = text
+        if update.meta is not None and self.metrics is not None:
+            self.metrics.observe_delivery(update.meta)  # pushed, as it is handed on
+        if snapshot.state not in FINAL_STATES:
+            self.ready.append(snapshot)
+            self.ready.extend(chunks)
+            return
+        self.ready.extend(chunks)
+        if task_id in self.behind:
+            followed.held = snapshot  # after the chunks still to be read
+        else:
+            self._give_final(task_id, snapshot)
+
+    async def _catch_up(self, task_id: str) -> None:
+        """Read the next page of a task's stored chunks; after the last, its final snapshot,
+        if it was held for them."""
+        followed = self.followed.get(task_id)
+        if followed is None or followed.next_offset is None:
+            self.behind.pop(task_id, None)
+            return
+        found = await self.reader.read(task_id, chunks_from=followed.next_offset)
+        if self.followed.get(task_id) is not followed:
+            return
+        self.ready.extend(self._take_stored(task_id, followed, found.chunks or []))
+        if task_id not in self.behind and followed.held is not None:
+            self._give_final(task_id, followed.held)
+
+    def _take_stored(
+        self, task_id: str, followed: Followed, stored: list[StoredChunk]
+    ) -> list[StreamedChunk]:
+        """Chunks read from the stream, from the next one due; the task is behind (its next
+        page is read) while a page comes back full."""
+        assert followed.next_offset is not None
+        start = followed.next_offset
+        chunks = [
+            StreamedChunk(task_id, chunk.offset, chunk.json.decode())
+            for chunk in stored
+            if chunk.offset >= start
+        ]
+        if chunks:
+            followed.next_offset = chunks[-1].offset + 1
+        if len(stored) >= PAGE:
+            self.behind[task_id] = None
+        else:
+            self.behind.pop(task_id, None)
+        return chunks
+
+    def _take_published(self, update: Chunks, followed: Followed) -> None:
+        """A batch published: the chunks of it not given yet. One that begins past the next
+        chunk due (some were missed) has them read from the stream instead."""
+        start = followed.next_offset
+        if start is None or update.task_id in self.behind:
+            return
+        if update.offset > start:
+            self.behind[update.task_id] = None
+            return
+        fresh = update.chunks[start - update.offset :]
+        self.ready.extend(
+            StreamedChunk(update.task_id, start + index, chunk) for index, chunk in enumerate(fresh)
+        )
+        followed.next_offset = start + len(fresh)
+
+    def _give_final(self, task_id: str, snapshot: TaskSnapshot) -> None:
+        self.ready.append(snapshot)
+        self._drop(task_id)
 
     def _drop(self, task_id: str) -> None:
         """Forget a task, and stop hearing of it."""
         self.followed.pop(task_id, None)
+        self.behind.pop(task_id, None)
         self.listener.unsubscribe(task_id, self.inbox)
 
 

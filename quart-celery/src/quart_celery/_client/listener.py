@@ -1,6 +1,7 @@
 """One Redis pub/sub connection per server process, fanning result updates out to followers.
 
-Celery's Redis result backend publishes every state it stores on `celery-task-meta-<id>`. The
+Celery's Redis result backend publishes every state it stores on `celery-task-meta-<id>`, and
+a task's chunks are published there too, a batch at a time (`quart_celery._broker.chunks`). The
 listener subscribes to a task's channel when the first follower of its process starts
 following that task (`quart_celery._client.following.Follower`), and unsubscribes when the last one
 stops: a server hears only of the tasks its sockets watch, where a pattern subscription made
@@ -27,12 +28,14 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from quart import Quart
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from quart_celery._broker.address import RedisAddress, aclosing_client
+from quart_celery._broker.chunks import is_chunks
 from quart_celery._client.current import celery_of
 from quart_celery._observability import metrics
 
@@ -46,16 +49,27 @@ READ_TIMEOUT = 0.1
 
 @dataclass(frozen=True)
 class Update:
-    """News of a task: the meta it published, or None for "read its stored state again"."""
+    """News of a task: the meta it published, or None for "read its stored state (and
+    chunks) again"."""
 
     task_id: str
     meta: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Chunks:
+    """Chunks a task streamed, as one batch was published (`_broker.chunks`): the offset of
+    the first, and each chunk as JSON, encoded once for every recipient."""
+
+    task_id: str
+    offset: int
+    chunks: list[str]
+
+
 class Recipient(Protocol):
     """What the listener hands a task's updates to: a follower's inbox."""
 
-    def deliver(self, update: Update) -> None:
+    def deliver(self, update: Update | Chunks) -> None:
         """Take an update, without waiting."""
 
 
@@ -206,8 +220,16 @@ class ResultListener:
             return
         if not isinstance(meta, dict):
             return
+        update: Update | Chunks = Update(task_id, meta)
+        if is_chunks(meta):
+            try:
+                offset = int(meta["offset"])
+                chunks = [orjson.dumps(chunk).decode() for chunk in meta["chunks"]]
+            except (TypeError, ValueError):
+                return
+            update = Chunks(task_id, offset, chunks)
         for recipient in list(recipients):
-            recipient.deliver(Update(task_id, meta))
+            recipient.deliver(update)
 
     def confirm(self, task_id: str) -> None:
         """Redis confirmed one SUBSCRIBE of the task's channel; once it has confirmed the last

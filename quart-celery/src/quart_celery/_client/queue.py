@@ -9,6 +9,8 @@ For your own views and websocket handlers, in place of Celery's blocking calls (
     async for snapshot in queue.follow(task_id):
         ...
     report = await queue.result(task_id, timeout=30)
+    async for chunk in queue.stream(task_id):    # what it streams (`send_chunk`), from offset 0
+        ...
 
     workflow_id = await queue.submit(chord([square.s(x=x) for x in range(10)], total.s()))
     async for change in queue.follow_workflow(workflow_id):
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 from celery import Signature, Task
@@ -36,7 +39,7 @@ from quart_celery._broker.canvas import kind_of
 from quart_celery._broker.task_ids import parse_task_id
 from quart_celery._client.current import current_celery
 from quart_celery._client.exposure import check_arguments
-from quart_celery._client.following import Follower, TaskError, last_change
+from quart_celery._client.following import Follower, StreamedChunk, TaskError, last_change
 from quart_celery._client.reader import task_reader
 from quart_celery._client.snapshots import decoded, snapshot_from_meta
 from quart_celery._client.submitter import Submission, submitter
@@ -80,6 +83,7 @@ __all__ = [
     "look_up",
     "look_up_workflow",
     "result",
+    "stream",
     "submit",
     "workflow_result",
 ]
@@ -185,6 +189,45 @@ async def follow(task_id: str) -> AsyncGenerator[TaskSnapshot, None]:
         follower.close()
 
 
+async def stream(task_id: str, start: int = 0) -> AsyncGenerator[Any, None]:
+    """Each chunk the task streams (`send_chunk`), from offset `start`: those it streamed
+    already, then each as it comes, in order, each once; ending once the task has ended.
+
+    `TaskFailed` (502) after the chunks of a task that failed, `TaskRevoked` (409) of one
+    revoked; `TaskNotFound` (404) if no task was published as `task_id`; `FellBehind` if more
+    than `WS_QUEUE_SIZE` batches wait for you. Stopping early, wrap it in
+    `contextlib.aclosing`, as `follow`.
+    """
+    async with aclosing(streamed(task_id, start)) as following:
+        async for event in following:
+            if isinstance(event, StreamedChunk):
+                yield event.value
+            elif event.state in FINAL_STATES:
+                _raise_unless_succeeded(event)
+
+
+async def streamed(
+    task_id: str, start: int = 0, follower: Follower | None = None
+) -> AsyncGenerator[StreamedChunk | TaskSnapshot, None]:
+    """The task's chunks from offset `start` and its snapshots, in the order they happened,
+    ending after its final snapshot (which comes after its last chunk): `stream`, with the
+    offsets and the states, through `follower` if given (whose inbox can be interrupted).
+    `TaskNotFound` before anything if no task was published as `task_id`."""
+    follower = follower or Follower()
+    try:
+        await follower.follow(task_id, chunks_from=start)
+        while True:
+            event = await follower.next_event()
+            if isinstance(event, TaskError):
+                raise event.error
+            if isinstance(event, StreamedChunk | TaskSnapshot):
+                yield event
+                if isinstance(event, TaskSnapshot) and event.state in FINAL_STATES:
+                    return
+    finally:
+        follower.close()
+
+
 async def result(task_id: str, timeout: float | None = None) -> Any:
     """Wait for the task's result, for at most `timeout` seconds (None: for as long as it takes).
 
@@ -194,8 +237,13 @@ async def result(task_id: str, timeout: float | None = None) -> Any:
     """
     last = await last_change(follow(task_id), task_id, timeout)
     assert last.state in FINAL_STATES
-    if last.state == TaskState.SUCCESS:
-        return last.result
-    if last.state == TaskState.FAILURE:
-        raise TaskFailed(last)
-    raise TaskRevoked(last)
+    _raise_unless_succeeded(last)
+    return last.result
+
+
+def _raise_unless_succeeded(final: TaskSnapshot) -> None:
+    """`TaskFailed` for a task that failed, `TaskRevoked` for one revoked."""
+    if final.state == TaskState.FAILURE:
+        raise TaskFailed(final)
+    if final.state == TaskState.REVOKED:
+        raise TaskRevoked(final)

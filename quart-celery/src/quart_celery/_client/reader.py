@@ -23,6 +23,7 @@ from quart import Quart, current_app
 from redis import Redis
 
 from quart_celery._broker import records
+from quart_celery._broker.chunks import PAGE, StoredChunk, entry_id, parse_entries, stream_key
 from quart_celery._broker.keys import Keys
 from quart_celery._client.availability import as_api_error
 from quart_celery._client.blocking import run_blocking
@@ -45,6 +46,9 @@ class Found:
     name: str | None
     #: The stored meta, as Celery's backend stored it; None: nothing is stored (or not asked).
     stored: bytes | None
+    #: Its stored chunks from the offset asked for, a page at most (`_broker.chunks.PAGE`),
+    #: read after its state; None: not asked for.
+    chunks: list[StoredChunk] | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +58,7 @@ class Wanted:
     task_id: str
     name: bool
     stored: bool
+    chunks_from: int | None
     found: asyncio.Future[Found] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -71,10 +76,18 @@ class TaskReader:
         self.waiting: list[Wanted] = []
         self.reading: asyncio.Task[None] | None = None
 
-    async def read(self, task_id: str, *, name: bool = False, stored: bool = False) -> Found:
-        """Read the task's record (`name`) and its stored state (`stored`), with the look-ups
-        waiting now. 503 if Redis cannot be reached in time."""
-        wanted = Wanted(task_id, name, stored)
+    async def read(
+        self,
+        task_id: str,
+        *,
+        name: bool = False,
+        stored: bool = False,
+        chunks_from: int | None = None,
+    ) -> Found:
+        """Read the task's record (`name`), its stored state (`stored`) and a page of its
+        chunks from offset `chunks_from`, with the look-ups waiting now. 503 if Redis cannot
+        be reached in time."""
+        wanted = Wanted(task_id, name, stored, chunks_from)
         self.waiting.append(wanted)
         if self.reading is None:
             self.reading = asyncio.create_task(self.read_waiting())
@@ -96,7 +109,10 @@ class TaskReader:
 
     async def read_batch(self, batch: list[Wanted]) -> None:
         """One trip to the pool for the batch; settle each look-up's future."""
-        asked = [(wanted.task_id, wanted.name, wanted.stored) for wanted in batch]
+        asked = [
+            Asked(wanted.task_id, wanted.name, wanted.stored, wanted.chunks_from)
+            for wanted in batch
+        ]
         try:
             found = await run_blocking("Redis", read, self.redis, self.backend, self.keys, asked)
         except Exception as error:
@@ -124,19 +140,45 @@ class TaskReader:
                 await self.reading
 
 
-def read(
-    redis: Redis, backend: Any, keys: Keys, asked: list[tuple[str, bool, bool]]
-) -> list[Found]:
-    """Each task's record and stored state, as asked (task id, name?, stored?): one MGET of
-    the records and one of the stored states. Runs in the thread pool."""
-    record_ids = [task_id for task_id, name, _ in asked if name]
-    stored_ids = [task_id for task_id, _, stored in asked if stored]
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What one look-up of a batch asks read (`TaskReader.read`)."""
+
+    task_id: str
+    name: bool = False
+    stored: bool = False
+    chunks_from: int | None = None
+
+
+def read(redis: Redis, backend: Any, keys: Keys, asked: list[Asked]) -> list[Found]:
+    """Each task's record, stored state and chunks, as asked: one MGET of the records, and
+    one of the stored states, with the chunks' reads behind it in one pipeline (a state read
+    first: if it is final, every chunk before it is in the stream). In the thread pool."""
+    record_ids = [one.task_id for one in asked if one.name]
+    stored_ids = [one.task_id for one in asked if one.stored]
+    streams = [one for one in asked if one.chunks_from is not None]
     names = dict(zip(record_ids, records.names_of(redis, keys, record_ids), strict=True))
     stored: dict[str, bytes | None] = {}
-    if stored_ids:
-        stored_keys = [backend.get_key_for_task(task_id) for task_id in stored_ids]
+    chunks: dict[str, list[StoredChunk]] = {}
+    stored_keys = [backend.get_key_for_task(task_id) for task_id in stored_ids]
+    if streams:
+        pipe = backend.client.pipeline(transaction=False)
+        if stored_keys:
+            pipe.mget(stored_keys)
+        for one in streams:
+            key = stream_key(backend.get_key_for_task(one.task_id))
+            pipe.xrange(key, entry_id(one.chunks_from or 0), "+", count=PAGE)
+        replies = pipe.execute()
+        if stored_keys:
+            stored = dict(zip(stored_ids, replies.pop(0), strict=True))
+        for one, entries in zip(streams, replies, strict=True):
+            chunks[one.task_id] = parse_entries(entries)
+    elif stored_keys:
         stored = dict(zip(stored_ids, backend.client.mget(stored_keys), strict=True))
-    return [Found(names.get(task_id), stored.get(task_id)) for task_id, _, _ in asked]
+    return [
+        Found(names.get(one.task_id), stored.get(one.task_id), chunks.get(one.task_id))
+        for one in asked
+    ]
 
 
 def init_app(app: Quart) -> None:

@@ -38,7 +38,8 @@ from quart_celery._client import listener
 from quart_celery._client.blocking import run_blocking
 from quart_celery._client.connections import blocking_redis
 from quart_celery._client.current import current_celery, current_keys
-from quart_celery._client.following import Inbox, Unfollowed, last_change
+from quart_celery._client.following import Inbox, last_change
+from quart_celery._client.listener import Update
 from quart_celery._client.snapshots import decoded
 from quart_celery._client.submitter import submitter
 from quart_celery._observability import metrics
@@ -227,8 +228,8 @@ class WorkflowFollower:
         assert workflow is not None, "follow() first"
         while True:
             update = await self.inbox.get()
-            if isinstance(update, Unfollowed):
-                continue
+            if not isinstance(update, Update):
+                continue  # no chunks are published on a workflow's channel
             if update.meta is None:  # the listener reconnected: what happened meanwhile
                 again = await run_blocking(
                     RESULTS, read, self.backend, self.keys, workflow.record.workflow_id

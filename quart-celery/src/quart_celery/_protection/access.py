@@ -27,6 +27,7 @@ from functools import partial
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from quart import Blueprint, Quart, current_app, request, websocket
+from quart.wrappers import Request, Websocket
 
 from quart_celery.errors import APIError
 
@@ -131,7 +132,11 @@ def _bearer(authorization: str | None) -> str | None:
 
 async def _require_token() -> None:
     access = _access()
-    if access.tokens and not access.token_is_valid(_bearer(request.headers.get("Authorization"))):
+    if not access.tokens or access.token_is_valid(_bearer(request.headers.get("Authorization"))):
+        return
+    # A task's event stream opens with its watch ticket too: a page's `EventSource` sends no
+    # header.
+    if not (request.path.endswith("/stream") and _ticket_admits(access, request)):
         raise _unauthorized()
 
 
@@ -157,15 +162,21 @@ def _websocket_authorized(access: Access) -> bool:
     token = _bearer(websocket.headers.get("Authorization")) or websocket.args.get("token")
     if access.token_is_valid(token):
         return True
-    watched = websocket.view_args or {}
+    return _ticket_admits(access, websocket)
+
+
+def _ticket_admits(access: Access, asked: Request | Websocket) -> bool:
+    """Whether the request comes with a ticket (`?ticket=`) for the task (or workflow) it
+    follows."""
+    watched = asked.view_args or {}
     ticket, followed = (
-        websocket.args.get("ticket"),
+        asked.args.get("ticket"),
         watched.get("task_id", watched.get("workflow_id")),
     )
     if ticket is None or followed is None:
         return False
     try:
-        return bool(access.tickets.loads(ticket, max_age=access.ticket_max_age) == followed)
+        return bool(access.tickets.loads(ticket, max_age=access.ticket_max_age) == str(followed))
     except BadSignature:
         return False
 

@@ -1,4 +1,5 @@
-"""The JSON API: submit a task, look it up, revoke it.
+"""The JSON API: submit a task, look it up, revoke it, stream its output (server-sent events);
+submit, look up and cancel a workflow.
 
 Its request model comes from the exposed tasks (`quart_celery._client.exposure`), so the
 blueprint is made for them when the app is built: `create_blueprint(exposed_tasks())`.
@@ -32,6 +33,7 @@ from quart_celery._client.exposure import ExposedTasks
 from quart_celery._observability import metrics
 from quart_celery._protection import access, idempotency
 from quart_celery._protection.rate_limits import limits_submissions
+from quart_celery._web import event_streams
 from quart_celery._web.workflow_requests import (
     Limits,
     WorkflowRequest,
@@ -63,6 +65,8 @@ def create_blueprint(exposed: ExposedTasks) -> Blueprint:
     blueprint.add_url_rule("/tasks", view_func=submit_view(exposed), methods=["POST"])
     blueprint.add_url_rule(TASK.format("<uuid:task_id>"), view_func=get_task, methods=["GET"])
     blueprint.add_url_rule(TASK.format("<uuid:task_id>"), view_func=revoke_task, methods=["DELETE"])
+    stream = TASK.format("<uuid:task_id>") + "/stream"
+    blueprint.add_url_rule(stream, view_func=event_streams.stream_task, methods=["GET"])
     blueprint.add_url_rule("/workflows", view_func=workflow_view(exposed), methods=["POST"])
     workflow = WORKFLOW.format("<uuid:workflow_id>")
     blueprint.add_url_rule(workflow, view_func=get_workflow, methods=["GET"])

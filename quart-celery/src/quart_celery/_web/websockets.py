@@ -1,8 +1,12 @@
 """Websockets that push a task's every change of state as it happens.
 
 `/ws/tasks/<id>` follows one task: its snapshot on connect, then one message per change, then
-a close (1000) after the final state. `/ws/tasks` follows many: the client sends
-`{"subscribe": [ids]}` and `{"unsubscribe": [ids]}`, and every message carries its task's `id`.
+a close (1000) after the final state. What the task streams comes between, each chunk as
+`{"id", "offset", "chunk"}`, in order with its states: from offset 0 (or `?from=N`), the chunks
+stored before the socket came first, then the live ones, each once; the final state comes after
+the last chunk. `/ws/tasks` follows many: the client sends
+`{"subscribe": [ids]}` (with `"from": {id: N}` to start a task's chunks at offset N) and
+`{"unsubscribe": [ids]}`, and every message carries its task's `id`.
 Every message a client sends there is answered: a subscription with the task's snapshot (or an
 error), each unsubscribed id with `{"id", "unsubscribed": true}`, after which nothing more of
 that task is sent, and anything else with an `invalid_message` error.
@@ -30,8 +34,9 @@ from typing import Any
 import orjson
 from quart import Blueprint, current_app, websocket
 
+from quart_celery._broker.chunks import parse_offset
 from quart_celery._broker.task_ids import parse_task_id
-from quart_celery._client.following import Follower, Inbox, TaskError, Unfollowed
+from quart_celery._client.following import Follower, Inbox, StreamedChunk, TaskError, Unfollowed
 from quart_celery._client.workflows import WorkflowFollower
 from quart_celery._protection import access, sockets
 from quart_celery._web import shutdown
@@ -45,10 +50,11 @@ sockets.count_sockets(blueprint)  # after the access checks: a socket refused is
 
 
 NORMAL, GOING_AWAY, TOO_BIG, SERVER_ERROR, TOO_SLOW = 1000, 1001, 1009, 1011, 1013
-NOT_FOUND = 4404
+BAD_REQUEST, NOT_FOUND = 4400, 4404
 INVALID_MESSAGE = (
     'Send {"subscribe": ["<task id>", ...]} or {"unsubscribe": ["<task id>", ...]}, '
-    "naming at least one task."
+    'naming at least one task; with "subscribe", "from": {"<task id>": <first chunk>} may '
+    "say where each task's chunks start."
 )
 
 
@@ -69,7 +75,8 @@ class CloseSocket(Exception):
 
 @blueprint.websocket("/ws/tasks/<task_id>")
 async def follow_task(task_id: str) -> None:
-    """One task: its snapshot, then each change; closed (1000) after the final state."""
+    """One task: its snapshot, then each change and each chunk it streams (from offset
+    `?from=N`, 0 if not given); closed (1000) after the final state."""
     await websocket.accept()
     follower = Follower()
     await _serve(follower, _follow_one(follower, task_id), _ignore_messages)
@@ -129,9 +136,15 @@ async def _read(receiving: Callable[[], Awaitable[None]], inbox: Inbox) -> None:
 
 
 async def _follow_one(follower: Follower, task_id: str) -> None:
-    """Follow the one task of `/ws/tasks/<id>` to its end; 4404 if nobody published it."""
+    """Follow the one task of `/ws/tasks/<id>` to its end; 4404 if nobody published it, 4400
+    if `?from=` is not an offset."""
     try:
-        await follower.follow(task_id)
+        start = parse_offset(websocket.args.get("from", "0"))
+    except ValueError:
+        message = "?from= takes the offset of the first chunk wanted: a whole number from 0 up."
+        raise CloseSocket(BAD_REQUEST, "invalid_offset", message) from None
+    try:
+        await follower.follow(task_id, chunks_from=start)
     except TaskNotFound:
         message = f"No task {task_id} was submitted here."
         raise CloseSocket(NOT_FOUND, "not_found", message) from None
@@ -175,7 +188,9 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
             event = await follower.next_event()
         except FellBehind:
             raise _too_slow() from None
-        if isinstance(event, Unfollowed):
+        if isinstance(event, StreamedChunk):
+            await _send_text(event.message())
+        elif isinstance(event, Unfollowed):
             await _send({"id": event.task_id, "unsubscribed": True})
         elif isinstance(event, TaskError):
             if one_task:
@@ -217,34 +232,40 @@ async def _receive() -> str | bytes:
 async def _handle_request(follower: Follower, raw: str | bytes) -> None:
     """Apply one client message; answer a malformed one with an error, keeping the socket."""
     try:
-        subscribe, unsubscribe = _parse_request(raw)
+        subscribe, unsubscribe, starts = _parse_request(raw)
     except (ValueError, RecursionError):
         await _send_error("invalid_message", INVALID_MESSAGE)
         return
     for task_id in unsubscribe:
         follower.unfollow(parse_task_id(task_id) or task_id)
     for task_id in subscribe:
-        await _subscribe(follower, task_id)
+        await _subscribe(follower, task_id, starts.get(task_id, 0))
 
 
-def _parse_request(raw: str | bytes) -> tuple[list[str], list[str]]:
-    """The ids a message subscribes to and unsubscribes from; `ValueError` if it is not
-    `{"subscribe": [...], "unsubscribe": [...]}` (either or both) naming at least one task."""
+def _parse_request(raw: str | bytes) -> tuple[list[str], list[str], dict[str, int]]:
+    """The ids a message subscribes to and unsubscribes from, and the offset each task's
+    chunks start at where it says; `ValueError` if it is not `{"subscribe": [...],
+    "unsubscribe": [...], "from": {"<id>": N}}` (either list or both, and `from` only with
+    `subscribe`) naming at least one task."""
     request = json.loads(raw)
-    if not isinstance(request, dict) or not set(request) <= {"subscribe", "unsubscribe"}:
+    if not isinstance(request, dict) or not set(request) <= {"subscribe", "unsubscribe", "from"}:
         raise ValueError
     subscribe, unsubscribe = request.get("subscribe", []), request.get("unsubscribe", [])
+    starts = request.get("from", {})
     if not all(isinstance(ids, list) for ids in (subscribe, unsubscribe)):
         raise ValueError
     if not all(isinstance(task_id, str) for task_id in [*subscribe, *unsubscribe]):
         raise ValueError
     if not subscribe and not unsubscribe:
         raise ValueError
-    return subscribe, unsubscribe
+    if not isinstance(starts, dict) or (starts and not subscribe):
+        raise ValueError
+    return subscribe, unsubscribe, {key: parse_offset(value) for key, value in starts.items()}
 
 
-async def _subscribe(follower: Follower, task_id: str) -> None:
-    """Start following one task (its snapshot follows), or say why not."""
+async def _subscribe(follower: Follower, task_id: str, start: int) -> None:
+    """Start following one task, and its chunks from offset `start` (its snapshot follows),
+    or say why not."""
     if parse_task_id(task_id) in follower.followed:
         return
     limit = current_app.config["WS_MAX_TASKS"]
@@ -252,7 +273,7 @@ async def _subscribe(follower: Follower, task_id: str) -> None:
         await _send_error("too_many_tasks", f"A socket may watch {limit} tasks at most.", task_id)
         return
     try:
-        await follower.follow(task_id)
+        await follower.follow(task_id, chunks_from=start)
     except TaskNotFound:
         await _send_error("not_found", f"No task {task_id} was submitted here.", task_id)
     except APIError as error:

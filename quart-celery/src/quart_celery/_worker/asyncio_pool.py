@@ -610,10 +610,10 @@ def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def is_async_task(task: Any) -> bool:
-    """Whether `task`'s body is a coroutine function, also behind Celery's `autoretry_for`
-    wrapper (`_orig_run`) or any `functools.wraps` decorator."""
-    run = getattr(task, "_orig_run", None) or task.run
-    return inspect.iscoroutinefunction(inspect.unwrap(run))
+    """Whether `task`'s body is a coroutine (or async generator) function, also behind
+    Celery's `autoretry_for` wrapper (`_orig_run`) or any `functools.wraps` decorator."""
+    run = inspect.unwrap(getattr(task, "_orig_run", None) or task.run)
+    return inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run)
 
 
 def current_job() -> _Job | None:

@@ -27,7 +27,7 @@ from flask import Flask
 from quart import Quart
 
 from quart_celery._broker import canvas
-from quart_celery._worker import asyncio_pool
+from quart_celery._worker import asyncio_pool, streams
 from quart_celery._worker.cancellation import Running, TaskCancelled, cancellable
 from quart_celery._worker.event_loops import call_outside_loop, run_coroutine
 
@@ -101,6 +101,13 @@ class ContextTask(Task[Any, Any]):
             request=request,
             **kwargs,
         )
+        stream = streams.current_stream()
+        if stream is not None and stream.task_id == request.id:
+            # Behind the chunks sent before it, and, from a coroutine, without waiting.
+            stream.then(store)
+            if not asyncio_pool.current_job_on_loop():
+                stream.wait()  # as Celery's own, stored when it returns
+            return
         if not asyncio_pool.on_tracer_thread(store):
             store()
 
@@ -162,6 +169,12 @@ class ContextTask(Task[Any, Any]):
         # A worker's run can be cancelled (`quart_celery._worker.cancellation`); a direct or
         # eager call cannot: no worker hears the request.
         task_id = None if request is None or request.is_eager else request.id
+        # Its chunks (`send_chunk`) go to its stream, eager runs' too; a direct call's nowhere.
+        stream = streams.StreamSlot(
+            None if request is None else request.id,
+            self.backend,
+            app.config.get("STREAM_MAX_CHUNKS", streams.DEFAULT_MAX_CHUNKS),
+        )
         try:
             with cancellable(task_id) as running:
                 try:
@@ -170,14 +183,15 @@ class ContextTask(Task[Any, Any]):
                         # On the async pool: the body, in its app context, on the loop.
                         context = contextvars.copy_context()
                         context.run(_requests.set, {**_requests.get({}), self.name: request})
+                        streams.enter(stream, context)
                         return job.pool.await_on_loop(
                             job,
-                            _awaited_in_app_context(app, self.run, args, kwargs, running),
+                            _awaited_in_app_context(app, self.run, args, kwargs, running, stream),
                             context,
                             self,
                             request,
                         )
-                    return _call_in_app_context(app, self.run, args, kwargs, running)
+                    return _call_in_app_context(app, self.run, args, kwargs, running, stream)
                 except (TaskCancelled, asyncio.CancelledError) as error:
                     if running is None or not running.cancelled.is_set():
                         if isinstance(error, asyncio.CancelledError):
@@ -206,17 +220,29 @@ def _call_in_app_context(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     running: Running | None = None,
+    stream: streams.StreamSlot | None = None,
 ) -> Any:
     """Call a task's body inside `app`'s context, awaiting it if it is a coroutine (so that
-    `running` can cancel it)."""
+    `running` can cancel it), streaming what it yields if it is a generator; its chunks are
+    written before it returns."""
     context = contextvars.copy_context()
+    if stream is not None:
+        streams.enter(stream, context)
     pop_app_context = _push_app_context(app, context)
     try:
         result = context.run(function, *args, **kwargs)
+        if inspect.isgenerator(result):
+            result = context.run(streams.drain_generator, result)
+        elif inspect.isasyncgen(result):
+            result = streams.drain_async_generator(result)
         if inspect.isawaitable(result):
             awaited = _as_coroutine(result)
             result = run_coroutine(running.run(awaited) if running else awaited, context)
+        if stream is not None:
+            stream.finish(ended_well=True)
     except BaseException as error:
+        if stream is not None:
+            stream.finish(ended_well=False)
         pop_app_context(error)
         raise
     pop_app_context(None)
@@ -229,9 +255,11 @@ async def _awaited_in_app_context(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     running: Running | None,
+    stream: streams.StreamSlot | None = None,
 ) -> Any:
     """Await an `async def` task's body inside `app`'s context, pushed and popped (teardown)
-    in the same coroutine, as a request's is."""
+    in the same coroutine, as a request's is; stream what it yields if it is an async
+    generator; its chunks are written before it returns."""
     if isinstance(app, Quart):
         quart_context = app.app_context()
         await quart_context.push()
@@ -244,9 +272,16 @@ async def _awaited_in_app_context(
             flask_context.pop(error)
 
     try:
-        awaited = _as_coroutine(function(*args, **kwargs))
+        produced = function(*args, **kwargs)
+        if inspect.isasyncgen(produced):
+            produced = streams.drain_async_generator(produced)
+        awaited = _as_coroutine(produced)
         result = await (running.run(awaited) if running else awaited)
+        if stream is not None:
+            await stream.finish_on_loop(ended_well=True)
     except BaseException as error:
+        if stream is not None:
+            await stream.finish_on_loop(ended_well=False)
         await pop(error)
         raise
     await pop(None)
