@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from quart_celery import send_chunk
+
 from worker import celery
 
 
@@ -30,3 +32,17 @@ def spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+
+
+@celery.task(name="bench.stream")
+async def stream(count: int) -> dict[str, float]:
+    """Stream `count` small chunks, `[n, time sent]`, as fast as it can (`bench/streams.py`);
+    return the seconds the sends took, and those of the same loop making the chunks alone."""
+    began = time.perf_counter()
+    for number in range(count):
+        send_chunk([number, time.time()])
+    sending = time.perf_counter() - began
+    began = time.perf_counter()
+    for number in range(count):
+        [number, time.time()]  # the chunk made and dropped: the loop's own cost
+    return {"sending": sending, "making": time.perf_counter() - began}

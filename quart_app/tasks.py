@@ -15,7 +15,7 @@ from typing import Annotated, Any, Self
 from celery import Task
 from pydantic import Field, model_validator
 from quart import current_app
-from quart_celery import ArgumentRules, TaskState, checkpoint, expose
+from quart_celery import ArgumentRules, TaskState, checkpoint, expose, send_chunk
 
 from quart_app.extensions import celery
 
@@ -78,6 +78,33 @@ async def async_task(message: Message, delay: Delay = 0.0) -> dict[str, str]:
     """Await `delay` seconds, then say which app's context the task ran in."""
     await asyncio.sleep(delay)
     return {"message": message, "app": current_app.name}
+
+
+class AtMostTenMinutesOfWords(ArgumentRules):
+    """A word every `delay` seconds may take at most 600 seconds in all."""
+
+    text: str
+    delay: float
+
+    @model_validator(mode="after")
+    def bounded_streaming(self) -> Self:
+        """Refuse more than ten minutes of words."""
+        seconds = len(self.text.split()) * self.delay
+        if seconds > MAX_PLANNED_SECONDS:
+            raise ValueError(f"{seconds:g} s of words; at most {MAX_PLANNED_SECONDS} s are allowed")
+        return self
+
+
+@expose(rules=AtMostTenMinutesOfWords)
+@celery.task(name="stream_text")
+async def stream_text(text: Message, delay: Delay = 0.0) -> str:
+    """Stream `text` word by word, awaiting `delay` seconds between words, and return it: how
+    a language model's tokens, or a report's rows, reach a page as they are made. Clients
+    get each word as a chunk (`/ws/tasks/<id>`, `GET /api/tasks/<id>/stream`)."""
+    for word in text.split():
+        send_chunk(word)
+        await asyncio.sleep(delay)
+    return text
 
 
 @expose

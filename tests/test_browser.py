@@ -79,6 +79,42 @@ def test_the_result_page_follows_the_task_live(
     page.screenshot(path=ARTIFACTS / "result-page.png", full_page=True)
 
 
+def test_the_result_page_shows_the_words_as_they_stream(
+    page: Page, server_url: str, process_worker: ProcessWorker
+) -> None:
+    page.goto(f"{server_url}/")
+    page.fill("#message", "the quick brown fox jumps")
+    page.click("button[name=stream]")
+    page.click("#submitted a")
+    expect(page.locator("#state")).to_have_text("PENDING")
+    expect(page.locator("#live")).to_be_visible()
+    # Every text the streamed words take on the page, as the page changes.
+    page.evaluate(
+        """() => {
+            const stream = document.getElementById("stream");
+            window.seen = [];
+            new MutationObserver(() => window.seen.push(stream.textContent))
+                .observe(stream, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+
+    process_worker()
+    expect(page.locator("#state")).to_have_text("SUCCESS")
+    expect(page.locator("#stream")).to_have_text("the quick brown fox jumps")
+    expect(page.locator("#result")).to_contain_text("the quick brown fox jumps")
+    # One word at a time, each while the task still ran (`stream_text` waits between words).
+    assert page.evaluate("window.seen") == [
+        "the",
+        "the quick",
+        "the quick brown",
+        "the quick brown fox",
+        "the quick brown fox jumps",
+    ]
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "streamed-result-page.png", full_page=True)
+
+
 def test_the_workflow_page_follows_every_task_of_the_chord_live(
     page: Page, server_url: str, process_worker: ProcessWorker
 ) -> None:

@@ -6,7 +6,9 @@ The README's own examples are run by `tests/test_readme.py`.
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -70,7 +72,19 @@ async def test_the_route_of_the_api_page_runs(
         client: Client = test_app.test_client()
         with thread_worker(placeholder):
             answer = await client.post("/greetings/Ada")
+            started = await client.post("/counts")
+            assert started.status_code == 202
+            task_id = (await started.get_json())["id"]
+            stream = await client.get(f"/counts/{task_id}")
+            assert stream.headers["Content-Type"] == "text/event-stream"
+            events = (await stream.get_data(as_text=True)).split("\n\n")
+        unknown = await client.get(f"/counts/{uuid.uuid4()}")
         refused = await client.post(f"/greetings/{'x' * 1000}")
+    states = [json.loads(event.removeprefix("data: "))["state"] for event in events if event]
+    assert states[-1] == "SUCCESS"
+    assert states.count("PROGRESS") == 3
+    assert unknown.status_code == 404
+    assert (await unknown.get_json())["error"]["code"] == "task_not_found"
     assert answer.status_code == 200
     assert (await answer.get_json())["greeting"] == "hello, Ada"
     assert refused.status_code == 422  # too long a message for simple_task: nothing sent

@@ -15,6 +15,7 @@ from types import ModuleType
 import redis
 from celery import Celery
 from quart.typing import TestClientProtocol as Client
+from quart_celery import queue
 from quart_celery.testing import ThreadWorker, error_of, messages_until_closed, wait_for_async
 
 from factories.application import create_application
@@ -55,18 +56,8 @@ async def test_the_route_of_your_own_runs_on_the_async_api(
             assert response.status_code == 200
             answer = await response.get_json()
             assert answer["greeting"] == "hello, Ada"
-            started = await client.post("/counts")
-            assert started.status_code == 202
-            task_id = (await started.get_json())["id"]
-            stream = await client.get(f"/counts/{task_id}")
-            assert stream.headers["Content-Type"] == "text/event-stream"
-            events = (await stream.get_data(as_text=True)).split("\n\n")
-        unknown = await client.get(f"/counts/{uuid.uuid4()}")
-    states = [json.loads(event.removeprefix("data: "))["state"] for event in events if event]
-    assert states[-1] == "SUCCESS"
-    assert states.count("PROGRESS") == 3
-    assert unknown.status_code == 404
-    assert (await error_of(unknown))["code"] == "task_not_found"
+        unknown = await client.post(f"/greetings/{'x' * 1000}")
+    assert unknown.status_code == 422  # too long a message for simple_task: nothing sent
 
 
 async def test_the_workflow_of_your_own_is_followed_on_one_socket(
@@ -140,3 +131,23 @@ async def test_the_test_of_your_own_passes(
 ) -> None:
     example = readme_example("async def test_simple_task_runs_on_a_real_worker")
     await example.test_simple_task_runs_on_a_real_worker(client, celery, thread_worker)
+
+
+async def test_the_streaming_task_of_the_readme_streams_to_a_socket(
+    redis_client: redis.Redis, thread_worker: ThreadWorker
+) -> None:
+    example = readme_example('@celery.task(name="count_down")')
+    app = create_application({"TESTING": True})
+    async with app.test_app() as test_app:
+        client: Client = test_app.test_client()
+        async with app.app_context():
+            task_id = await queue.submit(example.count_down, 3)
+        with thread_worker(placeholder):
+            async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+                received, code = await messages_until_closed(socket)
+            async with app.app_context():
+                streamed = [chunk async for chunk in queue.stream(task_id)]
+    assert code == 1000
+    assert [message["chunk"] for message in received if "offset" in message] == [3, 2, 1]
+    assert received[-1]["result"] == "lift-off"
+    assert streamed == [3, 2, 1]

@@ -156,6 +156,32 @@ async def test_a_workflow_over_real_http_and_one_real_websocket(
     assert http("DELETE", f"{server_url}{accepted['url']}")[0] == 409
 
 
+async def test_a_stream_over_a_real_websocket_and_real_server_sent_events(
+    server_url: str, process_worker: ProcessWorker
+) -> None:
+    status, accepted = http(
+        "POST", f"{server_url}/api/tasks", {"name": "tests.stream_count", "kwargs": {"count": 200}}
+    )
+    assert status == 202
+    socket_url = server_url.replace("http://", "ws://") + accepted["websocket"]
+    received, code = await asyncio.wait_for(follow(socket_url, process_worker), 60)
+    assert code == 1000
+    assert [message["chunk"] for message in received if "offset" in message] == list(range(200))
+    assert received[-1]["state"] == "SUCCESS"
+    # The same chunks as server-sent events, read as they arrive, and resumed after offset 189.
+    stream_url = f"{server_url}{accepted['url']}/stream"
+    with urllib.request.urlopen(stream_url, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        body = response.read().decode()
+    assert body.count("\nid: ") + body.startswith("id: ") == 200
+    request = urllib.request.Request(stream_url, headers={"Last-Event-ID": "189"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        events = [block for block in response.read().decode().split("\n\n") if block]
+    assert [event.splitlines()[0] for event in events[:-1]] == [f"id: {n}" for n in range(190, 200)]
+    assert events[-1].startswith("event: end\ndata: ")
+    assert json.loads(events[-1].split("data: ", 1)[1])["result"] == 200
+
+
 async def test_two_servers_share_one_redis(
     start_server: Server, process_worker: ProcessWorker
 ) -> None:

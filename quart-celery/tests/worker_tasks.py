@@ -410,3 +410,23 @@ def stream_past_the_cap() -> int:
         except TooManyChunks:
             return sent
         sent += 1
+
+
+@celery.task(name="tests.stream_not_json")
+def stream_not_json() -> str:
+    """Try to stream what is not JSON; return the error's type."""
+    try:
+        send_chunk(object())
+    except TypeError as error:
+        return type(error).__name__
+    return "sent"
+
+
+@celery.task(name="tests.stream_and_retry", bind=True, max_retries=1)
+def stream_and_retry(self: Task[Any, Any]) -> int:
+    """Stream two chunks, then retry once: the second run's come after the first's."""
+    send_chunk(f"run {self.request.retries} a")
+    send_chunk(f"run {self.request.retries} b")
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return self.request.retries

@@ -1,5 +1,6 @@
-"""The HTML pages: a form that submits `simple_task` and one that submits a chord of `square`s
-and `total`, a task's result page and a workflow's."""
+"""The HTML pages: a form that submits `simple_task` (or streams its message word by word with
+`stream_text`) and one that submits a chord of `square`s and `total`, a task's result page and
+a workflow's."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from quart_celery import TaskNotFound, WorkflowNotFound, limits_submissions, que
 from quart_schema import hide
 
 from quart_app.forms import message_form, sum_of_squares_form
-from quart_app.tasks import simple_task, square, total
+from quart_app.tasks import simple_task, square, stream_text, total
 
 blueprint = Blueprint("pages", __name__)
+#: Seconds between the words the "Stream it" button's task streams: slow enough to watch.
+STREAM_DELAY = 0.2
 
 
 @blueprint.get("/")
@@ -27,11 +30,16 @@ async def index() -> str:
 @hide
 @limits_submissions
 async def submit_message() -> tuple[str, int]:
-    """Submit `simple_task` with the message; show the forms again with the new task's id."""
-    form = message_form(await request.form)
+    """Submit `simple_task` with the message (or, from the "Stream it" button, `stream_text`);
+    show the forms again with the new task's id."""
+    posted = await request.form
+    form = message_form(posted)
     if not form.validate():
         return await render_template("index.html", form=form, chord_form=sum_of_squares_form()), 400
-    task_id = await queue.submit(simple_task, message=form.message.data)
+    if "stream" in posted:
+        task_id = await queue.submit(stream_text, text=form.message.data, delay=STREAM_DELAY)
+    else:
+        task_id = await queue.submit(simple_task, message=form.message.data)
     return await render_template(
         "index.html",
         form=message_form(),

@@ -13,7 +13,14 @@ import redis
 from celery import Celery
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
-from quart_celery.testing import ThreadWorker, error_of, finished, submit, wait_for_async
+from quart_celery.testing import (
+    ThreadWorker,
+    error_of,
+    finished,
+    messages_until_closed,
+    submit,
+    wait_for_async,
+)
 
 from quart_app.tasks import (
     MAX_PLANNED_SECONDS,
@@ -22,10 +29,19 @@ from quart_app.tasks import (
     progress_task,
     simple_task,
     square,
+    stream_text,
     total,
 )
 
-EXAMPLES = ("simple_task", "progress_task", "async_task", "failing_task", "square", "total")
+EXAMPLES = (
+    "simple_task",
+    "progress_task",
+    "async_task",
+    "failing_task",
+    "square",
+    "total",
+    "stream_text",
+)
 SUM_OF_SQUARES = {
     "chord": {
         "header": [{"name": "square", "kwargs": {"x": x}} for x in (1, 2, 3)],
@@ -51,6 +67,11 @@ def test_failing_task_raises_its_message(app: Quart) -> None:
         failing_task("boom")
 
 
+def test_stream_text_called_directly_returns_its_text(app: Quart) -> None:
+    # Called as a plain function, not by a worker, its words go nowhere.
+    assert stream_text("one two", delay=0) == "one two"
+
+
 def test_square_returns_its_square(app: Quart) -> None:
     assert square(-7) == 49
 
@@ -65,7 +86,7 @@ async def test_each_example_is_exposed_under_its_function_name(client: Client) -
     request = document["paths"]["/api/tasks"]["post"]["requestBody"]["content"]
     variants = request["application/json"]["schema"]["discriminator"]["mapping"]
     assert set(EXAMPLES) <= set(variants)
-    tasks = (simple_task, progress_task, async_task, failing_task, square, total)
+    tasks = (simple_task, progress_task, async_task, failing_task, square, total, stream_text)
     assert [task.name for task in tasks] == list(EXAMPLES)
 
 
@@ -86,6 +107,7 @@ async def test_each_example_is_exposed_under_its_function_name(client: Client) -
         ),
         ("square", {"x": 12}, ("SUCCESS", 144, None)),
         ("total", {"values": [1, 4, 9]}, ("SUCCESS", 14, None)),
+        ("stream_text", {"text": "a b"}, ("SUCCESS", "a b", None)),
     ],
 )
 async def test_each_example_sent_from_the_event_loop_runs_on_a_worker(
@@ -126,6 +148,9 @@ async def test_each_example_sent_from_the_event_loop_runs_on_a_worker(
         ({"name": "total", "kwargs": {"values": [0] * 1001}}, "kwargs.values"),
         ({"name": "total", "kwargs": {"values": [1, 10**12 + 1]}}, "kwargs.values.1"),
         ({"name": "total", "kwargs": {"values": [1, "2"]}}, "kwargs.values.1"),
+        ({"name": "stream_text", "kwargs": {"text": ""}}, "kwargs.text"),
+        ({"name": "stream_text", "kwargs": {"text": "x", "delay": 11}}, "kwargs.delay"),
+        ({"name": "stream_text", "kwargs": {"text": "w " * 61, "delay": 10}}, "at most 600 s"),
     ],
 )
 async def test_the_examples_arguments_are_bounded(
@@ -144,6 +169,20 @@ async def test_the_bound_on_planned_work_is_documented(client: Client) -> None:
     assert str(MAX_PLANNED_SECONDS) in schemas["ProgressTaskKwargs"]["description"]
     assert schemas["ProgressTaskKwargs"]["properties"]["steps"]["maximum"] == 1000
     assert schemas["ProgressTaskKwargs"]["properties"]["delay"]["default"] == 0.1
+
+
+async def test_stream_text_streams_its_words_to_a_socket(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    task_id = (await submit(client, "stream_text", text="streamed word by word"))["id"]
+    with thread_worker(celery):
+        async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+            received, code = await messages_until_closed(socket)
+    assert code == 1000
+    chunks = [(message["offset"], message["chunk"]) for message in received if "offset" in message]
+    assert chunks == [(0, "streamed"), (1, "word"), (2, "by"), (3, "word")]
+    assert received[-1]["state"] == "SUCCESS"
+    assert received[-1]["result"] == "streamed word by word"
 
 
 async def test_square_and_total_run_as_a_chord_sent_to_the_api(

@@ -125,3 +125,35 @@ async def test_a_master_that_refuses_writes_while_no_replica_keeps_up_is_503(
     assert response.status_code == 503, answer
     assert answer["error"]["code"] == "service_unavailable"
     assert "NOREPLICAS" in answer["error"]["message"]
+
+
+async def test_redis_going_away_in_the_middle_of_a_stream_loses_no_chunk(
+    redis_server: RedisServer, start_server: Server, start_worker: Worker
+) -> None:
+    url = redis_server.url()
+    server = start_server(url)
+    start_worker(url)
+    status, task = post_task(server, "tests.stream_count", count=400, delay=0.01)
+    assert status == 202
+    socket_url = server.replace("http://", "ws://") + task["websocket"]
+    received: list[dict[str, Any]] = []
+    async with websockets.connect(socket_url) as socket:
+        while sum("offset" in message for message in received) < 50:
+            async with asyncio.timeout(30):
+                received.append(json.loads(await socket.recv()))
+        # Away for a while in the middle: the task goes on sending, the writer keeps trying.
+        redis_server.stop()
+        await asyncio.sleep(1.0)  # an outage of a second, not a wait for something
+        redis_server.start()
+        async with asyncio.timeout(60):
+            async for message in socket:
+                received.append(json.loads(message))
+        code = socket.close_code
+    offsets = [message["offset"] for message in received if "offset" in message]
+    # Never a silent gap: every chunk in order, once, then the end; or a clear error.
+    assert offsets == list(range(len(offsets)))
+    if code == 1000:
+        assert offsets == list(range(400))
+        assert received[-1]["state"] == "SUCCESS"
+    else:
+        assert "error" in received[-1], received[-1]

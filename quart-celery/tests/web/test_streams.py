@@ -72,7 +72,7 @@ async def test_states_and_chunks_come_in_the_order_they_happened(
         async with asyncio.timeout(TIMEOUT):  # following from before it starts
             assert json.loads(await socket.receive())["state"] == "PENDING"
         with thread_worker(celery, pool=pool):
-            received = []
+            received: list[dict[str, Any]] = []
             while not received or received[-1].get("state") != "SUCCESS":
                 async with asyncio.timeout(TIMEOUT):
                     received.append(json.loads(await socket.receive()))
@@ -135,7 +135,11 @@ async def test_from_starts_at_an_offset(
     async with client.websocket(f"/ws/tasks/{task_id}?from=7") as socket:
         received, code = await messages_until_closed(socket)
     assert code == 1000
-    assert [(m["offset"], m["chunk"]) for m in received if "offset" in m] == [(7, 7), (8, 8), (9, 9)]
+    assert [(m["offset"], m["chunk"]) for m in received if "offset" in m] == [
+        (7, 7),
+        (8, 8),
+        (9, 9),
+    ]
     async with client.websocket(f"/ws/tasks/{task_id}?from=10") as socket:
         received, code = await messages_until_closed(socket)
     assert code == 1000

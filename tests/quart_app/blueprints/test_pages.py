@@ -60,6 +60,30 @@ async def test_posting_the_form_submits_simple_task_and_links_its_result(
     assert "&#34;from the form&#34;" in page or '"from the form"' in page
 
 
+async def test_the_stream_button_submits_stream_text(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    token = await csrf_token(client)
+    form = {"message": "word by word", "csrf_token": token, "stream": "1"}
+    response = await client.post("/", form=form)
+    assert response.status_code == 200
+    found = re.search(r'href="/result/([0-9a-f-]{36})"', await response.get_data(as_text=True))
+    assert found
+    with thread_worker(celery):
+        async with client.websocket(f"/ws/tasks/{found.group(1)}") as socket:
+            received, code = await messages_until_closed(socket)
+    assert code == 1000
+    assert [message["chunk"] for message in received if "offset" in message] == [
+        "word",
+        "by",
+        "word",
+    ]
+    assert received[-1]["result"] == "word by word"
+    page = await (await client.get(f"/result/{found.group(1)}")).get_data(as_text=True)
+    assert '<dd id="stream">' in page
+    assert "<dd>stream_text</dd>" in page
+
+
 async def test_a_post_without_a_valid_csrf_token_is_refused(
     client: Client, redis_client: redis.Redis
 ) -> None:

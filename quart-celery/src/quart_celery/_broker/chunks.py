@@ -36,11 +36,13 @@ PAGE = 1000
 #: (its channel). ARGV: the expiry in seconds (0: none), the offset the batch starts at (-1:
 #: wherever the stream ends), the task's id, then each chunk as JSON. Where the stream already
 #: holds the batch's first chunks (the batch was written before, its reply lost), they are not
-#: added again. Returns the stream's length after.
+#: added again. Returns the stream's length after; -1, adding nothing, if the stream is shorter
+#: than the batch's offset (Redis lost it): the chunks would take offsets others had.
 APPEND_CHUNKS = """
 local length = redis.call('XLEN', KEYS[1])
 local first = tonumber(ARGV[2])
 local skip = 0
+if first >= 0 and length < first then return -1 end
 if first >= 0 and length > first then skip = length - first end
 local chunks = {}
 for i = 4 + skip, #ARGV do

@@ -157,9 +157,13 @@ class TaskStream:
         self.failure: Exception | None = None
         #: Given up at the body's end: what is still queued is dropped.
         self.abandoned = False
+        #: Why no more of its chunks can be written (Redis lost its stream), if none can.
+        self.lost: ChunksNotWritten | None = None
 
     def send(self, chunk: bytes) -> None:
         with self.lock:
+            if self.lost is not None:
+                raise self.lost
             if self.sent >= self.limit:
                 raise TooManyChunks(
                     f"task {self.task_id} sent more than {self.limit} chunks "
@@ -206,16 +210,19 @@ class TaskStream:
 
     def _check(self, ended_well: bool) -> None:
         with self.lock:
-            if not self.busy:
+            lost = self.lost
+            if lost is None and not self.busy:
                 return
             self.abandoned = True
             failure = self.failure
-        logger.error("task %s ended with chunks not written: %s", self.task_id, failure)
-        if ended_well:
-            raise ChunksNotWritten(
+        if lost is None:
+            lost = ChunksNotWritten(
                 f"the chunks of task {self.task_id} could not be written within "
                 f"{WRITE_TIMEOUT:g} s: {failure or 'Redis did not answer'}"
             )
+        logger.error("task %s ended with chunks not written: %s", self.task_id, lost)
+        if ended_well:
+            raise lost
 
     def write_some(self) -> bool:
         """Write the next batch of chunks, or make the next call; whether any is left.
@@ -252,6 +259,13 @@ class TaskStream:
                 self.failure = error
             raise
         with self.lock:
+            if length < 0:
+                self.lost = ChunksNotWritten(
+                    f"the stream of task {self.task_id} lost the chunks before offset "
+                    f"{expected} (Redis lost them); no more can be streamed"
+                )
+                self.abandoned = True
+                return True
             if self.first < 0:
                 self.first = length - len(batch)
             self.written += len(batch)

@@ -1,0 +1,151 @@
+"""Streamed output: one task streaming small chunks as fast as it can, followed by many
+websockets on one server.
+
+    .venv/bin/python bench/streams.py [--chunks 10000] [--sockets 100] [--rounds 3]
+
+One `hypercorn asgi:app` and one worker (`celery -A bench.async_worker worker`, the async pool)
+on a flushed database. The task (`bench.stream`) is sent while no worker runs; `--sockets`
+websockets (declining compression) follow it on `/ws/tasks/<id>` from the benchmark's own event
+loop; then the worker starts. Each chunk is `[n, time sent]`. Reported, per round:
+
+- the task's sending: chunks per second, and what `send_chunk` costs a chunk, in µs (the send
+  loop's time less that of the same loop making the chunks alone);
+- delivery: chunks per second to each socket (from the first chunk sent to the last received),
+  and the p50 and p99 from a chunk's sending to a socket's receiving it, over every chunk of
+  every socket; every socket must get every chunk, in order, once.
+
+Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed before
+and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from submit import flush, free_port, percentile, wait_until_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below
+WORKER = [sys.executable, "-m", "celery", "-A", "bench.async_worker", "worker"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--sockets", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
+    os.environ["REDIS_URL"] = redis_url
+    os.environ.setdefault("SECRET_KEY", "bench")
+    for number in range(1, args.rounds + 1):
+        print(f"round {number}: {args.chunks} chunks, {args.sockets} sockets")
+        run_round(redis_url, args.chunks, args.sockets)
+
+
+def run_round(redis_url: str, chunks: int, sockets: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    flush(redis_url)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until_serving(port)
+        sys.path.insert(0, str(ROOT))
+        from worker import celery  # the app's, configured: its sends are recorded
+
+        task_id = celery.send_task("bench.stream", args=(chunks,)).id
+        url = f"ws://127.0.0.1:{port}/ws/tasks/{task_id}"
+
+        def start_worker() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [*WORKER, "--loglevel", "WARNING", "--without-mingle"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+        received, worker = asyncio.run(follow(url, sockets, chunks, start_worker))
+        result = celery.AsyncResult(task_id).get(timeout=60)
+    finally:
+        for process in (worker, server):
+            if process is not None:
+                process.terminate()
+                process.wait(30)
+        flush(redis_url)
+    report(received, result, chunks)
+
+
+async def follow(
+    url: str, sockets: int, chunks: int, start_worker: object
+) -> tuple[list[tuple[list[float], float, float]], subprocess.Popen[bytes]]:
+    """Each socket's latencies (s), and when its first chunk was sent and its last came."""
+    connected = [
+        await websockets.connect(url, compression=None, max_queue=None) for _ in range(sockets)
+    ]
+    for socket in connected:
+        assert json.loads(await socket.recv())["state"] == "PENDING"
+    worker = start_worker()  # type: ignore[operator]
+    results = await asyncio.gather(*(one(socket, chunks) for socket in connected))
+    return results, worker
+
+
+async def one(socket: websockets.ClientConnection, chunks: int) -> tuple[list[float], float, float]:
+    latencies: list[float] = []
+    expected = 0
+    first_sent = last_received = 0.0
+    async for raw in socket:
+        received = time.time()
+        message = json.loads(raw)
+        if "offset" not in message:
+            continue
+        number, sent = message["chunk"]
+        assert message["offset"] == expected == number, (message["offset"], expected)
+        if expected == 0:
+            first_sent = sent
+        expected += 1
+        latencies.append(received - sent)
+        last_received = received
+    assert expected == chunks, f"a socket got {expected} of {chunks} chunks"
+    assert socket.close_code == 1000
+    return latencies, first_sent, last_received
+
+
+def report(
+    received: list[tuple[list[float], float, float]], result: dict[str, float], chunks: int
+) -> None:
+    sending, making = result["sending"], result["making"]
+    every = sorted(latency * 1000 for latencies, _, _ in received for latency in latencies)
+    rates = sorted(chunks / (last - first) for _, first, last in received)
+    cost = 1e6 * (sending - making) / chunks
+    print(f"  sent: {chunks / sending:9,.0f} chunks/s, send_chunk {cost:5.1f} µs a chunk")
+    print(
+        f"  delivered to each socket: {percentile(rates, 50):9,.0f} chunks/s "
+        f"(p50 of sockets, slowest {rates[0]:,.0f})"
+    )
+    print(
+        f"  sent to received: p50 {percentile(every, 50):6.1f} ms, "
+        f"p99 {percentile(every, 99):6.1f} ms ({len(every):,} chunks, every socket all in order)"
+    )
+
+
+if __name__ == "__main__":
+    main()
