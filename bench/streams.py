@@ -2,6 +2,7 @@
 websockets on one server.
 
     .venv/bin/python bench/streams.py [--chunks 10000] [--sockets 100] [--rounds 3]
+    .venv/bin/python bench/streams.py --profile streams.txt   # py-spy the server
 
 One `hypercorn asgi:app` and one worker (`celery -A bench.async_worker worker`, the async pool)
 on a flushed database. The task (`bench.stream`) is sent while no worker runs; `--sockets`
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit import flush, free_port, percentile, wait_until_serving
+from submit import flush, free_port, percentile, start_profiler, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--sockets", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", help="record 5 s of py-spy on the server (.txt: raw)")
     args = parser.parse_args()
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
@@ -52,10 +54,10 @@ def main() -> None:
     os.environ.setdefault("SECRET_KEY", "bench")
     for number in range(1, args.rounds + 1):
         print(f"round {number}: {args.chunks} chunks, {args.sockets} sockets")
-        run_round(redis_url, args.chunks, args.sockets)
+        run_round(redis_url, args.chunks, args.sockets, args.profile)
 
 
-def run_round(redis_url: str, chunks: int, sockets: int) -> None:
+def run_round(redis_url: str, chunks: int, sockets: int, profile: str | None = None) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flush(redis_url)
     port = free_port()
@@ -75,6 +77,8 @@ def run_round(redis_url: str, chunks: int, sockets: int) -> None:
         url = f"ws://127.0.0.1:{port}/ws/tasks/{task_id}"
 
         def start_worker() -> subprocess.Popen[bytes]:
+            if profile:
+                start_profiler(server.pid, profile)
             return subprocess.Popen(
                 [*WORKER, "--loglevel", "WARNING", "--without-mingle"],
                 cwd=ROOT,

@@ -186,6 +186,14 @@ class Follower:
         self._drop(task_id)
         self.inbox.deliver(Unfollowed(task_id))
 
+    def ready_chunks(self, limit: int) -> list[StreamedChunk]:
+        """Up to `limit` chunks made and not yet given that come next, without waiting: a
+        batch published gives many at once."""
+        taken: list[StreamedChunk] = []
+        while self.ready and len(taken) < limit and isinstance(self.ready[0], StreamedChunk):
+            taken.append(self.ready.popleft())  # type: ignore[arg-type]
+        return taken
+
     def waiting(self) -> int:
         """How many updates wait in the inbox now."""
         return len(self.inbox.updates) + len(self.ready)

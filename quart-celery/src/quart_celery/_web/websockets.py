@@ -51,6 +51,8 @@ sockets.count_sockets(blueprint)  # after the access checks: a socket refused is
 
 NORMAL, GOING_AWAY, TOO_BIG, SERVER_ERROR, TOO_SLOW = 1000, 1001, 1009, 1011, 1013
 BAD_REQUEST, NOT_FOUND = 4400, 4404
+#: Chunks sent in one go, where that many are ready for a socket.
+SENT_AT_ONCE = 64
 INVALID_MESSAGE = (
     'Send {"subscribe": ["<task id>", ...]} or {"unsubscribe": ["<task id>", ...]}, '
     'naming at least one task; with "subscribe", "from": {"<task id>": <first chunk>} may '
@@ -189,7 +191,9 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
         except FellBehind:
             raise _too_slow() from None
         if isinstance(event, StreamedChunk):
-            await _send_text(event.message())
+            chunks = [event, *follower.ready_chunks(SENT_AT_ONCE - 1)]
+            await _send_texts([chunk.message() for chunk in chunks])
+            del chunks
         elif isinstance(event, Unfollowed):
             await _send({"id": event.task_id, "unsubscribed": True})
         elif isinstance(event, TaskError):
@@ -289,9 +293,17 @@ async def _send_text(text: str) -> None:
     """Send a message already encoded (a snapshot, as pydantic encodes it); `CloseSocket`
     (1013) if the client does not take it within `WS_SEND_TIMEOUT`: a client that stops
     reading must not hold its socket's updates, and its handler, for good."""
+    await _send_texts([text])
+
+
+async def _send_texts(texts: list[str]) -> None:
+    """Send messages already encoded, one after another, all within `WS_SEND_TIMEOUT` (a few
+    dozen chunks at most: a deadline made for each message was a fifth of the server's time
+    streaming chunks, `bench/streams.py`)."""
     try:
         async with asyncio.timeout(current_app.config["WS_SEND_TIMEOUT"]):
-            await websocket.send(text)
+            for text in texts:
+                await websocket.send(text)
     except TimeoutError:
         raise _too_slow() from None
 
