@@ -1,14 +1,16 @@
 """Look-ups under a burst: `GET /api/tasks/<id>` while 1,000 websockets connect at once.
 
-    .venv/bin/python bench/lookups.py [--sockets 1000] [--rounds 3]
+    .venv/bin/python bench/lookups.py [--sockets 1000] [--rounds 3] [--load 20]
 
 One `hypercorn asgi:app`, no worker. Each round accepts one `simple_task` per socket and one
 more, the probe; then every socket connects at once (declining compression) and reads its
 task's snapshot, from a process of its own, while this process asks for the probe over and
 over on a keep-alive connection (the sockets' own event loop would delay the answers' reading).
 Reported per round: the `GET`s' latencies while the sockets connected (p50, p99, max), and how
-long it took until every socket had its snapshot. Uses the Redis at REDIS_URL (default
-redis://127.0.0.1:6379/0), database 15, flushed before and after.
+long it took until every socket had its snapshot. With `--load SECONDS`, each round comes right
+after that long a submit load (`POST /api/tasks` from 16 keep-alive connections, as fast as the
+server answers): a server that has just been busy, not only a fresh one. Uses the Redis at
+REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed before and after.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--load", type=float, default=0.0, help="seconds of submit load first")
     args = parser.parse_args()
 
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -47,6 +50,9 @@ def main() -> None:
         with serving(redis_url, WS_MAX_SOCKETS=str(2 * args.sockets)) as (port, _):
             asyncio.run(measure(port, args.sockets))  # warm up: first uses, memory
             for round_ in range(1, args.rounds + 1):
+                if args.load:
+                    submitted = asyncio.run(load(port, args.load))
+                    print(f"round {round_}: {submitted} tasks submitted in {args.load:g} s")
                 latencies, burst = asyncio.run(measure(port, args.sockets))
                 latencies.sort()
                 print(
@@ -57,6 +63,19 @@ def main() -> None:
                 )
     finally:
         flush(redis_url)
+
+
+async def load(port: int, seconds: float) -> int:
+    """Submit `simple_task`s from 16 connections for `seconds`; how many were accepted."""
+    deadline = time.monotonic() + seconds
+
+    async def one_connection() -> int:
+        accepted = 0
+        while time.monotonic() < deadline:
+            accepted += len(await submit(port, min(PER_CONNECTION, 50)))
+        return accepted
+
+    return sum(await asyncio.gather(*(one_connection() for _ in range(16))))
 
 
 #: Requests on one connection before another is opened: hypercorn closes a connection after
