@@ -35,12 +35,15 @@ def spin(seconds: float) -> None:
 
 
 @celery.task(name="bench.stream")
-async def stream(count: int) -> dict[str, float]:
-    """Stream `count` small chunks, `[n, time sent]`, as fast as it can (`bench/streams.py`);
-    return the seconds the sends took, and those of the same loop making the chunks alone."""
+async def stream(count: int, rate: float = 0.0) -> dict[str, float]:
+    """Stream `count` small chunks, `[n, time sent]`, as fast as it can, or `rate` a second
+    (`bench/streams.py`); return the seconds the sends took, and those of the same loop making
+    the chunks alone."""
     began = time.perf_counter()
     for number in range(count):
         send_chunk([number, time.time()])
+        if rate and number % 10 == 9:  # keep to the schedule, ten chunks at a time
+            await asyncio.sleep(max(0.0, began + (number + 1) / rate - time.perf_counter()))
     sending = time.perf_counter() - began
     began = time.perf_counter()
     for number in range(count):

@@ -1,16 +1,18 @@
 """Streamed output: one task streaming small chunks as fast as it can, followed by many
 websockets on one server.
 
-    .venv/bin/python bench/streams.py [--chunks 10000] [--sockets 100] [--rounds 3]
+    .venv/bin/python bench/streams.py [--chunks 10000] [--sockets 100] [--rounds 3] [--rate N]
     .venv/bin/python bench/streams.py --profile streams.txt   # py-spy the server
 
 One `hypercorn asgi:app` and one worker (`celery -A bench.async_worker worker`, the async pool)
 on a flushed database. The task (`bench.stream`) is sent while no worker runs; `--sockets`
 websockets (declining compression) follow it on `/ws/tasks/<id>` from the benchmark's own event
-loop; then the worker starts. Each chunk is `[n, time sent]`. Reported, per round:
+loop; then the worker starts. Each chunk is `[n, time sent]`; with `--rate N` the task sends N
+a second rather than as fast as it can. Reported, per round:
 
 - the task's sending: chunks per second, and what `send_chunk` costs a chunk, in µs (the send
-  loop's time less that of the same loop making the chunks alone);
+  loop's time less that of the same loop making the chunks alone; paced, this includes the
+  waits);
 - delivery: chunks per second to each socket (from the first chunk sent to the last received),
   and the p50 and p99 from a chunk's sending to a socket's receiving it, over every chunk of
   every socket; every socket must get every chunk, in order, once.
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--sockets", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=0.0, help="chunks a second; 0: at once")
     parser.add_argument("--profile", help="record 5 s of py-spy on the server (.txt: raw)")
     args = parser.parse_args()
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -53,11 +56,14 @@ def main() -> None:
     os.environ["REDIS_URL"] = redis_url
     os.environ.setdefault("SECRET_KEY", "bench")
     for number in range(1, args.rounds + 1):
-        print(f"round {number}: {args.chunks} chunks, {args.sockets} sockets")
-        run_round(redis_url, args.chunks, args.sockets, args.profile)
+        pace = f"{args.rate:g} a second" if args.rate else "as fast as it can"
+        print(f"round {number}: {args.chunks} chunks, {pace}, {args.sockets} sockets")
+        run_round(redis_url, args.chunks, args.sockets, args.rate, args.profile)
 
 
-def run_round(redis_url: str, chunks: int, sockets: int, profile: str | None = None) -> None:
+def run_round(
+    redis_url: str, chunks: int, sockets: int, rate: float, profile: str | None = None
+) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flush(redis_url)
     port = free_port()
@@ -73,7 +79,7 @@ def run_round(redis_url: str, chunks: int, sockets: int, profile: str | None = N
         sys.path.insert(0, str(ROOT))
         from worker import celery  # the app's, configured: its sends are recorded
 
-        task_id = celery.send_task("bench.stream", args=(chunks,)).id
+        task_id = celery.send_task("bench.stream", args=(chunks, rate)).id
         url = f"ws://127.0.0.1:{port}/ws/tasks/{task_id}"
 
         def start_worker() -> subprocess.Popen[bytes]:
@@ -95,7 +101,7 @@ def run_round(redis_url: str, chunks: int, sockets: int, profile: str | None = N
                 process.terminate()
                 process.wait(30)
         flush(redis_url)
-    report(received, result, chunks)
+    report(received, result, chunks, rate)
 
 
 async def follow(
@@ -134,13 +140,17 @@ async def one(socket: websockets.ClientConnection, chunks: int) -> tuple[list[fl
 
 
 def report(
-    received: list[tuple[list[float], float, float]], result: dict[str, float], chunks: int
+    received: list[tuple[list[float], float, float]],
+    result: dict[str, float],
+    chunks: int,
+    rate: float,
 ) -> None:
     sending, making = result["sending"], result["making"]
     every = sorted(latency * 1000 for latencies, _, _ in received for latency in latencies)
     rates = sorted(chunks / (last - first) for _, first, last in received)
     cost = 1e6 * (sending - making) / chunks
-    print(f"  sent: {chunks / sending:9,.0f} chunks/s, send_chunk {cost:5.1f} µs a chunk")
+    paced = "" if rate else f", send_chunk {cost:5.1f} µs a chunk"
+    print(f"  sent: {chunks / sending:9,.0f} chunks/s{paced}")
     print(
         f"  delivered to each socket: {percentile(rates, 50):9,.0f} chunks/s "
         f"(p50 of sockets, slowest {rates[0]:,.0f})"
