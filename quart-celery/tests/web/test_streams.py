@@ -183,7 +183,12 @@ async def test_many_tasks_on_one_socket_each_from_its_own_offset(
         while sum(message.get("state") == "SUCCESS" for message in received) < 2:
             async with asyncio.timeout(TIMEOUT):
                 received.append(json.loads(await socket.receive()))
-        for bad in ({"subscribe": [first], "from": {first: -1}}, {"from": {first: 1}}):
+        bad_starts: list[Any] = [-1, 1.5, True, None, "x", "-1", " 1", [], {}, 10**20, "9" * 16]
+        bad_messages: list[Any] = [
+            {"subscribe": [first], "from": {first: start}} for start in bad_starts
+        ]
+        bad_messages += [{"from": {first: 1}}, {"subscribe": [first], "from": [first]}]
+        for bad in bad_messages:
             await socket.send(json.dumps(bad))
             async with asyncio.timeout(TIMEOUT):
                 assert json.loads(await socket.receive())["error"]["code"] == "invalid_message"
