@@ -392,6 +392,18 @@ async def stream_with_progress_async(self: Task[Any, Any], steps: int) -> int:
     return steps
 
 
+@celery.task(name="tests.streams_past_its_time_limit", bind=True)
+async def streams_past_its_time_limit(self: Task[Any, Any]) -> None:
+    """Stream a chunk and sleep past a hard time limit; cancelled, stream a chunk and store a
+    state all the same: neither may land after the failure the worker stores."""
+    send_chunk("before its limit")
+    try:
+        await asyncio.sleep(10)
+    finally:
+        send_chunk("after its limit")
+        self.update_state(state="PROGRESS", meta={"after": "its limit"})
+
+
 @celery.task(name="tests.stream_then_fail")
 def stream_then_fail(count: int) -> None:
     """Stream `count` chunks, then fail."""

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from celery import Celery
+from celery.exceptions import TimeLimitExceeded
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from quart_celery import ChunksNotWritten, send_chunk
 from quart_celery._broker.chunks import read_chunks, stream_key
-from quart_celery._worker.streams import ChunkWriter, TaskStream
-from quart_celery.testing import ThreadWorker, finished, submit
-from tests.worker_tasks import stream_words
+from quart_celery._worker.streams import (
+    BATCH_BYTES,
+    MAX_CHUNK_BYTES,
+    ChunkWriter,
+    StreamSlot,
+    TaskStream,
+    enter,
+)
+from quart_celery.testing import ThreadWorker, finished, submit, wait_for
+from tests.worker_tasks import stream_words, streams_past_its_time_limit
 
 
 def stored(celery: Celery, task_id: str) -> list[tuple[int, Any]]:
@@ -86,6 +97,76 @@ def test_a_stream_that_redis_lost_fails_the_task_not_silently(
     stream.wait()
     with pytest.raises(ChunksNotWritten, match="lost"):
         stream.send(b'"third"')
-    with pytest.raises(ChunksNotWritten):
-        stream.finish(ended_well=True)
+    assert isinstance(stream.wait_written(), ChunksNotWritten)
     assert stored(celery, task_id) == []  # nothing written at offsets another chunk had
+
+
+def test_a_batch_written_twice_its_reply_lost_is_kept_once(celery: Celery) -> None:
+    task_id = str(uuid.uuid4())
+    stream = TaskStream(task_id, celery.backend, 100, ChunkWriter.running())
+    batch = [0, 0, task_id, b'"once"']
+    assert stream.script(keys=stream.keys, args=batch) == 1
+    assert stream.script(keys=stream.keys, args=batch) == 0  # sent again: already there
+    assert stored(celery, task_id) == [(0, '"once"')]
+
+
+def test_two_runs_of_one_task_at_once_each_keep_every_chunk(celery: Celery) -> None:
+    task_id = str(uuid.uuid4())
+    first, second = (TaskStream(task_id, celery.backend, 100, ChunkWriter.running()) for _ in "12")
+    for stream, chunk in [(first, b'"1a"'), (second, b'"2a"'), (first, b'"1b"')]:
+        stream.send(chunk)
+        stream.wait()
+    assert stored(celery, task_id) == [(0, '"1a"'), (1, '"2a"'), (2, '"1b"')]
+
+
+def test_a_chunk_over_a_mebibyte_is_refused_where_it_is_sent(celery: Celery) -> None:
+    task_id = str(uuid.uuid4())
+    slot, context = StreamSlot(task_id, celery.backend), contextvars.copy_context()
+    enter(slot, context)
+    with pytest.raises(ValueError, match="1 MiB"):
+        context.run(send_chunk, "x" * MAX_CHUNK_BYTES)
+    context.run(send_chunk, "fits")
+    slot.finish(ended_well=True)
+    assert stored(celery, task_id) == [(0, '"fits"')]
+
+
+def test_large_chunks_are_written_in_batches_of_a_bounded_size(celery: Celery) -> None:
+    task_id = str(uuid.uuid4())
+    stream = TaskStream(task_id, celery.backend, 100, ChunkWriter.running())
+    chunk = orjson.dumps("x" * 64 * 1024)
+    for _ in range(40):
+        stream.send(chunk)
+    assert stream.wait_written() is None
+    assert len(stored(celery, task_id)) == 40
+    assert stream.batches >= 40 * len(chunk) // BATCH_BYTES
+
+
+def test_a_runs_record_goes_once_it_ends(celery: Celery, redis_client: redis.Redis) -> None:
+    task_id = str(uuid.uuid4())
+    slot, context = StreamSlot(task_id, celery.backend), contextvars.copy_context()
+    enter(slot, context)
+    context.run(send_chunk, "a")
+    assert slot.stream is not None
+    record = slot.stream.keys[2]
+    slot.finish(ended_well=True)
+    wait_for(lambda: not redis_client.exists(record), 10, "the run's record to be deleted")
+    assert stored(celery, task_id) == [(0, '"a"')]
+
+
+def test_a_task_past_its_hard_time_limit_streams_and_stores_nothing_more(
+    app: Quart, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    torn_down = threading.Event()
+
+    @app.teardown_appcontext
+    async def record(error: BaseException | None) -> None:
+        torn_down.set()
+
+    run = streams_past_its_time_limit.apply_async(time_limit=1)
+    with thread_worker(celery):
+        with pytest.raises(TimeLimitExceeded):
+            run.get(timeout=20)
+        # Torn down once its cancelled body has ended, and its stream with it.
+        assert torn_down.wait(20)
+    assert stored(celery, run.id) == [(0, '"before its limit"')]
+    assert run.state == "FAILURE"

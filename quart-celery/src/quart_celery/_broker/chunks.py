@@ -4,7 +4,8 @@ A task's chunks (`quart_celery.send_chunk`, or what an async generator task yiel
 in a Redis stream beside its result (`celery-task-meta-<id>.chunks`), for as long as the result
 is kept: the backend's store script refreshes the stream's expiry with each state
 (`_broker.backends`). Offset N is the stream entry `0-<N+1>`: a reader asks for "from offset N"
-directly, and a batch written twice (its reply lost) is recognised and not added again.
+directly. Each run of a task's body keeps a record of the batches it wrote, so that a batch
+written twice (its reply lost) is not added again, and a stream that lost them is noticed.
 
 Each batch written is also published on the task's result channel, the one Celery publishes its
 states on, as one message: `{"status": "STREAMING", "task_id", "offset", "chunks": [...]}`. On
@@ -32,30 +33,39 @@ FIELD = b"c"
 #: Chunks read from a stream in one call.
 PAGE = 1000
 
-#: Append chunks to a task's stream and publish them. KEYS: the stream, the task's result key
-#: (its channel). ARGV: the expiry in seconds (0: none), the offset the batch starts at (-1:
-#: wherever the stream ends), the task's id, then each chunk as JSON. Where the stream already
-#: holds the batch's first chunks (the batch was written before, its reply lost), they are not
-#: added again. Returns the stream's length after; -1, adding nothing, if the stream is shorter
-#: than the batch's offset (Redis lost it): the chunks would take offsets others had.
+#: Seconds a run's record (`run_key`) is kept at least after its last batch, however soon the
+#: result expires: a run may send nothing for a long while between two chunks.
+RUN_KEPT = 86_400
+
+#: Append a batch of one run's chunks to a task's stream and publish them. KEYS: the stream,
+#: the task's result key (its channel), the run's record (`run_key`). ARGV: the stream's expiry
+#: in seconds (0: none), the batch's number in its run (0, 1, 2, ...), the task's id, then each
+#: chunk as JSON. The record counts the run's batches written and the stream's length after the
+#: last: a batch written before (its reply lost, so sent again) is not added twice (0), and a
+#: stream that lost what the run wrote (Redis lost it) takes nothing more (-1): a gap would
+#: pass unseen. Two runs of one task (a retry, a redelivery) each append at the stream's end.
+#: Returns 1 once the batch is added.
 APPEND_CHUNKS = """
+local run = redis.call('HMGET', KEYS[3], 'batches', 'end')
+local done = tonumber(run[1] or '0')
+local batch = tonumber(ARGV[2])
+if batch < done then return 0 end
 local length = redis.call('XLEN', KEYS[1])
-local first = tonumber(ARGV[2])
-local skip = 0
-if first >= 0 and length < first then return -1 end
-if first >= 0 and length > first then skip = length - first end
+if batch > done or length < tonumber(run[2] or '0') then return -1 end
 local chunks = {}
-for i = 4 + skip, #ARGV do
+for i = 4, #ARGV do
     chunks[#chunks + 1] = ARGV[i]
     redis.call('XADD', KEYS[1], '0-' .. string.format('%d', length + #chunks), 'c', ARGV[i])
 end
-if #chunks == 0 then return length end
-if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local expiry = tonumber(ARGV[1])
+if expiry > 0 then redis.call('EXPIRE', KEYS[1], expiry) end
+redis.call('HSET', KEYS[3], 'batches', done + 1, 'end', length + #chunks)
+redis.call('EXPIRE', KEYS[3], math.max(expiry, RUN_KEPT))
 redis.call('PUBLISH', KEYS[2], '{"status":"STREAMING","task_id":' .. cjson.encode(ARGV[3])
     .. ',"offset":' .. string.format('%d', length) .. ',"chunks":['
     .. table.concat(chunks, ',') .. ']}')
-return length + #chunks
-"""
+return 1
+""".replace("RUN_KEPT", str(RUN_KEPT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,11 @@ def stream_key(meta_key: str | bytes) -> bytes:
     """The key of the stream of the task whose state is at `meta_key`."""
     key = meta_key.encode() if isinstance(meta_key, str) else meta_key
     return key + STREAM_SUFFIX
+
+
+def run_key(stream: bytes, run: str) -> bytes:
+    """The record of one run of a task's body that streams to `stream` (`APPEND_CHUNKS`)."""
+    return b"%s.run.%s" % (stream, run.encode())
 
 
 def entry_id(offset: int) -> str:

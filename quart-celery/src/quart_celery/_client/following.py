@@ -57,7 +57,7 @@ class Inbox:
     and an event (3.8 KiB) where this is a list and, only while its follower waits, a future.
     """
 
-    __slots__ = ("_waiter", "broken", "size", "updates")
+    __slots__ = ("_waiter", "broken", "missed", "size", "updates", "wants_chunks")
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -65,9 +65,22 @@ class Inbox:
         #: Why the follower can read no more (it fell behind, the server is going away).
         self.broken: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        #: Whether chunks are delivered: only to a follower that follows some task's chunks.
+        self.wants_chunks = False
+        #: Tasks a batch of whose chunks found the inbox full: read from their streams instead.
+        self.missed: set[str] | None = None
 
     def deliver(self, update: Update | Chunks | Unfollowed) -> None:
-        """Queue an update, or mark the follower fallen behind if it can't keep up."""
+        """Queue an update, or mark the follower fallen behind if it can't keep up (a batch of
+        chunks that does not fit is read again from its task's stream, later)."""
+        if isinstance(update, Chunks):
+            if not self.wants_chunks:
+                return
+            if len(self.updates) >= self.size:
+                if self.missed is None:
+                    self.missed = set()
+                self.missed.add(update.task_id)
+                return
         if len(self.updates) < self.size:
             self.updates.append(update)
         elif self.broken is None:
@@ -127,6 +140,10 @@ class Followed:
     next_offset: int | None = None
     #: Its final snapshot, held until the chunks stored before it have been given.
     held: TaskSnapshot | None = None
+    #: Whether its stored state has been read: what was published before that read is no
+    #: newer than what it gives (a final state published first would pass over the chunks
+    #: stored before the follower subscribed).
+    read: bool = False
 
 
 Event: TypeAlias = TaskSnapshot | StreamedChunk | Unfollowed | TaskError
@@ -211,6 +228,8 @@ class Follower:
             if name is None:
                 raise TaskNotFound(task_id)
             self.followed[normal] = Followed(name, next_offset=chunks_from)
+            if chunks_from is not None:
+                self.inbox.wants_chunks = True
             await self.listener.subscribe(normal, self.inbox)
             self.inbox.deliver(Update(normal))
         return normal
@@ -244,6 +263,9 @@ class Follower:
         `FellBehind` if the inbox overflowed.
         """
         while not self.ready:
+            if self.inbox.missed:
+                missed, self.inbox.missed = self.inbox.missed, None
+                self.behind.update(dict.fromkeys(missed & self.followed.keys()))
             if self.behind:
                 await self._guarded(next(iter(self.behind)), self._catch_up)
                 continue
@@ -254,8 +276,9 @@ class Follower:
             if followed is None:  # unfollowed meanwhile
                 continue
             if isinstance(update, Chunks):
-                self._take_published(update, followed)
-            else:
+                if followed.read:
+                    self._take_published(update, followed)
+            elif followed.read or update.meta is None:
                 await self._guarded(update.task_id, partial(self._take_update, update, followed))
         return self.ready.popleft()
 
@@ -278,6 +301,7 @@ class Follower:
         chunks: list[StreamedChunk] = []
         if meta is None:
             found = await self.reader.read(task_id, stored=True, chunks_from=followed.next_offset)
+            followed.read = True
             meta = decoded(self.backend, found.stored)
             if found.chunks is not None:
                 chunks = self._take_stored(task_id, followed, found.chunks)

@@ -142,6 +142,10 @@ class _Job:
     #: Stopped by the worker (a cold shutdown, `revoke(terminate=True)`): nothing more of it
     #: reaches the worker.
     terminated: bool = False
+    #: Made when the task is ended from outside its coroutine (its hard time limit,
+    #: `terminate`), before the worker stores or reports that end: a stream's queued states
+    #: (`quart_celery._worker.streams`) must not land after it.
+    when_stopped: list[Callable[[], object]] = field(default_factory=list)
 
     def trace(self) -> None:
         """Run Celery's tracer, which calls the task's body (in this job's greenlet), unless
@@ -169,6 +173,7 @@ class _Job:
         if self.terminated:
             return
         self.terminated = True
+        self.stopped()
         if self.is_async and self.pool.loop.is_running():
             self.pool.loop.call_soon_threadsafe(self.cancel)
         if self.tracer is not None and not self.pool.terminated:
@@ -248,11 +253,20 @@ class _Job:
         logger.error(
             "Hard time limit (%ss) exceeded for %s[%s]", self.timeout, self.args[0], request
         )
+        self.stopped()
         self.resume(_Outcome(error=TimeLimitExceeded(self.timeout)))
         if self.interruptible is not None:
             self.interruptible.pending = None  # a cancellation now, not a soft limit
         if self.task is not None:
             self.task.cancel()
+
+    def stopped(self) -> None:
+        for call in self.when_stopped:
+            try:
+                call()
+            except Exception:
+                logger.exception("could not stop part of %s", self.args[:2])
+        self.when_stopped.clear()
 
     def resume(self, outcome: _Outcome) -> None:
         """Hand `outcome` to the tracer waiting for it, once (from the loop)."""

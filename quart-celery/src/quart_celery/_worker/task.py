@@ -184,6 +184,7 @@ class ContextTask(Task[Any, Any]):
                         context = contextvars.copy_context()
                         context.run(_requests.set, {**_requests.get({}), self.name: request})
                         streams.enter(stream, context)
+                        job.when_stopped.append(stream.abandon)
                         return job.pool.await_on_loop(
                             job,
                             _awaited_in_app_context(app, self.run, args, kwargs, running, stream),

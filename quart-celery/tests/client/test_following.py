@@ -1,0 +1,70 @@
+"""Following tasks: what a follower's inbox takes, and the order a follower gives things in.
+
+The inbox's rules are plain data; the follower's order is checked against a real Redis and a
+real worker, its updates handed to it in the order that is rare on a live server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery import Celery
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
+
+from quart_celery._client.following import Followed, Follower, Inbox, StreamedChunk
+from quart_celery._client.listener import Chunks, Update
+from quart_celery.errors import FellBehind
+from quart_celery.schemas import TaskSnapshot
+from quart_celery.testing import ThreadWorker, finished, submit
+
+TASK = "a-task"
+
+
+def test_chunks_go_only_to_an_inbox_that_follows_chunks() -> None:
+    inbox = Inbox(4)
+    inbox.deliver(Chunks(TASK, 0, ['"a"']))
+    assert inbox.updates == []
+    inbox.wants_chunks = True
+    inbox.deliver(Chunks(TASK, 0, ['"a"']))
+    assert inbox.updates == [Chunks(TASK, 0, ['"a"'])]
+
+
+def test_chunks_that_find_the_inbox_full_are_missed_not_fatal() -> None:
+    inbox = Inbox(1)
+    inbox.wants_chunks = True
+    inbox.deliver(Update(TASK))
+    inbox.deliver(Chunks(TASK, 0, ['"a"']))
+    assert (inbox.broken, inbox.missed) == (None, {TASK})
+    inbox.deliver(Update(TASK))  # a state cannot be read again later: that is falling behind
+    assert isinstance(inbox.broken, FellBehind)
+
+
+@pytest.mark.parametrize("missed", [False, True], ids=["final-heard-first", "chunks-missed"])
+async def test_a_final_state_comes_after_every_chunk_stored_before_it(
+    app: Quart, client: Client, celery: Celery, thread_worker: ThreadWorker, missed: bool
+) -> None:
+    task_id = (await submit(client, "tests.stream_words", text="a b c"))["id"]
+    with thread_worker(celery):
+        await finished(client, task_id)
+    backend: Any = celery.backend
+    published = backend.get_task_meta(task_id)  # as it was published: JSON's types
+    async with app.app_context():
+        follower = Follower()
+        follower.followed[task_id] = Followed("tests.stream_words", next_offset=0)
+        if missed:
+            # Its stored state read, then its chunks missed (the inbox was full), then the
+            # final state heard: the chunks are read from the stream before it is given.
+            follower.followed[task_id].read = True
+            follower.inbox.missed = {task_id}
+        else:
+            # The final state published after the subscription, before the stored state is
+            # read: that read, with its chunks, comes first.
+            follower.inbox.deliver(Update(task_id, published))
+            follower.inbox.deliver(Update(task_id))
+        follower.inbox.deliver(Update(task_id, published))
+        events = [await follower.next_event() for _ in range(4)]
+    chunks = [event.value for event in events if isinstance(event, StreamedChunk)]
+    assert chunks == ["a", "b", "c"]
+    assert isinstance(events[-1], TaskSnapshot) and events[-1].state == "SUCCESS"
