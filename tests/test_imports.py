@@ -63,3 +63,34 @@ def test_no_module_of_the_app_package_imports_the_factories(module: str) -> None
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module]
         assert not any(name.split(".")[0] == "factories" for name in names), module
+
+
+#: What an app may import of the bridge: the package, and its pytest plugin in tests.
+PUBLIC = frozenset({"quart_celery", "quart_celery.testing"})
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        [
+            ROOT / "asgi.py",
+            ROOT / "worker.py",
+            *(ROOT / "quart_app").rglob("*.py"),
+            *(ROOT / "factories").rglob("*.py"),
+            *(ROOT / "tests").rglob("*.py"),
+            *(ROOT / "bench").glob("*.py"),
+        ]
+    ),
+    ids=lambda path: str(path.relative_to(ROOT)),
+)
+def test_the_app_imports_the_bridge_only_by_its_public_names(path: Path) -> None:
+    # The bridge's internals (`quart_celery._client`, ...) may change in any release: the app,
+    # its tests and the benchmarks import what `quart_celery` exports, as a user's code does.
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        private = [name for name in names if name.startswith("quart_celery.")]
+        assert set(private) <= PUBLIC, f"{path.name} imports {private}"
