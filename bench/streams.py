@@ -2,6 +2,7 @@
 websockets on one server.
 
     .venv/bin/python bench/streams.py [--chunks 10000] [--sockets 100] [--rounds 3] [--rate N]
+    .venv/bin/python bench/streams.py --batched   # the sockets take ?chunks=batched
     .venv/bin/python bench/streams.py --profile streams.txt   # py-spy the server
 
 One `hypercorn asgi:app` and one worker (`celery -A bench.async_worker worker`, the async pool)
@@ -16,6 +17,11 @@ a second rather than as fast as it can. Reported, per round:
 - delivery: chunks per second to each socket (from the first chunk sent to the last received),
   and the p50 and p99 from a chunk's sending to a socket's receiving it, over every chunk of
   every socket; every socket must get every chunk, in order, once.
+
+A socket notes when each message came and reads it once the socket has closed: the client,
+in the same few cores, must not count its own JSON decoding as the server's delay. With
+`--batched`, the sockets ask for `?chunks=batched`: a message carries many chunks, each
+received when its message is.
 
 Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed before
 and after.
@@ -49,6 +55,7 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=0.0, help="chunks a second; 0: at once")
+    parser.add_argument("--batched", action="store_true", help="follow with ?chunks=batched")
     parser.add_argument("--profile", help="record 5 s of py-spy on the server (.txt: raw)")
     args = parser.parse_args()
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -57,12 +64,18 @@ def main() -> None:
     os.environ.setdefault("SECRET_KEY", "bench")
     for number in range(1, args.rounds + 1):
         pace = f"{args.rate:g} a second" if args.rate else "as fast as it can"
-        print(f"round {number}: {args.chunks} chunks, {pace}, {args.sockets} sockets")
-        run_round(redis_url, args.chunks, args.sockets, args.rate, args.profile)
+        batched = ", batched" if args.batched else ""
+        print(f"round {number}: {args.chunks} chunks, {pace}, {args.sockets} sockets{batched}")
+        run_round(redis_url, args.chunks, args.sockets, args.rate, args.profile, args.batched)
 
 
 def run_round(
-    redis_url: str, chunks: int, sockets: int, rate: float, profile: str | None = None
+    redis_url: str,
+    chunks: int,
+    sockets: int,
+    rate: float,
+    profile: str | None = None,
+    batched: bool = False,
 ) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flush(redis_url)
@@ -81,6 +94,8 @@ def run_round(
 
         task_id = celery.send_task("bench.stream", args=(chunks, rate)).id
         url = f"ws://127.0.0.1:{port}/ws/tasks/{task_id}"
+        if batched:
+            url += "?chunks=batched"
 
         def start_worker() -> subprocess.Popen[bytes]:
             if profile:
@@ -119,20 +134,21 @@ async def follow(
 
 
 async def one(socket: websockets.ClientConnection, chunks: int) -> tuple[list[float], float, float]:
+    came = [(time.time(), raw) async for raw in socket]
     latencies: list[float] = []
     expected = 0
     first_sent = last_received = 0.0
-    async for raw in socket:
-        received = time.time()
+    for received, raw in came:
         message = json.loads(raw)
         if "offset" not in message:
             continue
-        number, sent = message["chunk"]
-        assert message["offset"] == expected == number, (message["offset"], expected)
-        if expected == 0:
-            first_sent = sent
-        expected += 1
-        latencies.append(received - sent)
+        assert message["offset"] == expected, (message["offset"], expected)
+        for number, sent in message["chunks"] if "chunks" in message else [message["chunk"]]:
+            assert number == expected, (number, expected)
+            if expected == 0:
+                first_sent = sent
+            expected += 1
+            latencies.append(received - sent)
         last_received = received
     assert expected == chunks, f"a socket got {expected} of {chunks} chunks"
     assert socket.close_code == 1000
@@ -158,6 +174,11 @@ def report(
     print(
         f"  sent to received: p50 {percentile(every, 50):6.1f} ms, "
         f"p99 {percentile(every, 99):6.1f} ms ({len(every):,} chunks, every socket all in order)"
+    )
+    by_offset = [sorted(1000 * latencies[n] for latencies, _, _ in received) for n in (0, -1)]
+    print(
+        f"  sent to received, p50 of sockets: the first chunk {percentile(by_offset[0], 50):.1f} "
+        f"ms, the last {percentile(by_offset[1], 50):.1f} ms"
     )
 
 

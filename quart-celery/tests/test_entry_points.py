@@ -168,6 +168,12 @@ async def test_a_stream_over_a_real_websocket_and_real_server_sent_events(
     assert code == 1000
     assert [message["chunk"] for message in received if "offset" in message] == list(range(200))
     assert received[-1]["state"] == "SUCCESS"
+    # The same chunks in batches, from offset 150, on a socket that comes after the end.
+    batched_url = socket_url + "?chunks=batched&from=150"
+    received, code = await asyncio.wait_for(follow(batched_url, lambda: None), 60)
+    assert code == 1000
+    batches = [(batch["offset"], batch["chunks"]) for batch in received if "offset" in batch]
+    assert batches == [(150, list(range(150, 200)))]
     # The same chunks as server-sent events, read as they arrive, and resumed after offset 189.
     stream_url = f"{server_url}{accepted['url']}/stream"
     with urllib.request.urlopen(stream_url, timeout=30) as response:

@@ -6,6 +6,7 @@ real worker, its updates handed to it in the order that is rare on a live server
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,7 +14,13 @@ from celery import Celery
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
-from quart_celery._client.following import Followed, Follower, Inbox, StreamedChunk
+from quart_celery._client.following import (
+    Followed,
+    Follower,
+    Inbox,
+    StreamedBatch,
+    StreamedChunk,
+)
 from quart_celery._client.listener import Chunks, Update
 from quart_celery.errors import FellBehind
 from quart_celery.schemas import TaskSnapshot
@@ -68,3 +75,21 @@ async def test_a_final_state_comes_after_every_chunk_stored_before_it(
     chunks = [event.value for event in events if isinstance(event, StreamedChunk)]
     assert chunks == ["a", "b", "c"]
     assert isinstance(events[-1], TaskSnapshot) and events[-1].state == "SUCCESS"
+
+
+async def test_a_published_batch_is_one_message_made_once_for_every_batched_follower(
+    app: Quart, client: Client
+) -> None:
+    batch = Chunks(TASK, 10, ['"a"', '"b"', '"c"'])
+    async with app.app_context():
+        followers = [Follower(batched=True) for _ in range(3)]
+        for follower, start in zip(followers, [10, 10, 11], strict=True):
+            follower.followed[TASK] = Followed("tests.stream_words", next_offset=start, read=True)
+            follower.inbox.wants_chunks = True
+            follower.inbox.deliver(batch)
+        first, second, late = [await follower.next_event() for follower in followers]
+    assert isinstance(first, StreamedBatch) and isinstance(second, StreamedBatch)
+    assert first.message() is second.message()  # one text, however many sockets take it
+    assert json.loads(first.message()) == {"id": TASK, "offset": 10, "chunks": ["a", "b", "c"]}
+    assert isinstance(late, StreamedBatch)
+    assert json.loads(late.message()) == {"id": TASK, "offset": 11, "chunks": ["b", "c"]}

@@ -196,6 +196,70 @@ async def test_many_tasks_on_one_socket_each_from_its_own_offset(
     assert chunks_of([m for m in received if m["id"] == second]) == ["a", "b", "c"]
 
 
+def batched_chunks_of(received: list[dict[str, Any]], start: int = 0) -> list[Any]:
+    """The chunks of a socket that takes them in batches, checked to come in order, once,
+    from `start`: each batch begins where the one before it ended."""
+    batches = [message for message in received if "offset" in message]
+    assert all("state" not in batch and "chunk" not in batch for batch in batches)
+    chunks: list[Any] = []
+    for batch in batches:
+        assert batch["offset"] == start + len(chunks)
+        chunks += batch["chunks"]
+    return chunks
+
+
+@pytest.mark.parametrize("start", [0, 1200])
+async def test_chunks_in_batches_come_many_to_a_message_in_order_from_any_offset(
+    client: Client, celery: Celery, thread_worker: ThreadWorker, start: int
+) -> None:
+    task_id = (await submit(client, "tests.stream_count", count=2500, delay=0.001))["id"]
+    with thread_worker(celery):
+        await wait_for_async(
+            lambda: _has_chunks(client, task_id), TIMEOUT, "the task to start streaming"
+        )
+        url = f"/ws/tasks/{task_id}?chunks=batched&from={start}"
+        async with client.websocket(url) as socket:
+            received, code = await messages_until_closed(socket)
+    assert code == 1000
+    assert batched_chunks_of(received, start) == list(range(start, 2500))
+    # The stored ones a page to a message, the live ones as written: far fewer messages.
+    assert len(received) < (2500 - start) / 2
+    assert received[-1]["state"] == "SUCCESS"
+    assert all(message["id"] == task_id for message in received)
+
+
+async def test_many_tasks_on_one_socket_in_batches(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> None:
+    first = (await submit(client, "tests.stream_count", count=5))["id"]
+    second = (await submit(client, "tests.stream_words", text="a b c"))["id"]
+    with thread_worker(celery):
+        await finished(client, first)
+        await finished(client, second)
+    async with client.websocket("/ws/tasks?chunks=batched") as socket:
+        await socket.send(json.dumps({"subscribe": [first, second], "from": {first: 3}}))
+        received: list[dict[str, Any]] = []
+        while sum(message.get("state") == "SUCCESS" for message in received) < 2:
+            async with asyncio.timeout(TIMEOUT):
+                received.append(json.loads(await socket.receive()))
+    assert batched_chunks_of([m for m in received if m["id"] == first], 3) == [3, 4]
+    assert batched_chunks_of([m for m in received if m["id"] == second]) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("url", ["/ws/tasks/{}?chunks=all", "/ws/tasks?chunks="])
+async def test_a_bad_way_to_take_chunks_is_a_clear_error(
+    client: Client, celery: Celery, thread_worker: ThreadWorker, url: str
+) -> None:
+    task_id = (await submit(client, "tests.stream_count", count=1))["id"]
+    async with client.websocket(url.format(task_id)) as socket:
+        received, code = await messages_until_closed(socket)
+    assert code == 4400
+    assert received[0]["error"]["code"] == "invalid_chunks"
+    assert "batched" in received[0]["error"]["message"]
+    with thread_worker(celery):
+        assert (await finished(client, task_id))["state"] == "SUCCESS"
+
+
 async def test_server_sent_events_give_each_chunk_then_the_end(
     client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:

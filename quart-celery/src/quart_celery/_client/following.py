@@ -23,7 +23,7 @@ from quart_celery._broker.chunks import PAGE, StoredChunk
 from quart_celery._broker.task_ids import parse_task_id
 from quart_celery._client import listener
 from quart_celery._client.current import current_celery
-from quart_celery._client.listener import Chunks, ResultListener, Update
+from quart_celery._client.listener import Chunks, ResultListener, Update, batch_message
 from quart_celery._client.reader import task_reader
 from quart_celery._client.snapshots import decoded, snapshot_from_meta
 from quart_celery._observability import metrics
@@ -129,6 +129,20 @@ class StreamedChunk:
         return f'{{"id":{task_id},"offset":{self.offset},"chunk":{self.json}}}'
 
 
+@dataclass(frozen=True, slots=True)
+class StreamedBatch:
+    """Consecutive chunks of a followed task, given as one (to a follower that takes chunks in
+    batches): the offset of the first, and the websocket message that carries them."""
+
+    task_id: str
+    offset: int
+    text: str
+
+    def message(self) -> str:
+        """The chunks as the websocket sends them: `{"id", "offset", "chunks": [...]}`."""
+        return self.text
+
+
 @dataclass(slots=True)
 class Followed:
     """A task a follower follows, the last snapshot it gave of it (as JSON), and, where its
@@ -146,7 +160,7 @@ class Followed:
     read: bool = False
 
 
-Event: TypeAlias = TaskSnapshot | StreamedChunk | Unfollowed | TaskError
+Event: TypeAlias = TaskSnapshot | StreamedChunk | StreamedBatch | Unfollowed | TaskError
 
 
 class Ready:
@@ -196,9 +210,13 @@ class Follower:
     before the follower began (and any it missed, the listener having reconnected) are read
     from the task's stream, a page at a time, and a published batch that overlaps them is
     given from where they end. A task's final snapshot comes after its last chunk.
+
+    A follower made `batched` gives chunks as they came, a published batch (or a page read
+    from the stream) at a time (`StreamedBatch`): its message is made once for every socket.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, batched: bool = False) -> None:
+        self.batched = batched
         self.listener: ResultListener = current_app.extensions[listener.EXTENSION]
         self.inbox = Inbox(current_app.config["WS_QUEUE_SIZE"])
         self.followed: dict[str, Followed] = {}
@@ -298,7 +316,7 @@ class Follower:
     async def _take_update(self, update: Update, followed: Followed, task_id: str) -> None:
         """A state published, or the stored one to read (with the chunks stored since)."""
         meta = update.meta
-        chunks: list[StreamedChunk] = []
+        chunks: list[StreamedChunk | StreamedBatch] = []
         if meta is None:
             found = await self.reader.read(task_id, stored=True, chunks_from=followed.next_offset)
             followed.read = True
@@ -341,23 +359,23 @@ class Follower:
 
     def _take_stored(
         self, task_id: str, followed: Followed, stored: list[StoredChunk]
-    ) -> list[StreamedChunk]:
+    ) -> list[StreamedChunk | StreamedBatch]:
         """Chunks read from the stream, from the next one due; the task is behind (its next
         page is read) while a page comes back full."""
         assert followed.next_offset is not None
         start = followed.next_offset
-        chunks = [
-            StreamedChunk(task_id, chunk.offset, chunk.json.decode())
-            for chunk in stored
-            if chunk.offset >= start
-        ]
-        if chunks:
-            followed.next_offset = chunks[-1].offset + 1
         if len(stored) >= PAGE:
             self.behind[task_id] = None
         else:
             self.behind.pop(task_id, None)
-        return chunks
+        fresh = [chunk for chunk in stored if chunk.offset >= start]
+        if not fresh:
+            return []
+        followed.next_offset = fresh[-1].offset + 1
+        if self.batched:
+            texts = [chunk.json.decode() for chunk in fresh]
+            return [StreamedBatch(task_id, start, batch_message(task_id, start, texts))]
+        return [StreamedChunk(task_id, chunk.offset, chunk.json.decode()) for chunk in fresh]
 
     def _take_published(self, update: Chunks, followed: Followed) -> None:
         """A batch published: the chunks of it not given yet. One that begins past the next
@@ -368,11 +386,18 @@ class Follower:
         if update.offset > start:
             self.behind[update.task_id] = None
             return
-        fresh = update.chunks[start - update.offset :]
+        whole = start == update.offset
+        fresh = update.chunks if whole else update.chunks[start - update.offset :]
+        if not fresh:
+            return
+        followed.next_offset = start + len(fresh)
+        if self.batched:
+            text = update.message() if whole else batch_message(update.task_id, start, fresh)
+            self.ready.append(StreamedBatch(update.task_id, start, text))
+            return
         self.ready.extend(
             StreamedChunk(update.task_id, start + index, chunk) for index, chunk in enumerate(fresh)
         )
-        followed.next_offset = start + len(fresh)
 
     def _give_final(self, task_id: str, snapshot: TaskSnapshot) -> None:
         self.ready.append(snapshot)

@@ -25,7 +25,7 @@ import os
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -56,14 +56,30 @@ class Update:
     meta: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Chunks:
     """Chunks a task streamed, as one batch was published (`_broker.chunks`): the offset of
-    the first, and each chunk as JSON, encoded once for every recipient."""
+    the first, and each chunk as JSON, encoded once for every recipient; and the whole batch
+    as one websocket message, for the sockets that take chunks in batches (made on first use,
+    once for all of them)."""
 
     task_id: str
     offset: int
     chunks: list[str]
+    _message: str | None = field(default=None, compare=False, repr=False)
+
+    def message(self) -> str:
+        """The batch as `{"id", "offset", "chunks": [...]}`."""
+        if self._message is None:
+            self._message = batch_message(self.task_id, self.offset, self.chunks)
+        return self._message
+
+
+def batch_message(task_id: str, offset: int, chunks: list[str]) -> str:
+    """Consecutive chunks of a task (each as JSON) as one websocket message:
+    `{"id", "offset" (the first's), "chunks": [...]}`."""
+    encoded_id = orjson.dumps(task_id).decode()
+    return f'{{"id":{encoded_id},"offset":{offset},"chunks":[{",".join(chunks)}]}}'
 
 
 class Recipient(Protocol):

@@ -4,7 +4,9 @@
 a close (1000) after the final state. What the task streams comes between, each chunk as
 `{"id", "offset", "chunk"}`, in order with its states: from offset 0 (or `?from=N`), the chunks
 stored before the socket came first, then the live ones, each once; the final state comes after
-the last chunk. `/ws/tasks` follows many: the client sends
+the last chunk. With `?chunks=batched` (on either endpoint), chunks come as they were written,
+many to a message: `{"id", "offset" (the first's), "chunks": [...]}`, one message where a fast
+stream would take hundreds. `/ws/tasks` follows many: the client sends
 `{"subscribe": [ids]}` (with `"from": {id: N}` to start a task's chunks at offset N) and
 `{"unsubscribe": [ids]}`, and every message carries its task's `id`.
 Every message a client sends there is answered: a subscription with the task's snapshot (or an
@@ -36,7 +38,14 @@ from quart import Blueprint, current_app, websocket
 
 from quart_celery._broker.chunks import parse_offset
 from quart_celery._broker.task_ids import parse_task_id
-from quart_celery._client.following import Follower, Inbox, StreamedChunk, TaskError, Unfollowed
+from quart_celery._client.following import (
+    Follower,
+    Inbox,
+    StreamedBatch,
+    StreamedChunk,
+    TaskError,
+    Unfollowed,
+)
 from quart_celery._client.workflows import WorkflowFollower
 from quart_celery._protection import access, sockets
 from quart_celery._web import shutdown
@@ -98,7 +107,7 @@ async def follow_tasks() -> None:
     """Many tasks on one socket, as the client subscribes and unsubscribes."""
     await websocket.accept()
     follower = Follower()
-    await _serve(follower, _send_changes(follower), partial(_handle_requests, follower))
+    await _serve(follower, _follow_many(follower), partial(_handle_requests, follower))
 
 
 async def _serve(
@@ -140,6 +149,7 @@ async def _read(receiving: Callable[[], Awaitable[None]], inbox: Inbox) -> None:
 async def _follow_one(follower: Follower, task_id: str) -> None:
     """Follow the one task of `/ws/tasks/<id>` to its end; 4404 if nobody published it, 4400
     if `?from=` is not an offset."""
+    _take_chunks_as_asked(follower)
     try:
         start = parse_offset(websocket.args.get("from", "0"))
     except ValueError:
@@ -153,6 +163,23 @@ async def _follow_one(follower: Follower, task_id: str) -> None:
     except APIError as error:
         raise CloseSocket.for_error(error) from None
     await _send_changes(follower, one_task=True)
+
+
+async def _follow_many(follower: Follower) -> None:
+    """Send the changes of the tasks a `/ws/tasks` client subscribes to; 4400 if `?chunks=`
+    is not a way to take chunks."""
+    _take_chunks_as_asked(follower)
+    await _send_changes(follower)
+
+
+def _take_chunks_as_asked(follower: Follower) -> None:
+    """Have the follower give chunks as `?chunks=` asks: `each` (the default), one message a
+    chunk, or `batched`, many to a message; `CloseSocket` (4400) for anything else."""
+    asked = websocket.args.get("chunks", "each")
+    if asked not in ("each", "batched"):
+        message = "?chunks= takes each (one message a chunk, the default) or batched."
+        raise CloseSocket(BAD_REQUEST, "invalid_chunks", message)
+    follower.batched = asked == "batched"
 
 
 async def _follow_workflow(follower: WorkflowFollower, workflow_id: str) -> None:
@@ -194,6 +221,8 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
             chunks = [event, *follower.ready_chunks(SENT_AT_ONCE - 1)]
             await _send_texts([chunk.message() for chunk in chunks])
             del chunks
+        elif isinstance(event, StreamedBatch):
+            await _send_text(event.message())
         elif isinstance(event, Unfollowed):
             await _send({"id": event.task_id, "unsubscribed": True})
         elif isinstance(event, TaskError):
