@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import pkgutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,13 +57,17 @@ def test_importing_alone_connects_nowhere_and_has_no_cycle(
 def test_no_module_of_the_app_package_imports_the_factories(module: str) -> None:
     path = ROOT.joinpath(*module.split("."))
     source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-    for node in ast.walk(ast.parse(source.read_text())):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module]
+    for names in _imports(source):
         assert not any(name.split(".")[0] == "factories" for name in names), module
+
+
+def _imports(source: Path) -> Iterator[list[str]]:
+    """The modules each import statement of `source` names (`from x import y`: `x`)."""
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            yield [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield [node.module]
 
 
 #: What an app may import of the bridge: the package, and its pytest plugin in tests.
@@ -86,11 +91,6 @@ PUBLIC = frozenset({"quart_celery", "quart_celery.testing"})
 def test_the_app_imports_the_bridge_only_by_its_public_names(path: Path) -> None:
     # The bridge's internals (`quart_celery._client`, ...) may change in any release: the app,
     # its tests and the benchmarks import what `quart_celery` exports, as a user's code does.
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module]
+    for names in _imports(path):
         private = [name for name in names if name.startswith("quart_celery.")]
         assert set(private) <= PUBLIC, f"{path.name} imports {private}"

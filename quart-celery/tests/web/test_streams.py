@@ -172,17 +172,9 @@ async def test_a_bad_from_is_a_clear_error(
 async def test_many_tasks_on_one_socket_each_from_its_own_offset(
     client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
-    first = (await submit(client, "tests.stream_count", count=5))["id"]
-    second = (await submit(client, "tests.stream_words", text="a b c"))["id"]
-    with thread_worker(celery):
-        await finished(client, first)
-        await finished(client, second)
+    first, second = await _two_ended_streams(client, celery, thread_worker)
     async with client.websocket("/ws/tasks") as socket:
-        await socket.send(json.dumps({"subscribe": [first, second], "from": {first: 3}}))
-        received: list[dict[str, Any]] = []
-        while sum(message.get("state") == "SUCCESS" for message in received) < 2:
-            async with asyncio.timeout(TIMEOUT):
-                received.append(json.loads(await socket.receive()))
+        received = await _both_from_offset_3_of_the_first(socket, first, second)
         bad_starts: list[Any] = [-1, 1.5, True, None, "x", "-1", " 1", [], {}, 10**20, "9" * 16]
         bad_messages: list[Any] = [
             {"subscribe": [first], "from": {first: start}} for start in bad_starts
@@ -194,6 +186,31 @@ async def test_many_tasks_on_one_socket_each_from_its_own_offset(
                 assert json.loads(await socket.receive())["error"]["code"] == "invalid_message"
     assert chunks_of([m for m in received if m["id"] == first]) == [3, 4]
     assert chunks_of([m for m in received if m["id"] == second]) == ["a", "b", "c"]
+
+
+async def _two_ended_streams(
+    client: Client, celery: Celery, thread_worker: ThreadWorker
+) -> tuple[str, str]:
+    """Two tasks that have streamed and ended: one counted to 5, one the words "a b c"."""
+    first = (await submit(client, "tests.stream_count", count=5))["id"]
+    second = (await submit(client, "tests.stream_words", text="a b c"))["id"]
+    with thread_worker(celery):
+        await finished(client, first)
+        await finished(client, second)
+    return first, second
+
+
+async def _both_from_offset_3_of_the_first(
+    socket: Any, first: str, second: str
+) -> list[dict[str, Any]]:
+    """Subscribe a `/ws/tasks` socket to both tasks, the first's chunks from offset 3; every
+    message until both have ended."""
+    await socket.send(json.dumps({"subscribe": [first, second], "from": {first: 3}}))
+    received: list[dict[str, Any]] = []
+    while sum(message.get("state") == "SUCCESS" for message in received) < 2:
+        async with asyncio.timeout(TIMEOUT):
+            received.append(json.loads(await socket.receive()))
+    return received
 
 
 def batched_chunks_of(received: list[dict[str, Any]], start: int = 0) -> list[Any]:
@@ -231,17 +248,9 @@ async def test_chunks_in_batches_come_many_to_a_message_in_order_from_any_offset
 async def test_many_tasks_on_one_socket_in_batches(
     client: Client, celery: Celery, thread_worker: ThreadWorker
 ) -> None:
-    first = (await submit(client, "tests.stream_count", count=5))["id"]
-    second = (await submit(client, "tests.stream_words", text="a b c"))["id"]
-    with thread_worker(celery):
-        await finished(client, first)
-        await finished(client, second)
+    first, second = await _two_ended_streams(client, celery, thread_worker)
     async with client.websocket("/ws/tasks?chunks=batched") as socket:
-        await socket.send(json.dumps({"subscribe": [first, second], "from": {first: 3}}))
-        received: list[dict[str, Any]] = []
-        while sum(message.get("state") == "SUCCESS" for message in received) < 2:
-            async with asyncio.timeout(TIMEOUT):
-                received.append(json.loads(await socket.receive()))
+        received = await _both_from_offset_3_of_the_first(socket, first, second)
     assert batched_chunks_of([m for m in received if m["id"] == first], 3) == [3, 4]
     assert batched_chunks_of([m for m in received if m["id"] == second]) == ["a", "b", "c"]
 
