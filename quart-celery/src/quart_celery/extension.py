@@ -177,6 +177,7 @@ class QuartCelery:
         app.config.update(read_settings(app.config))
         app.extensions["quart_celery"] = self
         register_error_handlers(app)
+        shutdown.init_app(app)  # first: a stop that has begun finishes (see its `init_app`)
         connection.init_app(app)
         self._init_protection(app)
         self._init_resources(app)
@@ -195,13 +196,12 @@ class QuartCelery:
 
     def _init_resources(self, app: Quart) -> None:
         """What opens while the app serves: the thread pool, the Redis client, the reader, the
-        submitter, the result listener, and hearing the server stop."""
+        submitter and the result listener."""
         blocking.init_app(app)
         connections.init_app(app)
         reader.init_app(app)
         submitter.init_app(app)
         listener.init_app(app)
-        shutdown.init_app(app)
 
     def _register_endpoints(self, app: Quart) -> None:
         """The JSON API (for the exposed tasks), the websockets, the health checks, `/metrics`

@@ -60,7 +60,18 @@ class GoingAway:
 
 
 def init_app(app: Quart) -> None:
-    """Tell who asked once the server begins to shut down, or serving stops."""
+    """Tell who asked once the server begins to shut down, or serving stops; and once it has
+    begun, finish shutting down whatever signal comes.
+
+    Call it before anything whose `before_serving` makes what its `after_serving` removes
+    (the metrics directory): those run in the order they were registered.
+    """
+
+    @app.before_serving
+    async def finish_stopping_once_asked() -> None:
+        server_event = _server_shutdown_event()
+        if server_event is not None:
+            _ignore_sigterm_once_asked(server_event)
 
     @app.while_serving
     async def watch_for_shutdown() -> AsyncGenerator[None, None]:
@@ -92,11 +103,28 @@ def _server_shutdown_event() -> Any:
 async def _watch(server_event: Any, going_away: GoingAway) -> None:
     while not server_event.is_set():
         await asyncio.sleep(POLL_INTERVAL)
-    # hypercorn's main process, once the first of its worker processes has exited, sends the
-    # others SIGTERM, which a worker process does not handle: one still in its shutdown died
-    # there, before its `after_serving` handlers ran (the metrics directory was left behind
-    # about one stop in five). Asked to stop already, it finishes stopping; SIGKILL still
-    # ends it.
-    with suppress(ValueError):  # not the main thread: nothing to change
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     going_away.begin()
+
+
+def _ignore_sigterm_once_asked(server_event: Any) -> None:
+    """Ignore SIGTERM once hypercorn's main process has asked this worker process to stop;
+    before that, end as SIGTERM would.
+
+    hypercorn's main process, once the first of its worker processes has exited, sends the
+    others SIGTERM, which a worker process does not handle: one still stopping died there,
+    before its `after_serving` handlers ran, and left the metrics directory behind (about one
+    stop in five). One still starting, between making that directory and serving, died too
+    (a stop just after the server answered, with a slow `before_serving`: three in six).
+    Heard from the event loop, not in a signal handler, so that reading the event may take
+    its lock; SIGKILL still ends the process.
+    """
+    loop = asyncio.get_running_loop()
+
+    def terminated() -> None:
+        if server_event.is_set():
+            return  # stopping already: finish
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+
+    with suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
+        loop.add_signal_handler(signal.SIGTERM, terminated)
