@@ -58,7 +58,9 @@ def test_a_thousand_async_tasks_run_side_by_side_each_in_a_context_of_its_own(
     celery: Celery, process_worker: ProcessWorker
 ) -> None:
     worker = process_worker(concurrency=1000)
-    runs = [own_context.delay(6.0) for _ in range(1000)]
+    # Each awaits 12 s: all must have started before the first ends, on a machine as busy as
+    # CI's (with 6 s, one CI run saw them never all in flight at once).
+    runs = [own_context.delay(12.0) for _ in range(1000)]
     peak_threads = 0
 
     def all_in_flight() -> bool:

@@ -110,6 +110,34 @@ def test_a_batch_written_twice_its_reply_lost_is_kept_once(celery: Celery) -> No
     assert stored(celery, task_id) == [(0, '"once"')]
 
 
+def test_a_batch_sent_again_grown_meanwhile_keeps_each_chunk_once(celery: Celery) -> None:
+    # Its first try was written as Redis stopped, the reply lost; the chunks sent during the
+    # outage joined it for the next try (the first half of them were dropped, as written).
+    task_id = str(uuid.uuid4())
+    stream = TaskStream(task_id, celery.backend, 100, ChunkWriter.running())
+    assert stream.script(keys=stream.keys, args=[0, 0, task_id, b'"a"']) == 1
+    grown = [0, 0, task_id, b'"a"', b'"b"', b'"c"']
+    assert stream.script(keys=stream.keys, args=grown) == 1
+    assert stored(celery, task_id) == [(0, '"a"'), (1, '"b"'), (2, '"c"')]
+    # A batch past chunks the run never wrote is refused: a gap would pass unseen.
+    assert stream.script(keys=stream.keys, args=[0, 4, task_id, b'"e"']) == -1
+
+
+def test_a_writer_that_fails_fails_the_task_rather_than_leave_a_gap(
+    celery: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = TaskStream(str(uuid.uuid4()), celery.backend, 100, ChunkWriter.running())
+
+    def broken(**_: Any) -> int:
+        raise KeyError("a bug in the writer")
+
+    monkeypatch.setattr(stream, "script", broken)
+    stream.send(b'"dropped"')
+    assert isinstance(stream.wait_written(), ChunksNotWritten)
+    with pytest.raises(ChunksNotWritten, match="a bug in the writer"):
+        stream.send(b'"refused"')
+
+
 def test_two_runs_of_one_task_at_once_each_keep_every_chunk(celery: Celery) -> None:
     task_id = str(uuid.uuid4())
     first, second = (TaskStream(task_id, celery.backend, 100, ChunkWriter.running()) for _ in "12")

@@ -4,8 +4,9 @@ A task's chunks (`quart_celery.send_chunk`, or what an async generator task yiel
 in a Redis stream beside its result (`celery-task-meta-<id>.chunks`), for as long as the result
 is kept: the backend's store script refreshes the stream's expiry with each state
 (`_broker.backends`). Offset N is the stream entry `0-<N+1>`: a reader asks for "from offset N"
-directly. Each run of a task's body keeps a record of the batches it wrote, so that a batch
-written twice (its reply lost) is not added again, and a stream that lost them is noticed.
+directly. Each run of a task's body keeps a record of how many of its chunks it wrote, so that
+a chunk sent again (its batch's reply lost) is not added twice, and a stream that lost them is
+noticed.
 
 Each batch written is also published on the task's result channel, the one Celery publishes its
 states on, as one message: `{"status": "STREAMING", "task_id", "offset", "chunks": [...]}`. On
@@ -39,27 +40,28 @@ RUN_KEPT = 86_400
 
 #: Append a batch of one run's chunks to a task's stream and publish them. KEYS: the stream,
 #: the task's result key (its channel), the run's record (`run_key`). ARGV: the stream's expiry
-#: in seconds (0: none), the batch's number in its run (0, 1, 2, ...), the task's id, then each
-#: chunk as JSON. The record counts the run's batches written and the stream's length after the
-#: last: a batch written before (its reply lost, so sent again) is not added twice (0), and a
-#: stream that lost what the run wrote (Redis lost it) takes nothing more (-1): a gap would
-#: pass unseen. Two runs of one task (a retry, a redelivery) each append at the stream's end.
-#: Returns 1 once the batch is added.
+#: in seconds (0: none), the run's count of chunks sent before the batch's first, the task's id,
+#: then each chunk as JSON. The record counts the run's chunks written and the stream's length
+#: after the last. A batch sent again after its reply was lost may have grown meanwhile (the
+#: chunks sent since join it): what of it was written before is skipped, the rest added (0 if
+#: nothing is). A stream that lost what the run wrote (Redis lost it), or a batch past a gap,
+#: takes nothing more (-1): a gap would pass unseen. Two runs of one task (a retry, a
+#: redelivery) each append at the stream's end. Returns 1 once chunks are added.
 APPEND_CHUNKS = """
-local run = redis.call('HMGET', KEYS[3], 'batches', 'end')
-local done = tonumber(run[1] or '0')
-local batch = tonumber(ARGV[2])
-if batch < done then return 0 end
+local run = redis.call('HMGET', KEYS[3], 'written', 'end')
+local written = tonumber(run[1] or '0')
+local first = tonumber(ARGV[2])
 local length = redis.call('XLEN', KEYS[1])
-if batch > done or length < tonumber(run[2] or '0') then return -1 end
+if first > written or length < tonumber(run[2] or '0') then return -1 end
 local chunks = {}
-for i = 4, #ARGV do
+for i = 4 + written - first, #ARGV do
     chunks[#chunks + 1] = ARGV[i]
     redis.call('XADD', KEYS[1], '0-' .. string.format('%d', length + #chunks), 'c', ARGV[i])
 end
+if #chunks == 0 then return 0 end
 local expiry = tonumber(ARGV[1])
 if expiry > 0 then redis.call('EXPIRE', KEYS[1], expiry) end
-redis.call('HSET', KEYS[3], 'batches', done + 1, 'end', length + #chunks)
+redis.call('HSET', KEYS[3], 'written', written + #chunks, 'end', length + #chunks)
 redis.call('EXPIRE', KEYS[3], math.max(expiry, RUN_KEPT))
 redis.call('PUBLISH', KEYS[2], '{"status":"STREAMING","task_id":' .. cjson.encode(ARGV[3])
     .. ',"offset":' .. string.format('%d', length) .. ',"chunks":['

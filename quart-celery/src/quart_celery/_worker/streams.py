@@ -201,8 +201,10 @@ class TaskStream:
         #: Chunks (encoded), calls (states stored) and gates, in the order they were made.
         self.items: deque[bytes | Callable[[], object] | _Gate] = deque()
         self.sent = 0
-        #: The batches of this run written so far.
+        #: The batches of this run written so far, and their chunks (the run's count of chunks
+        #: sent before the next batch's first: `APPEND_CHUNKS` skips those it has already).
         self.batches = 0
+        self.written = 0
         #: Whether the writer has the stream in hand: it is written until its items run out.
         self.busy = False
         #: When the writer last got something of it done (waits give up without progress).
@@ -213,7 +215,7 @@ class TaskStream:
         self.failure: Exception | None = None
         #: Given up: what is still queued is dropped, and what is sent from now on.
         self.abandoned = False
-        #: Why no more of its chunks can be written (Redis lost its stream), if none can.
+        #: Why no more of its chunks can be written (Redis lost its stream, the writer failed).
         self.lost: ChunksNotWritten | None = None
 
     def send(self, chunk: bytes) -> None:
@@ -297,7 +299,7 @@ class TaskStream:
     def forget_run(self) -> None:
         """Delete the run's record once its last batch is written (it has ended)."""
         with self.lock:
-            if self.batches == 0 or self.abandoned:
+            if self.written == 0 or self.abandoned:
                 return
         self.then(partial(self.client.delete, self.keys[2]))
 
@@ -338,7 +340,7 @@ class TaskStream:
                 logger.exception("a state of task %s could not be stored", self.task_id)
             self.progressed = time.monotonic()
             return True
-        args: list[Any] = [self.expires, self.batches, self.task_id, *batch]
+        args: list[Any] = [self.expires, self.written, self.task_id, *batch]
         try:
             written = int(self.script(keys=self.keys, args=args))
         except (RedisError, OSError) as error:
@@ -356,6 +358,7 @@ class TaskStream:
                 self.abandoned = True
                 return True
             self.batches += 1
+            self.written += len(batch)
             self.failure = None
         return True
 
@@ -409,9 +412,12 @@ class ChunkWriter:
                 time.sleep(backoff)
                 backoff = min(2 * backoff, MAX_BACKOFF)
                 more = True
-            except Exception:
+            except Exception as error:
                 logger.exception("the chunk writer failed on task %s", stream.task_id)
-                with stream.lock:
+                with stream.lock:  # the task fails for it, rather than end with a gap unseen
+                    stream.lost = ChunksNotWritten(
+                        f"the chunks of task {stream.task_id} could not be written: {error!r}"
+                    )
                     stream.abandoned = True
                 more = True
             else:
