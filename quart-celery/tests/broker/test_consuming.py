@@ -175,3 +175,33 @@ def test_acknowledgements_held_are_sent_when_the_channel_closes(
     assert recorded(redis_client) == {}
     assert redis_client.llen("celery") == 1
     assert loads(redis_client.lindex("celery", 0) or b"{}")["headers"]["id"] == sent[1]
+
+
+def test_acknowledgements_redis_did_not_take_are_held_with_a_warning_not_a_traceback(
+    celery: Celery,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    send(1)
+    with consuming(celery, prefetch=5) as (connection, channel, received):
+        transport = connection.transport
+        assert isinstance(transport, AcknowledgesOnEachTurn)
+        transport.loop_thread = threading.get_ident()
+        connection.drain_events(timeout=5)
+        received[0].ack()
+
+        @contextmanager
+        def away() -> Iterator[Any]:
+            raise redis.ConnectionError("Connection refused")
+            yield  # a generator, as kombu's is
+
+        with monkeypatch.context() as patched:
+            patched.setattr(channel, "conn_or_acquire", away)
+            transport.flush_acknowledged()  # Redis away (its reconnecting worker)
+        qos = channel.qos
+        assert isinstance(qos, QoS) and len(qos.acknowledged) == 1  # held for the next turn
+        (warned,) = [r for r in caplog.records if "acknowledged yet" in r.getMessage()]
+        assert warned.levelname == "WARNING" and warned.exc_info is None
+        transport.flush_acknowledged()  # Redis back
+        assert recorded(redis_client) == {}

@@ -32,6 +32,7 @@ from kombu.transport import redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,11 @@ class QoS(redis.QoS):
                 pipe = client.pipeline()
                 pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags)
                 pipe.execute()
-        except Exception:
+        except (RedisError, OSError) as error:  # Redis away: expected, no traceback
             self.acknowledged[:0] = tags  # again at the next turn's end
+            logger.warning("%d message(s) could not be acknowledged yet: %s", len(tags), error)
+        except Exception:
+            self.acknowledged[:0] = tags
             logger.exception("%d message(s) could not be acknowledged yet", len(tags))
 
     def restore_unacked_once(self, stderr: Any = None) -> Any:
