@@ -99,6 +99,14 @@ def test_the_import_check_finds_a_cycle_and_a_connection(tmp_path: Path) -> None
     assert "ImportError" in failures["cyclic.one"]
     assert "ImportError" in failures["cyclic.two"]
     assert "socket.getaddrinfo while importing" in failures["connects"]
+    # A package whose own import connects: each module of it says so, imported first.
+    loud = tmp_path / "loud"
+    loud.mkdir()
+    (loud / "__init__.py").write_text("from loud import calls\n")
+    (loud / "calls.py").write_text("import socket\nsocket.getaddrinfo('localhost', 1)\n")
+    (loud / "quiet.py").write_text("")
+    failures = imported_alone(["loud", "loud.calls", "loud.quiet"], root=tmp_path)
+    assert all("socket.getaddrinfo while importing" in failure for failure in failures.values())
 
 
 def test_the_check_finds_an_import_against_the_order() -> None:
