@@ -39,6 +39,14 @@ def consuming(
             yield connection, channel, received
 
 
+def on_the_loop(connection: Connection) -> AcknowledgesOnEachTurn:
+    """The connection's transport, as if this thread ran the worker's event loop."""
+    transport = connection.transport
+    assert isinstance(transport, AcknowledgesOnEachTurn)
+    transport.loop_thread = threading.get_ident()
+    return transport
+
+
 def send(count: int) -> list[str]:
     return [echo.delay(str(number)).id for number in range(count)]
 
@@ -148,9 +156,7 @@ def test_acknowledgements_on_the_event_loop_go_at_the_end_of_its_turn(
 ) -> None:
     send(3)
     with consuming(celery, prefetch=5) as (connection, channel, received):
-        transport = connection.transport
-        assert isinstance(transport, AcknowledgesOnEachTurn)
-        transport.loop_thread = threading.get_ident()  # as if this thread ran the worker's loop
+        transport = on_the_loop(connection)  # as if this thread ran the worker's loop
         connection.drain_events(timeout=5)
         assert len(received) == 3
         for message in received:
@@ -166,9 +172,7 @@ def test_acknowledgements_held_are_sent_when_the_channel_closes(
 ) -> None:
     sent = send(2)
     with consuming(celery, prefetch=5) as (connection, channel, received):
-        transport = connection.transport
-        assert isinstance(transport, AcknowledgesOnEachTurn)
-        transport.loop_thread = threading.get_ident()
+        on_the_loop(connection)
         connection.drain_events(timeout=5)
         received[0].ack()
         qos = channel.qos
@@ -191,9 +195,7 @@ def test_acknowledgements_redis_did_not_take_are_held_with_a_warning_not_a_trace
     monkeypatch.setattr(consuming_module, "logger", logged)
     send(1)
     with consuming(celery, prefetch=5) as (connection, channel, received):
-        transport = connection.transport
-        assert isinstance(transport, AcknowledgesOnEachTurn)
-        transport.loop_thread = threading.get_ident()
+        transport = on_the_loop(connection)
         connection.drain_events(timeout=5)
         received[0].ack()
 
