@@ -128,12 +128,12 @@ class QoS(redis.QoS):
                 pipe = client.pipeline()
                 pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags)
                 pipe.execute()
-        except (RedisError, OSError) as error:  # Redis away: expected, no traceback
+        except Exception as error:
             self.acknowledged[:0] = tags  # again at the next turn's end
-            logger.warning("%d message(s) could not be acknowledged yet: %s", len(tags), error)
-        except Exception:
-            self.acknowledged[:0] = tags
-            logger.exception("%d message(s) could not be acknowledged yet", len(tags))
+            if isinstance(error, RedisError | OSError):  # Redis away: expected, no traceback
+                logger.warning("%d message(s) could not be acknowledged yet: %s", len(tags), error)
+            else:
+                logger.exception("%d message(s) could not be acknowledged yet", len(tags))
 
     def restore_unacked_once(self, stderr: Any = None) -> Any:
         """Send the acknowledgements still held before the channel closes (kombu then puts
