@@ -131,8 +131,9 @@ def suites(pytest_args: list[str]) -> list[tuple[Path, list[str]]]:
 
 
 #: The suite's processes (pytest-xdist), each with its own two Redis databases: its tests
-#: spend much of their time waiting on the servers and workers they start.
-TEST_PROCESSES = 2
+#: spend much of their time waiting on the servers and workers they start (on 2 cores, the
+#: bridge's suite took 344 s in two processes, 227 s in four; docs/testing.md).
+TEST_PROCESSES = 4
 
 
 def in_processes(pytest_args: list[str]) -> list[str]:

@@ -271,15 +271,15 @@ def test_another_python_is_found_on_the_path_or_under_pyenv(
 @pytest.mark.parametrize(
     ("given", "run_with"),
     [
-        ([], ["-n", "2", "--dist", "loadfile"]),
-        (["-k", "flask"], ["-n", "2", "--dist", "loadfile", "-k", "flask"]),
+        ([], ["-n", "4", "--dist", "loadfile"]),
+        (["-k", "flask"], ["-n", "4", "--dist", "loadfile", "-k", "flask"]),
         (["-n", "0"], ["-n", "0"]),
-        (["-n4"], ["-n4"]),
+        (["-n2"], ["-n2"]),
         (["-p", "no:xdist"], ["-p", "no:xdist"]),
         (["tests/faults/test_load.py", "-s"], ["tests/faults/test_load.py", "-s"]),
     ],
 )
-def test_the_suite_runs_in_two_processes_unless_asked_otherwise(
+def test_the_suite_runs_in_four_processes_unless_asked_otherwise(
     given: list[str], run_with: list[str]
 ) -> None:
     assert load_dev_script().in_processes(given) == run_with
