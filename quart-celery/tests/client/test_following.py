@@ -93,3 +93,36 @@ async def test_a_published_batch_is_one_message_made_once_for_every_batched_foll
     assert json.loads(first.message()) == {"id": TASK, "offset": 10, "chunks": ["a", "b", "c"]}
     assert isinstance(late, StreamedBatch)
     assert json.loads(late.message()) == {"id": TASK, "offset": 11, "chunks": ["b", "c"]}
+
+
+async def test_batches_ready_together_are_joined_into_one_up_to_a_size(
+    app: Quart, client: Client
+) -> None:
+    # Four batches of one task waiting, then a state, then a fifth: the first three are
+    # joined (the fourth would pass the size), and none across the state.
+    words = [['"a"', '"b"'], ['"c"'], ['"d"', '"e"'], ['"fff"'], ['"g"']]
+    async with app.app_context():
+        follower = Follower(batched=True)
+        follower.followed[TASK] = Followed("tests.stream_words", next_offset=0, read=True)
+        follower.inbox.wants_chunks = True
+        offset = 0
+        for batch in words[:4]:
+            follower.inbox.deliver(Chunks(TASK, offset, batch))
+            offset += len(batch)
+        follower.inbox.deliver(Update(TASK, {"status": "PROGRESS", "result": {}}))
+        follower.inbox.deliver(Chunks(TASK, offset, words[4]))
+        first = await follower.next_event()
+        assert isinstance(first, StreamedBatch)
+        joined = follower.joined(first, most=len('"a","b","c","d","e"'))
+        fourth = follower.joined(await follower.next_event(), most=1000)  # type: ignore[arg-type]
+        state = await follower.next_event()
+        fifth = await follower.next_event()
+    assert json.loads(joined.message()) == {
+        "id": TASK,
+        "offset": 0,
+        "chunks": ["a", "b", "c", "d", "e"],
+    }
+    assert (joined.offset, joined.count) == (0, 5)
+    assert json.loads(fourth.message())["chunks"] == ["fff"]
+    assert isinstance(state, TaskSnapshot)
+    assert isinstance(fifth, StreamedBatch) and json.loads(fifth.message())["offset"] == 6

@@ -93,6 +93,16 @@ class Inbox:
             self.broken = reason
         self._wake()
 
+    def next_chunks(self, task_id: str) -> Chunks | None:
+        """The next update, without waiting, if it is a batch of chunks of the task."""
+        if self.broken is not None or not self.updates:
+            return None
+        update = self.updates[0]
+        if not isinstance(update, Chunks) or update.task_id != task_id:
+            return None
+        del self.updates[0]
+        return update
+
     async def get(self) -> Update | Chunks | Unfollowed:
         """The next update, when there is one; what broke the inbox, if something did."""
         while self.broken is None and not self.updates:
@@ -132,15 +142,21 @@ class StreamedChunk:
 @dataclass(frozen=True, slots=True)
 class StreamedBatch:
     """Consecutive chunks of a followed task, given as one (to a follower that takes chunks in
-    batches): the offset of the first, and the websocket message that carries them."""
+    batches): the offset of the first, how many there are, and the chunks (each as JSON,
+    comma-separated); with the websocket message that carries them, where it is made once for
+    every follower (a batch as it was published)."""
 
     task_id: str
     offset: int
-    text: str
+    count: int
+    body: str
+    text: str | None = None
 
     def message(self) -> str:
         """The chunks as the websocket sends them: `{"id", "offset", "chunks": [...]}`."""
-        return self.text
+        if self.text is not None:
+            return self.text
+        return batch_message(self.task_id, self.offset, self.body)
 
 
 @dataclass(slots=True)
@@ -256,6 +272,47 @@ class Follower:
         """Stop following a task; `Unfollowed` comes out after everything queued before it."""
         self._drop(task_id)
         self.inbox.deliver(Unfollowed(task_id))
+
+    def joined(self, batch: StreamedBatch, most: int) -> StreamedBatch:
+        """`batch`, with the batches of its task that are ready to follow it (and those that
+        wait in the inbox), as one of at most `most` bytes, without waiting.
+
+        A server busy sending one batch to each of many sockets has the next few ready for
+        each by the time it comes round again: one message each, rather than one a batch,
+        is what lets it catch up (`bench/streams.py`).
+        """
+        bodies, size = [batch.body], len(batch.body)
+        end = batch.offset + batch.count
+        while True:
+            if not self.ready:
+                self._take_waiting_chunks(batch.task_id)
+                if not self.ready:
+                    break
+            following = self.ready.first()
+            if (
+                not isinstance(following, StreamedBatch)
+                or following.task_id != batch.task_id
+                or following.offset != end
+                or size + 1 + len(following.body) > most
+            ):
+                break
+            self.ready.popleft()
+            bodies.append(following.body)
+            size += 1 + len(following.body)
+            end += following.count
+        if len(bodies) == 1:
+            return batch
+        return StreamedBatch(batch.task_id, batch.offset, end - batch.offset, ",".join(bodies))
+
+    def _take_waiting_chunks(self, task_id: str) -> None:
+        """Take the inbox's next update, without waiting, where it is a batch of the task's
+        chunks that `next_event` would give next (its stored state read, none missed)."""
+        followed = self.followed.get(task_id)
+        if followed is None or not followed.read or self.inbox.missed or self.behind:
+            return
+        update = self.inbox.next_chunks(task_id)
+        if update is not None:
+            self._take_published(update, followed)
 
     def ready_chunks(self, limit: int) -> list[StreamedChunk]:
         """Up to `limit` chunks made and not yet given that come next, without waiting: a
@@ -373,8 +430,8 @@ class Follower:
             return []
         followed.next_offset = fresh[-1].offset + 1
         if self.batched:
-            texts = [chunk.json.decode() for chunk in fresh]
-            return [StreamedBatch(task_id, start, batch_message(task_id, start, texts))]
+            body = ",".join(chunk.json.decode() for chunk in fresh)
+            return [StreamedBatch(task_id, start, len(fresh), body)]
         return [StreamedChunk(task_id, chunk.offset, chunk.json.decode()) for chunk in fresh]
 
     def _take_published(self, update: Chunks, followed: Followed) -> None:
@@ -392,8 +449,13 @@ class Follower:
             return
         followed.next_offset = start + len(fresh)
         if self.batched:
-            text = update.message() if whole else batch_message(update.task_id, start, fresh)
-            self.ready.append(StreamedBatch(update.task_id, start, text))
+            if whole:  # one text for every follower
+                batch = StreamedBatch(
+                    update.task_id, start, len(fresh), update.body(), update.message()
+                )
+            else:
+                batch = StreamedBatch(update.task_id, start, len(fresh), ",".join(fresh))
+            self.ready.append(batch)
             return
         self.ready.extend(
             StreamedChunk(update.task_id, start + index, chunk) for index, chunk in enumerate(fresh)

@@ -66,20 +66,27 @@ class Chunks:
     task_id: str
     offset: int
     chunks: list[str]
+    _body: str | None = field(default=None, compare=False, repr=False)
     _message: str | None = field(default=None, compare=False, repr=False)
+
+    def body(self) -> str:
+        """The chunks, comma-separated: the inside of the message's list."""
+        if self._body is None:
+            self._body = ",".join(self.chunks)
+        return self._body
 
     def message(self) -> str:
         """The batch as `{"id", "offset", "chunks": [...]}`."""
         if self._message is None:
-            self._message = batch_message(self.task_id, self.offset, self.chunks)
+            self._message = batch_message(self.task_id, self.offset, self.body())
         return self._message
 
 
-def batch_message(task_id: str, offset: int, chunks: list[str]) -> str:
-    """Consecutive chunks of a task (each as JSON) as one websocket message:
-    `{"id", "offset" (the first's), "chunks": [...]}`."""
+def batch_message(task_id: str, offset: int, body: str) -> str:
+    """Consecutive chunks of a task (`body`: each as JSON, comma-separated) as one websocket
+    message: `{"id", "offset" (the first's), "chunks": [...]}`."""
     encoded_id = orjson.dumps(task_id).decode()
-    return f'{{"id":{encoded_id},"offset":{offset},"chunks":[{",".join(chunks)}]}}'
+    return f'{{"id":{encoded_id},"offset":{offset},"chunks":[{body}]}}'
 
 
 class Recipient(Protocol):
