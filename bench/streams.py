@@ -4,6 +4,7 @@ websockets on one server.
     .venv/bin/python bench/streams.py [--chunks 10000] [--sockets 100] [--rounds 3] [--rate N]
     .venv/bin/python bench/streams.py --batched   # the sockets take ?chunks=batched
     .venv/bin/python bench/streams.py --profile streams.txt   # py-spy the server
+    .venv/bin/python bench/streams.py --client websockets   # sockets of the websockets library
 
 One `hypercorn asgi:app` and one worker (`celery -A bench.async_worker worker`, the async pool)
 on a flushed database. The task (`bench.stream`) is sent while no worker runs; `--sockets`
@@ -18,10 +19,13 @@ a second rather than as fast as it can. Reported, per round:
   and the p50 and p99 from a chunk's sending to a socket's receiving it, over every chunk of
   every socket; every socket must get every chunk, in order, once.
 
-A socket notes when each message came and reads it once the socket has closed: the client,
-in the same few cores, must not count its own JSON decoding as the server's delay. With
-`--batched`, the sockets ask for `?chunks=batched`: a message carries many chunks, each
-received when its message is.
+The sockets are the benchmark's own light client (`Recorder`): it notes when each frame's
+last byte came and reads the frames once the socket has closed. In production the clients are
+browsers on other machines; here they share the server's 2 cores, and a Python websocket stack
+decoding a million chunks as they come (`--client websockets`, the `websockets` library, which
+reads each message as it comes and decodes its JSON after the close) takes CPU time the server
+then waits for, and counts it as the server's delay. With `--batched`, the sockets ask for
+`?chunks=batched`: a message carries many chunks, each received when its message is.
 
 Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed before
 and after.
@@ -31,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -57,6 +63,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="chunks a second; 0: at once")
     parser.add_argument("--batched", action="store_true", help="follow with ?chunks=batched")
     parser.add_argument("--profile", help="record 5 s of py-spy on the server (.txt: raw)")
+    parser.add_argument(
+        "--client", choices=["light", "websockets"], default="light", help="the sockets' client"
+    )
     args = parser.parse_args()
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
@@ -65,8 +74,19 @@ def main() -> None:
     for number in range(1, args.rounds + 1):
         pace = f"{args.rate:g} a second" if args.rate else "as fast as it can"
         batched = ", batched" if args.batched else ""
-        print(f"round {number}: {args.chunks} chunks, {pace}, {args.sockets} sockets{batched}")
-        run_round(redis_url, args.chunks, args.sockets, args.rate, args.profile, args.batched)
+        print(
+            f"round {number}: {args.chunks} chunks, {pace}, {args.sockets} sockets{batched}, "
+            f"{args.client} client"
+        )
+        run_round(
+            redis_url,
+            args.chunks,
+            args.sockets,
+            args.rate,
+            args.profile,
+            args.batched,
+            light=args.client == "light",
+        )
 
 
 def run_round(
@@ -76,6 +96,7 @@ def run_round(
     rate: float,
     profile: str | None = None,
     batched: bool = False,
+    light: bool = True,
 ) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flush(redis_url)
@@ -108,7 +129,8 @@ def run_round(
                 stderr=subprocess.DEVNULL,
             )
 
-        received, worker = asyncio.run(follow(url, sockets, chunks, start_worker))
+        following = follow_lightly if light else follow
+        received, worker = asyncio.run(following(url, sockets, chunks, start_worker))
         result = celery.AsyncResult(task_id).get(timeout=60)
     finally:
         for process in (worker, server):
@@ -134,7 +156,119 @@ async def follow(
 
 
 async def one(socket: websockets.ClientConnection, chunks: int) -> tuple[list[float], float, float]:
-    came = [(time.time(), raw) async for raw in socket]
+    came = [(time.time(), str(raw)) async for raw in socket]
+    assert socket.close_code == 1000
+    return check(came, chunks)
+
+
+async def follow_lightly(
+    url: str, sockets: int, chunks: int, start_worker: object
+) -> tuple[list[tuple[list[float], float, float]], subprocess.Popen[bytes]]:
+    """`follow`, with the light client."""
+    loop = asyncio.get_running_loop()
+    parts = urlsplit(url)
+    connected: list[Recorder] = []
+    for _ in range(sockets):
+        _, recorder = await loop.create_connection(
+            lambda: Recorder(parts.netloc, f"{parts.path}?{parts.query}"),
+            "127.0.0.1",
+            parts.port or 80,
+        )
+        connected.append(recorder)
+    for recorder in connected:
+        await recorder.first_message
+    worker = start_worker()  # type: ignore[operator]
+    for recorder in connected:
+        await recorder.closed
+    results = []
+    for recorder in connected:
+        came = recorder.messages()
+        assert json.loads(came[0][1])["state"] == "PENDING"
+        results.append(check(came[1:], chunks))
+        assert recorder.close_code == 1000, recorder.close_code
+    return results, worker
+
+
+class Recorder(asyncio.Protocol):
+    """A websocket client that notes when each frame came, and reads the frames after the
+    close: between the two, its only work is finding where each frame ends.
+
+    Written by hand: a websocket library parses and decodes each message as it comes, and here
+    the client shares the server's cores. Frames from a server are not masked, and a server
+    sends each message as one frame; the client's one frame, its close, is masked.
+    """
+
+    def __init__(self, host: str, target: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.request = (
+            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
+        ).encode()
+        self.data = bytearray()
+        self.upgraded = False
+        self.scanned = 0
+        #: Each frame: when its last byte came, its opcode, where its payload starts and ends.
+        self.frames: list[tuple[float, int, int, int]] = []
+        self.first_message: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.close_code: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        came = time.time()
+        self.data += data
+        if not self.upgraded:
+            end = self.data.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            assert self.data.startswith(b"HTTP/1.1 101"), bytes(self.data[:end])
+            del self.data[: end + 4]
+            self.upgraded = True
+        buffer, at = self.data, self.scanned
+        while len(buffer) - at >= 2:
+            fin_opcode, length = buffer[at], buffer[at + 1] & 0x7F
+            header = 2 if length < 126 else 4 if length == 126 else 10
+            if len(buffer) - at < header:
+                break
+            if length == 126:
+                (length,) = struct.unpack_from("!H", buffer, at + 2)
+            elif length == 127:
+                (length,) = struct.unpack_from("!Q", buffer, at + 2)
+            end = at + header + length
+            if len(buffer) < end:
+                break
+            assert fin_opcode & 0x80, "a message in more than one frame"
+            self.frames.append((came, fin_opcode & 0x0F, at + header, end))
+            at = end
+            if not self.first_message.done():
+                self.first_message.set_result(None)
+            if fin_opcode & 0x0F == 0x8:  # the server's close: answer it, masked
+                (self.close_code,) = struct.unpack_from("!H", buffer, end - length)
+                mask = os.urandom(4)
+                code = bytes(b ^ m for b, m in zip(struct.pack("!H", 1000), mask, strict=False))
+                self.transport.write(b"\x88\x82" + mask + code)  # type: ignore[attr-defined]
+        self.scanned = at
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def messages(self) -> list[tuple[float, str]]:
+        """The text messages, each with when it came."""
+        return [
+            (came, self.data[start:end].decode())
+            for came, opcode, start, end in self.frames
+            if opcode == 0x1
+        ]
+
+
+def check(came: list[tuple[float, str]], chunks: int) -> tuple[list[float], float, float]:
+    """A socket's latencies, and when its first chunk was sent and its last came; every chunk
+    must have come, in order, once."""
     latencies: list[float] = []
     expected = 0
     first_sent = last_received = 0.0
@@ -151,7 +285,6 @@ async def one(socket: websockets.ClientConnection, chunks: int) -> tuple[list[fl
             latencies.append(received - sent)
         last_received = received
     assert expected == chunks, f"a socket got {expected} of {chunks} chunks"
-    assert socket.close_code == 1000
     return latencies, first_sent, last_received
 
 
