@@ -6,9 +6,10 @@ a close (1000) after the final state. What the task streams comes between, each 
 stored before the socket came first, then the live ones, each once; the final state comes after
 the last chunk. With `?chunks=batched` (on either endpoint), chunks come as they were written,
 many to a message: `{"id", "offset" (the first's), "chunks": [...]}`, one message where a fast
-stream would take hundreds. `/ws/tasks` follows many: the client sends
-`{"subscribe": [ids]}` (with `"from": {id: N}` to start a task's chunks at offset N) and
-`{"unsubscribe": [ids]}`, and every message carries its task's `id`.
+stream would take hundreds (and batches waiting for a socket that fell behind, one message).
+`/ws/tasks` follows many: the client sends `{"subscribe": [ids]}` (with `"from": {id: N}` to
+start a task's chunks at offset N) and `{"unsubscribe": [ids]}`, and every message carries its
+task's `id`.
 Every message a client sends there is answered: a subscription with the task's snapshot (or an
 error), each unsubscribed id with `{"id", "unsubscribed": true}`, after which nothing more of
 that task is sent, and anything else with an `invalid_message` error.
