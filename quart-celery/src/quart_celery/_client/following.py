@@ -275,7 +275,8 @@ class Follower:
 
     def joined(self, batch: StreamedBatch, most: int) -> StreamedBatch:
         """`batch`, with the batches of its task that are ready to follow it (and those that
-        wait in the inbox), as one of at most `most` bytes, without waiting.
+        wait in the inbox), as one of at most `most` characters (or `batch` alone), without
+        waiting.
 
         A server busy sending one batch to each of many sockets has the next few ready for
         each by the time it comes round again: one message each, rather than one a batch,

@@ -63,8 +63,9 @@ NORMAL, GOING_AWAY, TOO_BIG, SERVER_ERROR, TOO_SLOW = 1000, 1001, 1009, 1011, 10
 BAD_REQUEST, NOT_FOUND = 4400, 4404
 #: Chunks sent in one go, where that many are ready for a socket.
 SENT_AT_ONCE = 64
-#: The most bytes of chunks one message joins, taking chunks in batches: the worker's own
-#: batches are as large at most (`quart_celery._worker.streams.BATCH_BYTES`).
+#: The most characters of chunks one message joins, taking chunks in batches (the first batch
+#: goes whole): as many as the bytes of one of the worker's own batches at most
+#: (`quart_celery._worker.streams.BATCH_BYTES`).
 JOINED_BYTES = 256 * 1024
 INVALID_MESSAGE = (
     'Send {"subscribe": ["<task id>", ...]} or {"unsubscribe": ["<task id>", ...]}, '
