@@ -320,13 +320,15 @@ async def test_queue_stream_gives_the_chunks_and_raises_a_failure(
             assert [chunk async for chunk in queue.stream(yielded)] == [{"n": n} for n in range(4)]
 
 
+@pytest.mark.parametrize("taking", ["each", "batched"])
 async def test_ten_followers_of_a_5000_chunk_stream_each_get_every_chunk(
-    client: Client, celery: Celery, thread_worker: ThreadWorker
+    client: Client, celery: Celery, thread_worker: ThreadWorker, taking: str
 ) -> None:
+    # Batched, a socket whose handler finds several batches waiting sends them joined.
     task_id = (await submit(client, "tests.stream_count", count=5000))["id"]
 
     async def follow() -> list[dict[str, Any]]:
-        async with client.websocket(f"/ws/tasks/{task_id}") as socket:
+        async with client.websocket(f"/ws/tasks/{task_id}?chunks={taking}") as socket:
             received, code = await messages_until_closed(socket)
         assert code == 1000
         return received
@@ -335,7 +337,8 @@ async def test_ten_followers_of_a_5000_chunk_stream_each_get_every_chunk(
         followers = [asyncio.create_task(follow()) for _ in range(10)]
         results = await asyncio.gather(*followers)
     for received in results:
-        assert chunks_of(received) == list(range(5000))
+        got = chunks_of(received) if taking == "each" else batched_chunks_of(received)
+        assert got == list(range(5000))
         assert received[-1]["state"] == "SUCCESS"
 
 
