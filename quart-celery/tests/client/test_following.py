@@ -14,12 +14,15 @@ from celery import Celery
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
+from quart_celery._broker.chunks import StoredChunk
 from quart_celery._client.following import (
+    BATCH_SIZE,
     Followed,
     Follower,
     Inbox,
     StreamedBatch,
     StreamedChunk,
+    stored_batches,
 )
 from quart_celery._client.listener import Chunks, Update
 from quart_celery.errors import FellBehind
@@ -126,3 +129,20 @@ async def test_batches_ready_together_are_joined_into_one_up_to_a_size(
     assert json.loads(fourth.message())["chunks"] == ["fff"]
     assert isinstance(state, TaskSnapshot)
     assert isinstance(fifth, StreamedBatch) and json.loads(fifth.message())["offset"] == 6
+
+
+def test_stored_chunks_go_in_batches_of_a_size_at_most() -> None:
+    # A page read from the stream holds many of the worker's batches: a batched socket gets
+    # them in messages of BATCH_SIZE characters at most (a larger chunk alone).
+    texts = ["x" * 100_000, "y" * 100_000, "z" * 100_000, "w" * 300_000, "v"]
+    stored = [StoredChunk(10 + n, json.dumps(text).encode()) for n, text in enumerate(texts)]
+    batches = stored_batches(TASK, stored)
+    assert [(batch.offset, batch.count) for batch in batches] == [
+        (10, 2),
+        (12, 1),
+        (13, 1),
+        (14, 1),
+    ]
+    assert all(len(batch.body) <= BATCH_SIZE for batch in batches if batch.count > 1)
+    given = [chunk for batch in batches for chunk in json.loads(batch.message())["chunks"]]
+    assert given == texts

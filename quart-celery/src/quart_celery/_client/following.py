@@ -19,7 +19,7 @@ from typing import Any, TypeAlias, TypeVar
 import orjson
 from quart import current_app
 
-from quart_celery._broker.chunks import PAGE, StoredChunk
+from quart_celery._broker.chunks import StoredChunk, StoredPage
 from quart_celery._broker.task_ids import parse_task_id
 from quart_celery._client import listener
 from quart_celery._client.current import current_celery
@@ -32,6 +32,10 @@ from quart_celery.schemas import TaskSnapshot
 from quart_celery.states import FINAL_STATES
 
 logger = logging.getLogger(__name__)
+#: The most characters of chunks one message carries, taking chunks in batches (a batch as the
+#: worker wrote it goes whole): as many as the bytes of one of the worker's own batches at most
+#: (`quart_celery._worker.streams.BATCH_BYTES`).
+BATCH_SIZE = 256 * 1024
 Change = TypeVar("Change")
 
 
@@ -273,7 +277,7 @@ class Follower:
         self._drop(task_id)
         self.inbox.deliver(Unfollowed(task_id))
 
-    def joined(self, batch: StreamedBatch, most: int) -> StreamedBatch:
+    def joined(self, batch: StreamedBatch, most: int = BATCH_SIZE) -> StreamedBatch:
         """`batch`, with the batches of its task that are ready to follow it (and those that
         wait in the inbox), as one of at most `most` characters (or `batch` alone), without
         waiting.
@@ -411,28 +415,29 @@ class Follower:
         found = await self.reader.read(task_id, chunks_from=followed.next_offset)
         if self.followed.get(task_id) is not followed:
             return
-        self.ready.extend(self._take_stored(task_id, followed, found.chunks or []))
+        self.ready.extend(
+            self._take_stored(task_id, followed, found.chunks or StoredPage([], False))
+        )
         if task_id not in self.behind and followed.held is not None:
             self._give_final(task_id, followed.held)
 
     def _take_stored(
-        self, task_id: str, followed: Followed, stored: list[StoredChunk]
+        self, task_id: str, followed: Followed, stored: StoredPage
     ) -> list[StreamedChunk | StreamedBatch]:
         """Chunks read from the stream, from the next one due; the task is behind (its next
         page is read) while a page comes back full."""
         assert followed.next_offset is not None
         start = followed.next_offset
-        if len(stored) >= PAGE:
+        if stored.more:
             self.behind[task_id] = None
         else:
             self.behind.pop(task_id, None)
-        fresh = [chunk for chunk in stored if chunk.offset >= start]
+        fresh = [chunk for chunk in stored.chunks if chunk.offset >= start]
         if not fresh:
             return []
         followed.next_offset = fresh[-1].offset + 1
         if self.batched:
-            body = ",".join(chunk.json.decode() for chunk in fresh)
-            return [StreamedBatch(task_id, start, len(fresh), body)]
+            return [*stored_batches(task_id, fresh)]
         return [StreamedChunk(task_id, chunk.offset, chunk.json.decode()) for chunk in fresh]
 
     def _take_published(self, update: Chunks, followed: Followed) -> None:
@@ -471,6 +476,26 @@ class Follower:
         self.followed.pop(task_id, None)
         self.behind.pop(task_id, None)
         self.listener.unsubscribe(task_id, self.inbox)
+
+
+def stored_batches(task_id: str, chunks: list[StoredChunk]) -> list[StreamedBatch]:
+    """Chunks read from a task's stream as batches of `BATCH_SIZE` characters at most (or one
+    chunk): a page holds many of the worker's batches."""
+    batches: list[StreamedBatch] = []
+    texts: list[str] = []
+    size = 0
+    for chunk in chunks:
+        text = chunk.json.decode()
+        if texts and size + 1 + len(text) > BATCH_SIZE:
+            first = chunk.offset - len(texts)
+            batches.append(StreamedBatch(task_id, first, len(texts), ",".join(texts)))
+            texts, size = [], 0
+        texts.append(text)
+        size += 1 + len(text)
+    if texts:
+        first = chunks[-1].offset + 1 - len(texts)
+        batches.append(StreamedBatch(task_id, first, len(texts), ",".join(texts)))
+    return batches
 
 
 async def last_change(

@@ -23,7 +23,7 @@ from quart import Quart, current_app
 from redis import Redis
 
 from quart_celery._broker import records
-from quart_celery._broker.chunks import PAGE, StoredChunk, entry_id, parse_entries, stream_key
+from quart_celery._broker.chunks import PAGE, StoredPage, entry_id, parse_page, stream_key
 from quart_celery._broker.keys import Keys
 from quart_celery._client.availability import as_api_error
 from quart_celery._client.blocking import run_blocking
@@ -46,9 +46,9 @@ class Found:
     name: str | None
     #: The stored meta, as Celery's backend stored it; None: nothing is stored (or not asked).
     stored: bytes | None
-    #: Its stored chunks from the offset asked for, a page at most (`_broker.chunks.PAGE`),
-    #: read after its state; None: not asked for.
-    chunks: list[StoredChunk] | None = None
+    #: Its stored chunks from the offset asked for (or from before it), a page at most
+    #: (`_broker.chunks.PAGE` entries), read after its state; None: not asked for.
+    chunks: StoredPage | None = None
 
 
 @dataclass(slots=True)
@@ -159,7 +159,7 @@ def read(redis: Redis, backend: Any, keys: Keys, asked: list[Asked]) -> list[Fou
     streams = [one for one in asked if one.chunks_from is not None]
     names = dict(zip(record_ids, records.names_of(redis, keys, record_ids), strict=True))
     stored: dict[str, bytes | None] = {}
-    chunks: dict[str, list[StoredChunk]] = {}
+    chunks: dict[str, StoredPage] = {}
     stored_keys = [backend.get_key_for_task(task_id) for task_id in stored_ids]
     if streams:
         pipe = backend.client.pipeline(transaction=False)
@@ -172,7 +172,7 @@ def read(redis: Redis, backend: Any, keys: Keys, asked: list[Asked]) -> list[Fou
         if stored_keys:
             stored = dict(zip(stored_ids, replies.pop(0), strict=True))
         for one, entries in zip(streams, replies, strict=True):
-            chunks[one.task_id] = parse_entries(entries)
+            chunks[one.task_id] = parse_page(entries)
     elif stored_keys:
         stored = dict(zip(stored_ids, backend.client.mget(stored_keys), strict=True))
     return [

@@ -63,10 +63,6 @@ NORMAL, GOING_AWAY, TOO_BIG, SERVER_ERROR, TOO_SLOW = 1000, 1001, 1009, 1011, 10
 BAD_REQUEST, NOT_FOUND = 4400, 4404
 #: Chunks sent in one go, where that many are ready for a socket.
 SENT_AT_ONCE = 64
-#: The most characters of chunks one message joins, taking chunks in batches (the first batch
-#: goes whole): as many as the bytes of one of the worker's own batches at most
-#: (`quart_celery._worker.streams.BATCH_BYTES`).
-JOINED_BYTES = 256 * 1024
 INVALID_MESSAGE = (
     'Send {"subscribe": ["<task id>", ...]} or {"unsubscribe": ["<task id>", ...]}, '
     'naming at least one task; with "subscribe", "from": {"<task id>": <first chunk>} may '
@@ -227,7 +223,7 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
             await _send_texts([chunk.message() for chunk in chunks])
             del chunks
         elif isinstance(event, StreamedBatch):
-            await _send_text(follower.joined(event, JOINED_BYTES).message())
+            await _send_text(follower.joined(event).message())
         elif isinstance(event, Unfollowed):
             await _send({"id": event.task_id, "unsubscribed": True})
         elif isinstance(event, TaskError):
