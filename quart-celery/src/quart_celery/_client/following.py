@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
@@ -378,7 +378,7 @@ class Follower:
     async def _take_update(self, update: Update, followed: Followed, task_id: str) -> None:
         """A state published, or the stored one to read (with the chunks stored since)."""
         meta = update.meta
-        chunks: list[StreamedChunk | StreamedBatch] = []
+        chunks: Sequence[StreamedChunk | StreamedBatch] = []
         if meta is None:
             found = await self.reader.read(task_id, stored=True, chunks_from=followed.next_offset)
             followed.read = True
@@ -416,14 +416,14 @@ class Follower:
         if self.followed.get(task_id) is not followed:
             return
         self.ready.extend(
-            self._take_stored(task_id, followed, found.chunks or StoredPage([], False))
+            self._take_stored(task_id, followed, found.chunks or StoredPage([], more=False))
         )
         if task_id not in self.behind and followed.held is not None:
             self._give_final(task_id, followed.held)
 
     def _take_stored(
         self, task_id: str, followed: Followed, stored: StoredPage
-    ) -> list[StreamedChunk | StreamedBatch]:
+    ) -> Sequence[StreamedChunk | StreamedBatch]:
         """Chunks read from the stream, from the next one due; the task is behind (its next
         page is read) while a page comes back full."""
         assert followed.next_offset is not None
@@ -437,7 +437,7 @@ class Follower:
             return []
         followed.next_offset = fresh[-1].offset + 1
         if self.batched:
-            return [*stored_batches(task_id, fresh)]
+            return stored_batches(task_id, fresh)
         return [StreamedChunk(task_id, chunk.offset, chunk.json.decode()) for chunk in fresh]
 
     def _take_published(self, update: Chunks, followed: Followed) -> None:
