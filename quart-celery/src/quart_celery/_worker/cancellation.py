@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import os
 import threading
@@ -78,6 +79,8 @@ class Running:
         self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
         try:
             if self.cancelled.is_set():
+                if inspect.iscoroutine(coroutine):  # never started: closed, not left to warn
+                    coroutine.close()  # "never awaited" as it is collected
                 raise asyncio.CancelledError
             return await coroutine
         finally:

@@ -16,7 +16,7 @@ import contextvars
 import copy
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, ClassVar, TypeAlias
 
@@ -306,6 +306,14 @@ def _push_app_context(
     return lambda error: context.run(flask_context.pop, error)
 
 
-async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
-    """Wrap any awaitable a task returned in the coroutine a loop can run."""
+def _as_coroutine(awaitable: Awaitable[Any]) -> Coroutine[Any, Any, Any]:
+    """The coroutine a loop can run for any awaitable a task returned: a coroutine itself, so
+    that one cancelled before it starts can be closed (`Running.run`), where a wrapper would
+    leave it to warn "never awaited"."""
+    if inspect.iscoroutine(awaitable):
+        return awaitable
+    return _awaiting(awaitable)
+
+
+async def _awaiting(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
