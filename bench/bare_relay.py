@@ -1,11 +1,16 @@
-"""A bare relay for bench/latency.py: Redis pub/sub to websockets, with no Quart and no bridge.
+"""A bare relay for bench/latency.py and bench/streams.py: Redis pub/sub to websockets, with no
+Quart and no bridge.
 
-What delivering a task's state through one more process costs under the same hypercorn, the
-baseline the app's delivery is measured against. Its `/ws/tasks/<id>` subscribes to the task's
-channel on one shared pub/sub connection, sends `{"state": "PENDING"}`, then `{"state": ...}`
-for each state Celery publishes, and closes after the final one; everything else (submitting,
-`GET`s, lifespan) is the app's, so the benchmark's clients run unchanged:
-`hypercorn bare_relay:app` from this directory, with the project's root on `PYTHONPATH`.
+What delivering a task's states and chunks through one more process costs under the same
+hypercorn, the baseline the app's delivery is measured against. Its `/ws/tasks/<id>` subscribes
+to the task's channel on one shared pub/sub connection, sends `{"state": "PENDING"}`, then
+`{"state": ...}` for each state Celery publishes, and closes after the final one. A batch of
+chunks the worker publishes (`{"status":"STREAMING", ..., "offset", "chunks": [...]}`) goes to
+the socket as it was published, not parsed: one message a batch, as the app's
+`?chunks=batched` sends it, without the app's reading from the stream or joining of batches
+for a socket that fell behind. Everything else (submitting, `GET`s, lifespan) is the app's, so
+the benchmarks' clients run unchanged: `hypercorn bare_relay:app` from this directory, with the
+project's root on `PYTHONPATH`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from asgi import app as project_app
 
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 CHANNEL = b"celery-task-meta-"
+BATCH = b'{"status":"STREAMING"'  # how the worker's script publishes a batch of chunks
 inboxes: dict[bytes, set[asyncio.Queue[bytes]]] = {}
 shared: dict[str, Any] = {}
 
@@ -43,7 +49,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "websocket.send", "text": json.dumps({"state": "PENDING"})})
     try:
         while True:
-            status = json.loads(await inbox.get())["status"]
+            published = await inbox.get()
+            if published.startswith(BATCH):
+                await send({"type": "websocket.send", "text": published.decode()})
+                continue
+            status = json.loads(published)["status"]
             await send({"type": "websocket.send", "text": json.dumps({"state": status})})
             if status in FINAL:
                 await send({"type": "websocket.close", "code": 1000})

@@ -5,6 +5,7 @@ websockets on one server.
     .venv/bin/python bench/streams.py --batched   # the sockets take ?chunks=batched
     .venv/bin/python bench/streams.py --profile streams.txt   # py-spy the server
     .venv/bin/python bench/streams.py --client websockets   # sockets of the websockets library
+    .venv/bin/python bench/streams.py --no-baseline   # the app alone, not the bare relay after it
 
 One `hypercorn asgi:app` and one worker (`celery -A bench.async_worker worker`, the async pool)
 on a flushed database. The task (`bench.stream`) is sent while no worker runs; `--sockets`
@@ -26,6 +27,12 @@ decoding a million chunks as they come (`--client websockets`, the `websockets` 
 reads each message as it comes and decodes its JSON after the close) takes CPU time the server
 then waits for, and counts it as the server's delay. With `--batched`, the sockets ask for
 `?chunks=batched`: a message carries many chunks, each received when its message is.
+
+Each round then runs the same against `bench/bare_relay.py` under the same hypercorn, the
+baseline: its `/ws/tasks/<id>` sends each batch the worker publishes to each socket as it was
+published, one message a batch, with no framework (what the app's `?chunks=batched` does
+without Quart, the follower's bookkeeping or the joining of batches for a socket that fell
+behind), and the round ends with the app's p50 and p99 over the bare relay's.
 
 Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed before
 and after.
@@ -66,11 +73,20 @@ def main() -> None:
     parser.add_argument(
         "--client", choices=["light", "websockets"], default="light", help="the sockets' client"
     )
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the app, each round, the same through bench/bare_relay.py",
+    )
     args = parser.parse_args()
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
     os.environ["REDIS_URL"] = redis_url
     os.environ.setdefault("SECRET_KEY", "bench")
+    servers = [("the app", "asgi:app")]
+    if args.baseline:
+        servers.append(("bare relay", "bare_relay:app"))
     for number in range(1, args.rounds + 1):
         pace = f"{args.rate:g} a second" if args.rate else "as fast as it can"
         batched = ", batched" if args.batched else ""
@@ -78,15 +94,25 @@ def main() -> None:
             f"round {number}: {args.chunks} chunks, {pace}, {args.sockets} sockets{batched}, "
             f"{args.client} client"
         )
-        run_round(
-            redis_url,
-            args.chunks,
-            args.sockets,
-            args.rate,
-            args.profile,
-            args.batched,
-            light=args.client == "light",
-        )
+        figures = {}
+        for label, server in servers:
+            print(f"  {label} (hypercorn {server}):")
+            figures[label] = run_round(
+                redis_url,
+                args.chunks,
+                args.sockets,
+                args.rate,
+                args.profile if server == "asgi:app" else None,
+                args.batched,
+                light=args.client == "light",
+                server=server,
+            )
+        if args.baseline:
+            (app_p50, app_p99), (relay_p50, relay_p99) = figures.values()
+            print(
+                f"  the app ÷ the bare relay: p50 {app_p50 / relay_p50:.2f}, "
+                f"p99 {app_p99 / relay_p99:.2f}"
+            )
 
 
 def run_round(
@@ -97,12 +123,16 @@ def run_round(
     profile: str | None = None,
     batched: bool = False,
     light: bool = True,
-) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server: str = "asgi:app",
+) -> tuple[float, float]:
+    """One hypercorn serving `server` and one worker, fresh, on a flushed database: the
+    sockets' p50 and p99, in ms, from a chunk's sending to its receiving."""
+    # The bare relay is found in this directory, the project's app at the root.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
     flush(redis_url)
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "hypercorn", server, "--bind", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env=env,
         stderr=subprocess.DEVNULL,
@@ -120,7 +150,7 @@ def run_round(
 
         def start_worker() -> subprocess.Popen[bytes]:
             if profile:
-                start_profiler(server.pid, profile)
+                start_profiler(serving.pid, profile)
             return subprocess.Popen(
                 [*WORKER, "--loglevel", "WARNING", "--without-mingle"],
                 cwd=ROOT,
@@ -133,12 +163,12 @@ def run_round(
         received, worker = asyncio.run(following(url, sockets, chunks, start_worker))
         result = celery.AsyncResult(task_id).get(timeout=60)
     finally:
-        for process in (worker, server):
+        for process in (worker, serving):
             if process is not None:
                 process.terminate()
                 process.wait(30)
         flush(redis_url)
-    report(received, result, chunks, rate)
+    return report(received, result, chunks, rate)
 
 
 async def follow(
@@ -293,26 +323,28 @@ def report(
     result: dict[str, float],
     chunks: int,
     rate: float,
-) -> None:
+) -> tuple[float, float]:
+    """Print a round's figures; its p50 and p99 from sending to receiving, in ms."""
     sending, making = result["sending"], result["making"]
     every = sorted(latency * 1000 for latencies, _, _ in received for latency in latencies)
     rates = sorted(chunks / (last - first) for _, first, last in received)
     cost = 1e6 * (sending - making) / chunks
     paced = "" if rate else f", send_chunk {cost:5.1f} µs a chunk"
-    print(f"  sent: {chunks / sending:9,.0f} chunks/s{paced}")
+    print(f"    sent: {chunks / sending:9,.0f} chunks/s{paced}")
     print(
-        f"  delivered to each socket: {percentile(rates, 50):9,.0f} chunks/s "
+        f"    delivered to each socket: {percentile(rates, 50):9,.0f} chunks/s "
         f"(p50 of sockets, slowest {rates[0]:,.0f})"
     )
     print(
-        f"  sent to received: p50 {percentile(every, 50):6.1f} ms, "
+        f"    sent to received: p50 {percentile(every, 50):6.1f} ms, "
         f"p99 {percentile(every, 99):6.1f} ms ({len(every):,} chunks, every socket all in order)"
     )
     by_offset = [sorted(1000 * latencies[n] for latencies, _, _ in received) for n in (0, -1)]
     print(
-        f"  sent to received, p50 of sockets: the first chunk {percentile(by_offset[0], 50):.1f} "
+        f"    sent to received, p50 of sockets: the first chunk {percentile(by_offset[0], 50):.1f} "
         f"ms, the last {percentile(by_offset[1], 50):.1f} ms"
     )
+    return percentile(every, 50), percentile(every, 99)
 
 
 if __name__ == "__main__":
