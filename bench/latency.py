@@ -5,7 +5,13 @@
 Each task is watched at once by a websocket client and by a client polling
 `GET /api/tasks/<id>` every 100 ms, against one `hypercorn asgi:app` and one worker. As a
 floor, a Redis pub/sub subscriber in the benchmark's own event loop hears the worker's
-publishes directly: the websocket's latency less this one is what the server adds. Then, in
+publishes directly: the websocket's latency less this one is what the server adds. The
+websocket client and the subscriber are light ones of the benchmark's own (`streams.Recorder`,
+`Subscriber`), which note when each read came and parse what came after the run: a websocket
+library and redis-py parse each message in coroutines of the loop the 25 sockets and 25
+pollers share, and their turns of it counted as the server's delay (the floor's own p99 was 14
+to 27 ms with them, 8 ms without, in one sitting on 2026-12-04). The websocket declines
+compression, as `bench/streams.py`'s do. Then, in
 the same run, the same against `bench/bare_relay.py` under the same hypercorn (the app's
 `/ws/tasks/<id>` replaced by a bare relay of Redis pub/sub to the socket): what one more
 process hop costs with no framework at all.
@@ -33,11 +39,9 @@ from statistics import median
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-import redis.asyncio as aioredis
-import websockets
-from redis.asyncio.client import PubSub
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from streams import record
 from submit import flush, free_port, percentile, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +65,7 @@ def main() -> None:
 
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
-    ratios = {}
+    ratios, pushes = {}, {}
     for label, server in (("the app", "asgi:app"), ("bare relay", "bare_relay:app")):
         print(f"{label} (hypercorn {server}):")
         warming, results = run_round(server, redis_url, args.tasks, args.concurrency, warm_up)
@@ -78,9 +82,15 @@ def main() -> None:
             )
         floor, pushed = (percentile(results[c], 50) for c in (FLOOR, PUSH))
         ratios[label] = pushed / floor
+        pushes[label] = [percentile(results[PUSH], n) for n in (50, 99)]
     print(
         f"websocket p50 / floor p50: the app {ratios['the app']:.2f}, "
         f"the bare relay {ratios['bare relay']:.2f}"
+    )
+    (app_p50, app_p99), (relay_p50, relay_p99) = pushes.values()
+    print(
+        f"websocket, the app ÷ the bare relay: p50 {app_p50 / relay_p50:.2f}, "
+        f"p99 {app_p99 / relay_p99:.2f}"
     )
 
 
@@ -133,11 +143,9 @@ async def measure(port: int, redis_url: str, tasks: int, concurrency: int) -> La
     """Run `tasks` tasks, `concurrency` at a time; each client's latencies, in ms."""
     pushed: list[float] = []
     polled: list[float] = []
-    heard: dict[str, float] = {}
     store = redis.Redis.from_url(redis_url)
     slots = asyncio.Semaphore(concurrency)
-    subscriber = await subscribe(redis_url)
-    listening = asyncio.create_task(listen(subscriber, heard))
+    floor = await Subscriber.listening(redis_url)
 
     async def one() -> None:
         async with slots:
@@ -145,25 +153,22 @@ async def measure(port: int, redis_url: str, tasks: int, concurrency: int) -> La
                 port, {"name": "async_task", "kwargs": {"message": "x", "delay": 0.3}}
             )
             task_id = accepted["id"]
-            url = f"ws://127.0.0.1:{port}/ws/tasks/{task_id}"
-            pushed_at = 0.0
-            async with websockets.connect(url) as socket:
-                first = json.loads(await socket.recv())
-                assert first["state"] not in FINAL, "the task ended before the socket watched it"
-                poll = asyncio.create_task(poll_until_final(port, task_id))
-                async for message in socket:
-                    if json.loads(message)["state"] in FINAL:
-                        pushed_at = time.time()
-                polled_at = await poll
+            socket = await record(f"ws://127.0.0.1:{port}/ws/tasks/{task_id}")
+            await socket.first_message
+            polled_at = await poll_until_final(port, task_id)
+            await socket.closed
+            messages = [(came, json.loads(text)) for came, text in socket.messages()]
+            assert socket.close_code == 1000, socket.close_code
+            assert messages[0][1]["state"] not in FINAL, "the task ended before it was watched"
+            pushed_at = next(came for came, message in messages if message["state"] in FINAL)
             stored = json.loads(store.get(f"{CHANNEL}{task_id}") or b"{}")
             done = datetime.fromisoformat(stored["date_done"]).timestamp()
             pushed.append((pushed_at - done) * 1000)
             polled.append((polled_at - done) * 1000)
 
     await asyncio.gather(*(one() for _ in range(tasks)))
-    listening.cancel()
-    await asyncio.gather(listening, return_exceptions=True)
-    await subscriber.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped in redis-py
+    heard = floor.finals()
+    floor.transport.close()
     dones = {
         task_id: datetime.fromisoformat(json.loads(meta or b"{}")["date_done"]).timestamp()
         for task_id, meta in zip(heard, store.mget([f"{CHANNEL}{t}" for t in heard]), strict=True)
@@ -176,18 +181,76 @@ async def measure(port: int, redis_url: str, tasks: int, concurrency: int) -> La
     }
 
 
-async def subscribe(redis_url: str) -> PubSub:
-    """A pub/sub connection that hears every result publish, subscribed before any task runs."""
-    subscriber = aioredis.Redis.from_url(redis_url).pubsub()
-    await subscriber.psubscribe(f"{CHANNEL}*")
-    return subscriber
+class Subscriber(asyncio.Protocol):
+    """The floor: a Redis pub/sub connection that hears every result publish, noting when
+    each read came and reading the messages once the run is over.
+
+    Written by hand, as `streams.Recorder` is: redis-py reads each message as it comes, in
+    coroutines of the event loop the sockets measured share, and the floor would count its
+    turns of that loop.
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        #: Each read: when it came, and how much had come once it had.
+        self.reads: list[tuple[float, int]] = []
+        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def listening(cls, redis_url: str) -> Subscriber:
+        """A subscriber to every task's channel, subscribed before any task runs."""
+        address = urlsplit(redis_url)
+        _, subscriber = await asyncio.get_running_loop().create_connection(
+            cls, address.hostname or "127.0.0.1", address.port or 6379
+        )
+        await subscriber.subscribed
+        return subscriber
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        pattern = f"{CHANNEL}*"
+        command = f"*2\r\n$10\r\nPSUBSCRIBE\r\n${len(pattern)}\r\n{pattern}\r\n"
+        transport.write(command.encode())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        self.reads.append((time.time(), len(self.data)))
+        if not self.subscribed.done():  # the first reply is the subscription's
+            self.subscribed.set_result(None)
+
+    def finals(self) -> dict[str, float]:
+        """When each task's final state came, by its id."""
+        heard: dict[str, float] = {}
+        read = 0
+        for end, message in _replies(bytes(self.data)):
+            while self.reads[read][1] < end:
+                read += 1
+            if message[0] == b"pmessage" and json.loads(message[3])["status"] in FINAL:
+                heard[message[2].decode().removeprefix(CHANNEL)] = self.reads[read][0]
+        return heard
 
 
-async def listen(subscriber: PubSub, heard: dict[str, float]) -> None:
-    """Note when each task's final state was published."""
-    async for message in subscriber.listen():
-        if message["type"] == "pmessage" and json.loads(message["data"])["status"] in FINAL:
-            heard[message["channel"].decode().removeprefix(CHANNEL)] = time.time()
+def _replies(data: bytes) -> list[tuple[int, list[bytes]]]:
+    """Redis's replies on a subscription (arrays of bulk strings and integers), each with
+    where it ends in `data`."""
+    replies: list[tuple[int, list[bytes]]] = []
+    at = 0
+    while at < len(data):
+        line = data.index(b"\r\n", at)
+        assert data[at : at + 1] == b"*", data[at : at + 20]
+        count, at = int(data[at + 1 : line]), line + 2
+        items: list[bytes] = []
+        for _ in range(count):
+            line = data.index(b"\r\n", at)
+            kind, value = data[at : at + 1], data[at + 1 : line]
+            if kind == b"$":
+                items.append(data[line + 2 : line + 2 + int(value)])
+                at = line + 2 + int(value) + 2
+            else:  # an integer: how many channels are subscribed to
+                items.append(value)
+                at = line + 2
+        replies.append((at, items))
+    return replies
 
 
 async def poll_until_final(port: int, task_id: str) -> float:

@@ -195,16 +195,7 @@ async def follow_lightly(
     url: str, sockets: int, chunks: int, start_worker: object
 ) -> tuple[list[tuple[list[float], float, float]], subprocess.Popen[bytes]]:
     """`follow`, with the light client."""
-    loop = asyncio.get_running_loop()
-    parts = urlsplit(url)
-    connected: list[Recorder] = []
-    for _ in range(sockets):
-        _, recorder = await loop.create_connection(
-            lambda: Recorder(parts.netloc, f"{parts.path}?{parts.query}"),
-            "127.0.0.1",
-            parts.port or 80,
-        )
-        connected.append(recorder)
+    connected = [await record(url) for _ in range(sockets)]
     for recorder in connected:
         await recorder.first_message
     worker = start_worker()  # type: ignore[operator]
@@ -217,6 +208,16 @@ async def follow_lightly(
         results.append(check(came[1:], chunks))
         assert recorder.close_code == 1000, recorder.close_code
     return results, worker
+
+
+async def record(url: str) -> Recorder:
+    """A light client's socket to `url` (ws://127.0.0.1:<port>/...), connecting."""
+    parts = urlsplit(url)
+    target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+    _, recorder = await asyncio.get_running_loop().create_connection(
+        lambda: Recorder(parts.netloc, target), "127.0.0.1", parts.port or 80
+    )
+    return recorder
 
 
 class Recorder(asyncio.Protocol):
@@ -284,6 +285,8 @@ class Recorder(asyncio.Protocol):
         self.scanned = at
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.first_message.done():
+            self.first_message.set_exception(ConnectionError("closed before its first message"))
         if not self.closed.done():
             self.closed.set_result(None)
 
