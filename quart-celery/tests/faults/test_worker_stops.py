@@ -90,8 +90,10 @@ def test_the_async_pool_loses_none_of_300_tasks_in_flight_when_killed(
     url = redis_server.url()
     settings = {"CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
     server = start_server(url)
-    doomed = start_worker(url, "--concurrency", "300", **settings)
+    # All submitted before the worker starts, which then takes them at once: submitted while it
+    # ran, the first could end (after 5 s) before the last began, on a slow machine (CI).
     task_ids = [submit(server, f"survives {n}", 5.0) for n in range(300)]
+    doomed = start_worker(url, "--concurrency", "300", **settings)
     wait_for(lambda: states(url, task_ids) == ["STARTED"] * 300, 60, "all 300 to be in flight")
 
     os.killpg(doomed.process.pid, signal.SIGKILL)
