@@ -51,7 +51,12 @@ class DebugTaskFailure(TaskFailure):
 
 
 class TaskSnapshot(BaseModel):
-    """A task as it stands: its state, and its progress, result, error or meta where it has one."""
+    """A task as it stands: its state, and its progress, result, error or meta where it has one.
+
+    Frozen: a snapshot made of a published state is given to every follower of the task in
+    the process (`quart_celery._client.following`)."""
+
+    model_config = ConfigDict(frozen=True)
 
     id: str
     name: str

@@ -98,6 +98,23 @@ async def test_a_published_batch_is_one_message_made_once_for_every_batched_foll
     assert json.loads(late.message()) == {"id": TASK, "offset": 11, "chunks": ["b", "c"]}
 
 
+async def test_a_published_state_is_one_snapshot_made_once_for_every_follower_of_its_task(
+    app: Quart, client: Client
+) -> None:
+    update = Update(TASK, {"status": "PROGRESS", "result": {"current": 1, "total": 2}})
+    async with app.app_context():
+        followers = [Follower() for _ in range(3)]
+        for follower, name in zip(followers, ["tests.add", "tests.add", "other.name"], strict=True):
+            follower.followed[TASK] = Followed(name, read=True)
+            follower.inbox.deliver(update)
+        first, second, named_otherwise = [await follower.next_event() for follower in followers]
+    assert isinstance(first, TaskSnapshot) and first.progress is not None
+    assert first is second  # made once, however many sockets take it
+    assert isinstance(named_otherwise, TaskSnapshot) and named_otherwise.name == "other.name"
+    with pytest.raises(ValueError, match="frozen"):  # so that no follower changes another's
+        first.state = "SUCCESS"
+
+
 async def test_batches_ready_together_are_joined_into_one_up_to_a_size(
     app: Quart, client: Client
 ) -> None:

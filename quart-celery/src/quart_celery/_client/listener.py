@@ -47,13 +47,15 @@ MAX_BACKOFF = 5.0
 READ_TIMEOUT = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Update:
     """News of a task: the meta it published, or None for "read its stored state (and
-    chunks) again"."""
+    chunks) again"; and what the first of its followers made of it, for the others to reuse
+    (the listener hands each follower of a task the same update)."""
 
     task_id: str
     meta: dict[str, Any] | None = None
+    made: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
