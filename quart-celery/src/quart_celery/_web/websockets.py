@@ -35,7 +35,7 @@ from functools import partial
 from typing import Any
 
 import orjson
-from quart import Blueprint, current_app, websocket
+from quart import Blueprint, Websocket, current_app, websocket
 
 from quart_celery._broker.chunks import parse_offset
 from quart_celery._broker.task_ids import parse_task_id
@@ -213,6 +213,9 @@ async def _follow_workflow(follower: WorkflowFollower, workflow_id: str) -> None
 async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
     """Send every change, unfollowed notice and task error. Following one task, close (1000)
     after its final state, and end the socket on its error."""
+    # Looked up once, not at each send: through Quart's proxies, the two were a twentieth of
+    # what a server spends sending a state to 100 sockets (`bench/followers.py`).
+    socket, limit = _current_socket(), current_app.config["WS_SEND_TIMEOUT"]
     while True:
         try:
             event = await follower.next_event()
@@ -220,10 +223,10 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
             raise _too_slow() from None
         if isinstance(event, StreamedChunk):
             chunks = [event, *follower.ready_chunks(SENT_AT_ONCE - 1)]
-            await _send_texts([chunk.message() for chunk in chunks])
+            await _send_on(socket, limit, [chunk.message() for chunk in chunks])
             del chunks
         elif isinstance(event, StreamedBatch):
-            await _send_text(follower.joined(event).message())
+            await _send_on(socket, limit, [follower.joined(event).message()])
         elif isinstance(event, Unfollowed):
             await _send({"id": event.task_id, "unsubscribed": True})
         elif isinstance(event, TaskError):
@@ -231,7 +234,7 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
                 raise CloseSocket.for_error(event.error)
             await _send_error(event.error.code, event.error.message, event.task_id)
         else:
-            await _send_text(event.model_dump_json())
+            await _send_on(socket, limit, [event.model_dump_json()])
             if one_task and event.state in FINAL_STATES:
                 await websocket.close(NORMAL)
                 return
@@ -327,15 +330,26 @@ async def _send_text(text: str) -> None:
 
 
 async def _send_texts(texts: list[str]) -> None:
-    """Send messages already encoded, one after another, all within `WS_SEND_TIMEOUT` (a few
-    dozen chunks at most: a deadline made for each message was a fifth of the server's time
-    streaming chunks, `bench/streams.py`)."""
+    """Send messages already encoded, one after another, all within `WS_SEND_TIMEOUT`."""
+    await _send_on(_current_socket(), current_app.config["WS_SEND_TIMEOUT"], texts)
+
+
+async def _send_on(socket: Websocket, limit: float, texts: list[str]) -> None:
+    """`_send_texts` on `socket`, within `limit` seconds (a few dozen chunks at most: a
+    deadline made for each message was a fifth of the server's time streaming chunks,
+    `bench/streams.py`)."""
     try:
-        async with asyncio.timeout(current_app.config["WS_SEND_TIMEOUT"]):
+        async with asyncio.timeout(limit):
             for text in texts:
-                await websocket.send(text)
+                await socket.send(text)
     except TimeoutError:
         raise _too_slow() from None
+
+
+def _current_socket() -> Websocket:
+    """The socket behind Quart's `websocket` proxy (which is typed as what it stands for)."""
+    socket: Websocket = websocket._get_current_object()  # type: ignore[attr-defined]
+    return socket
 
 
 async def _send_error(code: str, message: str, task_id: Any = None) -> None:
