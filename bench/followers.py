@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,10 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fanout import cpu_seconds
 from latency import post
 from streams import record
-from submit import flush, free_port, wait_until_serving
-from waiters import serving_process
+from submit import flush
+from waiters import serving
 
-ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below
 CHANNEL = "celery-task-meta-"
 
@@ -68,27 +66,11 @@ def main() -> None:
 def run_round(server: str, redis_url: str, sockets: int, updates: int, rate: float) -> float:
     """One hypercorn serving `server`, fresh, on a flushed database: its CPU time a state a
     socket, in µs."""
-    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench"}
-    # The bare relay is found in this directory, the project's app at the root.
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(Path(__file__).resolve().parent)])
     flush(redis_url)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", server, "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        wait_until_serving(port)
-        used = asyncio.run(
-            follow_and_publish(
-                port, redis_url, serving_process(process.pid), sockets, updates, rate
-            )
-        )
+        with serving(redis_url, server) as (port, pid):
+            used = asyncio.run(follow_and_publish(port, redis_url, pid, sockets, updates, rate))
     finally:
-        process.terminate()
-        process.wait(30)
         flush(redis_url)
     return 1e6 * used / (updates * sockets)
 

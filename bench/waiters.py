@@ -268,13 +268,16 @@ def started(
 
 
 @contextmanager
-def serving(redis_url: str, **settings: str) -> Iterator[tuple[int, int]]:
-    """`hypercorn asgi:app` on a free port, with more `settings` in its environment: the port,
-    and the pid of its serving process."""
+def serving(
+    redis_url: str, server_app: str = "asgi:app", **settings: str
+) -> Iterator[tuple[int, int]]:
+    """`hypercorn <server_app>` (the project's app, or one of this directory's) on a free port,
+    with more `settings` in its environment: the port, and the pid of its serving process."""
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": "bench", **settings}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(Path(__file__).resolve().parent)])
     server = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "hypercorn", server_app, "--bind", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env=env,
         stderr=subprocess.DEVNULL,
