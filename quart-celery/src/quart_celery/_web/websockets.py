@@ -236,11 +236,25 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
         else:
             await _send_on(socket, limit, [event.model_dump_json()])
             if one_task and event.state in FINAL_STATES:
+                await _let_others_send()
                 await websocket.close(NORMAL)
                 return
         del event  # not kept while the socket waits: a server holds thousands that wait
         if follower.waiting():
             await asyncio.sleep(0)  # a backlog: let the loop come round between its messages
+
+
+async def _let_others_send() -> None:
+    """Let the sockets whose states came at the same moment send theirs before this one ends.
+
+    Tasks often end together, and the listener wakes the follower of each in one turn of the
+    event loop: each socket sent its final state, then closed and was torn down (Quart's and
+    hypercorn's end of a connection, stopping its following), before the next socket sent.
+    The last of 25 waited for 24 teardowns. With this turn given up, in 13 runs of
+    `bench/latency.py` alternating with 13 without it (2026-12-04), the median of the app's p50
+    over the bare relay's went from 1.33 to 1.15, and of the app's p99 from 11.8 to 8.5 ms.
+    """
+    await asyncio.sleep(0)
 
 
 async def _ignore_messages() -> None:
