@@ -17,6 +17,7 @@ from quart.typing import TestClientProtocol as Client
 from quart_celery._broker.chunks import StoredChunk
 from quart_celery._client.following import (
     BATCH_SIZE,
+    Changed,
     Followed,
     Follower,
     Inbox,
@@ -26,7 +27,6 @@ from quart_celery._client.following import (
 )
 from quart_celery._client.listener import Chunks, Update
 from quart_celery.errors import FellBehind
-from quart_celery.schemas import TaskSnapshot
 from quart_celery.testing import ThreadWorker, finished, submit
 
 TASK = "a-task"
@@ -77,7 +77,7 @@ async def test_a_final_state_comes_after_every_chunk_stored_before_it(
         events = [await follower.next_event() for _ in range(4)]
     chunks = [event.value for event in events if isinstance(event, StreamedChunk)]
     assert chunks == ["a", "b", "c"]
-    assert isinstance(events[-1], TaskSnapshot) and events[-1].state == "SUCCESS"
+    assert isinstance(events[-1], Changed) and events[-1].state == "SUCCESS"
 
 
 async def test_a_published_batch_is_one_message_made_once_for_every_batched_follower(
@@ -108,11 +108,12 @@ async def test_a_published_state_is_one_snapshot_made_once_for_every_follower_of
             follower.followed[TASK] = Followed(name, read=True)
             follower.inbox.deliver(update)
         first, second, named_otherwise = [await follower.next_event() for follower in followers]
-    assert isinstance(first, TaskSnapshot) and first.progress is not None
-    assert first is second  # made once, however many sockets take it
-    assert isinstance(named_otherwise, TaskSnapshot) and named_otherwise.name == "other.name"
+    assert isinstance(first, Changed) and first.snapshot.progress is not None
+    assert first is second  # made once, its JSON too, however many sockets take it
+    assert json.loads(first.json) == first.snapshot.model_dump(mode="json")
+    assert isinstance(named_otherwise, Changed) and named_otherwise.snapshot.name == "other.name"
     with pytest.raises(ValueError, match="frozen"):  # so that no follower changes another's
-        first.state = "SUCCESS"
+        first.snapshot.state = "SUCCESS"
 
 
 async def test_batches_ready_together_are_joined_into_one_up_to_a_size(
@@ -144,7 +145,7 @@ async def test_batches_ready_together_are_joined_into_one_up_to_a_size(
     }
     assert (joined.offset, joined.count) == (0, 5)
     assert json.loads(fourth.message())["chunks"] == ["fff"]
-    assert isinstance(state, TaskSnapshot)
+    assert isinstance(state, Changed)
     assert isinstance(fifth, StreamedBatch) and json.loads(fifth.message())["offset"] == 6
 
 

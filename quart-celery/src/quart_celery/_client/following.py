@@ -163,6 +163,21 @@ class StreamedBatch:
         return batch_message(self.task_id, self.offset, self.body)
 
 
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """A followed task's new snapshot, and its JSON as a websocket sends it: made once, by the
+    first of the task's followers to take a published state. Dumped again at each socket's
+    send, the JSON was a tenth of what a server spends sending a state to 100 sockets of one
+    task (`bench/followers.py`)."""
+
+    snapshot: TaskSnapshot
+    json: str
+
+    @property
+    def state(self) -> str:
+        return self.snapshot.state
+
+
 @dataclass(slots=True)
 class Followed:
     """A task a follower follows, the last snapshot it gave of it (as JSON), and, where its
@@ -173,14 +188,14 @@ class Followed:
     #: None: its chunks are not followed.
     next_offset: int | None = None
     #: Its final snapshot, held until the chunks stored before it have been given.
-    held: TaskSnapshot | None = None
+    held: Changed | None = None
     #: Whether its stored state has been read: what was published before that read is no
     #: newer than what it gives (a final state published first would pass over the chunks
     #: stored before the follower subscribed).
     read: bool = False
 
 
-Event: TypeAlias = TaskSnapshot | StreamedChunk | StreamedBatch | Unfollowed | TaskError
+Event: TypeAlias = Changed | StreamedChunk | StreamedBatch | Unfollowed | TaskError
 
 
 class Ready:
@@ -387,24 +402,24 @@ class Follower:
             if self.followed.get(task_id) is not followed:
                 return  # unfollowed while it was read
             snapshot = snapshot_from_meta(task_id, followed.name, meta, self.debug)
-            text = snapshot.model_dump_json()
+            changed = Changed(snapshot, snapshot.model_dump_json())
         else:
-            snapshot, text = published_snapshot(update, followed.name, self.debug)
-        if text == followed.last:
+            changed = published_change(update, followed.name, self.debug)
+        if changed.json == followed.last:
             self.ready.extend(chunks)
             return  # nothing new
-        followed.last = text
+        followed.last = changed.json
         if update.meta is not None and self.metrics is not None:
             self.metrics.observe_delivery(update.meta)  # pushed, as it is handed on
-        if snapshot.state not in FINAL_STATES:
-            self.ready.append(snapshot)
+        if changed.state not in FINAL_STATES:
+            self.ready.append(changed)
             self.ready.extend(chunks)
             return
         self.ready.extend(chunks)
         if task_id in self.behind:
-            followed.held = snapshot  # after the chunks still to be read
+            followed.held = changed  # after the chunks still to be read
         else:
-            self._give_final(task_id, snapshot)
+            self._give_final(task_id, changed)
 
     async def _catch_up(self, task_id: str) -> None:
         """Read the next page of a task's stored chunks; after the last, its final snapshot,
@@ -468,8 +483,8 @@ class Follower:
             StreamedChunk(update.task_id, start + index, chunk) for index, chunk in enumerate(fresh)
         )
 
-    def _give_final(self, task_id: str, snapshot: TaskSnapshot) -> None:
-        self.ready.append(snapshot)
+    def _give_final(self, task_id: str, changed: Changed) -> None:
+        self.ready.append(changed)
         self._drop(task_id)
 
     def _drop(self, task_id: str) -> None:
@@ -479,8 +494,8 @@ class Follower:
         self.listener.unsubscribe(task_id, self.inbox)
 
 
-def published_snapshot(update: Update, name: str, debug: bool) -> tuple[TaskSnapshot, str]:
-    """The snapshot of a task that a published update makes, and its JSON: made by the first
+def published_change(update: Update, name: str, debug: bool) -> Changed:
+    """The snapshot of a task that a published update makes, with its JSON: made by the first
     of the task's followers, reused by the others (a snapshot is frozen). Made by each, it was
     a seventh of what a server spends sending a state to 100 sockets of one task
     (`bench/followers.py`)."""
@@ -488,8 +503,9 @@ def published_snapshot(update: Update, name: str, debug: bool) -> tuple[TaskSnap
     if made is None or made[0] != name or made[1] != debug:
         assert update.meta is not None
         snapshot = snapshot_from_meta(update.task_id, name, update.meta, debug)
-        made = update.made = (name, debug, snapshot, snapshot.model_dump_json())
-    return made[2], made[3]
+        made = update.made = (name, debug, Changed(snapshot, snapshot.model_dump_json()))
+    changed: Changed = made[2]
+    return changed
 
 
 def stored_batches(task_id: str, chunks: list[StoredChunk]) -> list[StreamedBatch]:

@@ -39,7 +39,13 @@ from quart_celery._broker.canvas import kind_of
 from quart_celery._broker.task_ids import parse_task_id
 from quart_celery._client.current import current_celery
 from quart_celery._client.exposure import check_arguments
-from quart_celery._client.following import Follower, StreamedChunk, TaskError, last_change
+from quart_celery._client.following import (
+    Changed,
+    Follower,
+    StreamedChunk,
+    TaskError,
+    last_change,
+)
 from quart_celery._client.reader import task_reader
 from quart_celery._client.snapshots import decoded, snapshot_from_meta
 from quart_celery._client.submitter import Submission, submitter
@@ -181,8 +187,8 @@ async def follow(task_id: str) -> AsyncGenerator[TaskSnapshot, None]:
             event = await follower.next_event()
             if isinstance(event, TaskError):
                 raise event.error
-            if isinstance(event, TaskSnapshot):
-                yield event
+            if isinstance(event, Changed):
+                yield event.snapshot
                 if event.state in FINAL_STATES:
                     return
     finally:
@@ -220,9 +226,11 @@ async def streamed(
             event = await follower.next_event()
             if isinstance(event, TaskError):
                 raise event.error
-            if isinstance(event, StreamedChunk | TaskSnapshot):
+            if isinstance(event, StreamedChunk):
                 yield event
-                if isinstance(event, TaskSnapshot) and event.state in FINAL_STATES:
+            elif isinstance(event, Changed):
+                yield event.snapshot
+                if event.state in FINAL_STATES:
                     return
     finally:
         follower.close()

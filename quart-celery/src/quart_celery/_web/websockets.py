@@ -234,7 +234,7 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
                 raise CloseSocket.for_error(event.error)
             await _send_error(event.error.code, event.error.message, event.task_id)
         else:
-            await _send_on(socket, limit, [event.model_dump_json()])
+            await _send_on(socket, limit, [event.json])
             if one_task and event.state in FINAL_STATES:
                 await _let_others_send()
                 await websocket.close(NORMAL)
