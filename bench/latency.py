@@ -1,6 +1,6 @@
 """Delivery latency: from the worker storing a task's final state to a client receiving it.
 
-    .venv/bin/python bench/latency.py [--tasks 500] [--concurrency 25] [--warm-up 25]
+    .venv/bin/python bench/latency.py [--rounds 3] [--tasks 200] [--concurrency 25] [--warm-up 25]
 
 Each task is watched at once by a websocket client and by a client polling
 `GET /api/tasks/<id>` every 100 ms, against one `hypercorn asgi:app` and one worker. As a
@@ -15,6 +15,14 @@ compression, as `bench/streams.py`'s do. Then, in
 the same run, the same against `bench/bare_relay.py` under the same hypercorn (the app's
 `/ws/tasks/<id>` replaced by a bare relay of Redis pub/sub to the socket): what one more
 process hop costs with no framework at all.
+The two take turns, `--rounds` times (the app first, then the bare relay first, and so on),
+each round `--tasks` tasks on each, and the percentiles are of all of a side's tasks: run one
+after the other once, 20 s each, the bare relay's own p50 moved between 1.2 and 2.7 ms from
+run to run in one sitting on 2026-12-04, and the ratio of the two with it (0.76 to 1.84). A
+round 0 comes first and is not counted: whichever side ran first in a run was the slower,
+and its Redis floor with it (in three runs on 2026-12-04, the app's first round had ratios
+of 2.14, 1.28 and 1.48 to the relay's, with floors of 1.0, 0.9 and 0.8 ms against 0.6, 0.7
+and 0.6).
 Before the tasks measured, `--warm-up` tasks (as many as run at once, by default) warm the
 server and the worker up on the same clients: the first tasks of a fresh server and worker
 start their thread pools, open their connections and run code for the first time, and took
@@ -30,6 +38,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -53,9 +62,11 @@ FLOOR, PUSH = "Redis pub/sub (floor)", "websocket (push)"
 
 
 def main() -> None:
-    """Run the clients against the app, then against the bare relay; print the percentiles."""
+    """Run the clients against the app and the bare relay, taking turns; print the
+    percentiles."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each side")
+    parser.add_argument("--tasks", type=int, default=200, help="tasks a side a round")
     parser.add_argument("--concurrency", type=int, default=25, help="tasks in flight at once")
     parser.add_argument(
         "--warm-up", type=int, help="tasks run first and not counted (default: --concurrency)"
@@ -65,11 +76,31 @@ def main() -> None:
 
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
+    sides = {"the app": "asgi:app", "bare relay": "bare_relay:app"}
+    pooled: dict[str, tuple[Latencies, Latencies]] = {label: ({}, {}) for label in sides}
+    for turn in range(-1, args.rounds):  # round 0 warms the machine up, and is not counted
+        order = list(sides) if turn % 2 == 0 else list(reversed(sides))
+        medians = {}
+        for label in order:
+            warming, results = run_round(
+                sides[label], redis_url, args.tasks, args.concurrency, warm_up
+            )
+            for kept, new in zip(pooled[label], (warming, results), strict=True):
+                for client, latencies in new.items():
+                    kept.setdefault(client, []).extend(latencies if turn >= 0 else [])
+            medians[label] = median(results[PUSH]), median(results[FLOOR])
+        (app, app_floor), (relay, relay_floor) = medians["the app"], medians["bare relay"]
+        print(
+            f"round {turn + 1}{' (not counted)' if turn < 0 else ''} "
+            f"({' first, then '.join(order)}): websocket p50 the app "
+            f"{app:.1f} ms, the bare relay {relay:.1f} ms, ratio {app / relay:.2f} "
+            f"(the floor's: {app_floor:.1f} and {relay_floor:.1f} ms)"
+        )
     ratios, pushes = {}, {}
-    for label, server in (("the app", "asgi:app"), ("bare relay", "bare_relay:app")):
-        print(f"{label} (hypercorn {server}):")
-        warming, results = run_round(server, redis_url, args.tasks, args.concurrency, warm_up)
-        if warming[PUSH]:
+    for label, server in sides.items():
+        print(f"{label} (hypercorn {server}), {args.rounds} rounds:")
+        warming, results = pooled[label]
+        if warming.get(PUSH):
             print(
                 f"  warm-up, not counted:  websocket p50 {median(warming[PUSH]):.1f} ms, "
                 f"max {max(warming[PUSH]):.1f} ms ({len(warming[PUSH])} tasks)"
@@ -254,11 +285,22 @@ def _replies(data: bytes) -> list[tuple[int, list[bytes]]]:
 
 
 async def poll_until_final(port: int, task_id: str) -> float:
-    """Poll the task every 100 ms; the time its final state was first seen."""
+    """Poll the task every 100 ms, beginning at a moment drawn at random within the first 100
+    ms; the time its final state was first seen.
+
+    Each task takes three intervals: polls that began as the socket's first message came, and
+    followed each other 100 ms after each answer, came in bursts, a wave's 25 at once, at a
+    moment before its tasks ended that differed between the app and the bare relay (whose
+    first message comes sooner) and between rounds. The polling p50 was 70 ms for the app
+    and 45 ms for the relay, where a poll at a random moment takes 50 on average.
+    """
+    loop = asyncio.get_running_loop()
+    start, polls = loop.time() + random.uniform(0, POLL_INTERVAL), 0
     while True:
+        await asyncio.sleep(max(0.0, start + polls * POLL_INTERVAL - loop.time()))
+        polls += 1
         if (await get(port, f"/api/tasks/{task_id}"))["state"] in FINAL:
             return time.time()
-        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def post(port: int, body: dict[str, object]) -> dict[str, str]:
