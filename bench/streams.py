@@ -28,12 +28,13 @@ reads each message as it comes and decodes its JSON after the close) takes CPU t
 then waits for, and counts it as the server's delay. With `--batched`, the sockets ask for
 `?chunks=batched`: a message carries many chunks, each received when its message is.
 
-With `--batched`, each round then runs the same against `bench/bare_relay.py` under the same
-hypercorn, the baseline: its `/ws/tasks/<id>` sends each batch the worker publishes to each
-socket as it was published, one message a batch, with no framework (what the app's
-`?chunks=batched` does without Quart, the follower's bookkeeping or the joining of batches for
-a socket that fell behind), and the round ends with the app's p50 and p99 over the bare
-relay's.
+With `--batched`, each round also runs the same against `bench/bare_relay.py` under the same
+hypercorn (after the app in odd rounds, before it in even ones), the baseline: its
+`/ws/tasks/<id>` sends each batch the worker publishes to each socket as it was published, one
+message a batch, with no framework (what the app's `?chunks=batched` does without Quart, the
+follower's bookkeeping or the joining of batches for a socket that fell behind), and the
+round ends with the app's p50 and p99 over the bare relay's. The first server of a run is
+often the slowest of it, whichever it is (the machine warming up): read the rounds after it.
 
 Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed before
 and after.
@@ -98,7 +99,8 @@ def main() -> None:
             f"{args.client} client"
         )
         figures = {}
-        for label, server in servers:
+        # Taking turns at going first: the first server of a run was the slower (see latency.py).
+        for label, server in servers if number % 2 else list(reversed(servers)):
             print(f"  {label} (hypercorn {server}):")
             figures[label] = run_round(
                 redis_url,
@@ -111,7 +113,7 @@ def main() -> None:
                 server=server,
             )
         if baseline:
-            (app_p50, app_p99), (relay_p50, relay_p99) = figures.values()
+            (app_p50, app_p99), (relay_p50, relay_p99) = figures["the app"], figures["bare relay"]
             print(
                 f"  the app ÷ the bare relay: p50 {app_p50 / relay_p50:.2f}, "
                 f"p99 {app_p99 / relay_p99:.2f}"
