@@ -19,7 +19,7 @@ from redis.asyncio.client import PubSub
 
 from quart_celery import queue
 from quart_celery._client.following import Follower
-from quart_celery._client.listener import CHANNEL_PREFIX, ResultListener
+from quart_celery._client.listener import CHANNEL_PREFIX, ResultListener, published_chunks
 from quart_celery._client.reader import SETTLED_AT_ONCE
 from quart_celery.testing import submit, wait_for_async
 from tests.worker_tasks import echo
@@ -132,3 +132,32 @@ async def test_a_subscription_sent_as_the_connection_goes_counts_as_losing_it(
     assert failed
     assert getattr(first, "state", None) == "PENDING"
     follower.close()
+
+
+def test_a_batch_as_the_worker_publishes_it_keeps_its_chunks_as_they_were_encoded() -> None:
+    # The worker's script: `{"status", "task_id", "offset", "chunks": [...]}`, the chunks last.
+    task = '"quoted","chunks":[task'  # an id's quotes come escaped: no false start of the list
+    data = (
+        b'{"status":"STREAMING","task_id":'
+        + json.dumps(task).encode()
+        + b',"offset":7,"chunks":[{"a":1.5},"x \\" ]",[1,2]]}'
+    )
+    batch = published_chunks(task, data)
+    assert batch is not None and (batch.offset, batch.count()) == (7, 3)
+    assert batch.body() == '{"a":1.5},"x \\" ]",[1,2]'  # as it came, not encoded again
+    assert [json.loads(chunk) for chunk in batch.each()] == [{"a": 1.5}, 'x " ]', [1, 2]]
+    assert json.loads(batch.message())["chunks"] == [{"a": 1.5}, 'x " ]', [1, 2]]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"status":"STREAMING","task_id":"t","offset":"seven","chunks":[1]}',
+        b'{"status":"STREAMING","task_id":"t","offset":7}',
+        b'{"status":"STREAMING","task_id":"t","offset":7,"chunks":{}}',
+        b'{"status":"STREAMING","task_id":"t","offset":7,"chunks":[1',
+        b'{"status":"STREAMING",NaN}',
+    ],
+)
+def test_a_malformed_batch_is_no_batch(data: bytes) -> None:
+    assert published_chunks("t", data) is None

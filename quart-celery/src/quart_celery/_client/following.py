@@ -465,22 +465,21 @@ class Follower:
         if update.offset > start:
             self.behind[update.task_id] = None
             return
-        whole = start == update.offset
-        fresh = update.chunks if whole else update.chunks[start - update.offset :]
-        if not fresh:
+        given = start - update.offset  # of the batch, already
+        count = update.count() - given
+        if count <= 0:
             return
-        followed.next_offset = start + len(fresh)
+        followed.next_offset = start + count
         if self.batched:
-            if whole:  # one text for every follower
-                batch = StreamedBatch(
-                    update.task_id, start, len(fresh), update.body(), update.message()
-                )
+            if not given:  # one text for every follower
+                batch = StreamedBatch(update.task_id, start, count, update.body(), update.message())
             else:
-                batch = StreamedBatch(update.task_id, start, len(fresh), ",".join(fresh))
+                batch = StreamedBatch(update.task_id, start, count, ",".join(update.each()[given:]))
             self.ready.append(batch)
             return
         self.ready.extend(
-            StreamedChunk(update.task_id, start + index, chunk) for index, chunk in enumerate(fresh)
+            StreamedChunk(update.task_id, start + index, chunk)
+            for index, chunk in enumerate(update.each()[given:])
         )
 
     def _give_final(self, task_id: str, changed: Changed) -> None:
