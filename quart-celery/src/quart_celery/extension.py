@@ -48,6 +48,7 @@ from quart_celery._web import (
     health,
     openapi,
     prometheus,
+    send_deadlines,
     shutdown,
     websockets,
 )
@@ -179,6 +180,7 @@ class QuartCelery:
         register_error_handlers(app)
         shutdown.init_app(app)  # first: a stop that has begun finishes (see its `init_app`)
         connection.init_app(app)
+        send_deadlines.init_app(app)
         self._init_protection(app)
         self._init_resources(app)
         self._register_endpoints(app)

@@ -49,7 +49,7 @@ from quart_celery._client.following import (
 )
 from quart_celery._client.workflows import WorkflowFollower
 from quart_celery._protection import access, sockets
-from quart_celery._web import shutdown
+from quart_celery._web import send_deadlines, shutdown
 from quart_celery.errors import APIError, FellBehind, TaskNotFound, WorkflowNotFound
 from quart_celery.schemas import WorkflowChange
 from quart_celery.states import FINAL_STATES
@@ -215,7 +215,7 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
     after its final state, and end the socket on its error."""
     # Looked up once, not at each send: through Quart's proxies, the two were a twentieth of
     # what a server spends sending a state to 100 sockets (`bench/followers.py`).
-    socket, limit = _current_socket(), current_app.config["WS_SEND_TIMEOUT"]
+    socket, watch = _current_socket(), send_deadlines.current()
     while True:
         try:
             event = await follower.next_event()
@@ -223,10 +223,10 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
             raise _too_slow() from None
         if isinstance(event, StreamedChunk):
             chunks = [event, *follower.ready_chunks(SENT_AT_ONCE - 1)]
-            await _send_on(socket, limit, [chunk.message() for chunk in chunks])
+            await _send_on(socket, watch, [chunk.message() for chunk in chunks])
             del chunks
         elif isinstance(event, StreamedBatch):
-            await _send_on(socket, limit, [follower.joined(event).message()])
+            await _send_on(socket, watch, [follower.joined(event).message()])
         elif isinstance(event, Unfollowed):
             await _send({"id": event.task_id, "unsubscribed": True})
         elif isinstance(event, TaskError):
@@ -234,7 +234,7 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
                 raise CloseSocket.for_error(event.error)
             await _send_error(event.error.code, event.error.message, event.task_id)
         else:
-            await _send_on(socket, limit, [event.json])
+            await _send_on(socket, watch, [event.json])
             if one_task and event.state in FINAL_STATES:
                 await _let_others_send()
                 await websocket.close(NORMAL)
@@ -345,17 +345,15 @@ async def _send_text(text: str) -> None:
 
 async def _send_texts(texts: list[str]) -> None:
     """Send messages already encoded, one after another, all within `WS_SEND_TIMEOUT`."""
-    await _send_on(_current_socket(), current_app.config["WS_SEND_TIMEOUT"], texts)
+    await _send_on(_current_socket(), send_deadlines.current(), texts)
 
 
-async def _send_on(socket: Websocket, limit: float, texts: list[str]) -> None:
-    """`_send_texts` on `socket`, within `limit` seconds (a few dozen chunks at most: a
-    deadline made for each message was a fifth of the server's time streaming chunks,
+async def _send_on(socket: Websocket, watch: send_deadlines.SendWatch, texts: list[str]) -> None:
+    """`_send_texts` on `socket`, within the deadline `watch` keeps (a few dozen chunks at
+    most: a deadline for each message was a fifth of the server's time streaming chunks,
     `bench/streams.py`)."""
     try:
-        async with asyncio.timeout(limit):
-            for text in texts:
-                await socket.send(text)
+        await watch.send(socket, texts)
     except TimeoutError:
         raise _too_slow() from None
 
