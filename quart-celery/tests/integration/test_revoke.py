@@ -50,7 +50,14 @@ async def test_a_revoked_task_stays_revoked_across_a_worker_restart(
     assert (await snapshot(client, revoked))["state"] == "REVOKED"
     assert (await snapshot(client, busy))["state"] == "SUCCESS"
     assert redis_client.llen("celery") == 0
-    assert redis_client.hlen("unacked") == 0  # the second worker took it, and dropped it
+
+    async def acknowledged() -> bool:  # the second worker took it, and dropped it
+        return redis_client.hlen("unacked") == 0
+
+    # Waited for: a worker acknowledges its messages once a turn of its loop, after it stores
+    # a task's result (the message of "after" was still unacknowledged once, as its SUCCESS
+    # was read).
+    await wait_for_async(acknowledged, 10, "every message to be acknowledged")
 
 
 async def revoke_and_follow(client: Client, task_id: str) -> tuple[list[str], int, float]:
