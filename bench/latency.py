@@ -85,9 +85,10 @@ def main() -> None:
             warming, results = run_round(
                 sides[label], redis_url, args.tasks, args.concurrency, warm_up
             )
-            for kept, new in zip(pooled[label], (warming, results), strict=True):
-                for client, latencies in new.items():
-                    kept.setdefault(client, []).extend(latencies if turn >= 0 else [])
+            if turn >= 0:
+                for kept, new in zip(pooled[label], (warming, results), strict=True):
+                    for client, latencies in new.items():
+                        kept.setdefault(client, []).extend(latencies)
             medians[label] = median(results[PUSH]), median(results[FLOOR])
         (app, app_floor), (relay, relay_floor) = medians["the app"], medians["bare relay"]
         print(
