@@ -26,7 +26,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import post
-from submit import flush
+from submit import cpu_seconds, flush
 from waiters import serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,12 +59,6 @@ def main() -> None:
         )
     finally:
         flush(redis_url)
-
-
-def cpu_seconds(pid: int) -> float:
-    """The CPU time (user and system) the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def follow_and_publish(

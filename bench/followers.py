@@ -29,10 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fanout import cpu_seconds
 from latency import post
 from streams import record
-from submit import flush
+from submit import cpu_seconds, flush
 from waiters import serving
 
 DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below

@@ -18,7 +18,10 @@ a second rather than as fast as it can. Reported, per round:
   waits);
 - delivery: chunks per second to each socket (from the first chunk sent to the last received),
   and the p50 and p99 from a chunk's sending to a socket's receiving it, over every chunk of
-  every socket; every socket must get every chunk, in order, once.
+  every socket; every socket must get every chunk, in order, once;
+- with the light client, the CPU time the server's process (all its threads) used from the
+  task's start (its `STARTED` reaching the first socket) to the last socket's close, and that
+  time a chunk a socket.
 
 The sockets are the benchmark's own light client (`Recorder`): it notes when each frame's
 last byte came and reads the frames once the socket has closed. In production the clients are
@@ -51,13 +54,22 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit import flush, free_port, percentile, start_profiler, wait_until_serving
+from submit import (
+    cpu_seconds,
+    flush,
+    free_port,
+    percentile,
+    serving_process,
+    start_profiler,
+    wait_until_serving,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below
@@ -113,10 +125,11 @@ def main() -> None:
                 server=server,
             )
         if baseline:
-            (app_p50, app_p99), (relay_p50, relay_p99) = figures["the app"], figures["bare relay"]
+            app, relay = figures["the app"], figures["bare relay"]
+            cpu = f", the server's CPU {app[2] / relay[2]:.2f}" if relay[2] else ""
             print(
-                f"  the app ÷ the bare relay: p50 {app_p50 / relay_p50:.2f}, "
-                f"p99 {app_p99 / relay_p99:.2f}"
+                f"  the app ÷ the bare relay: p50 {app[0] / relay[0]:.2f}, "
+                f"p99 {app[1] / relay[1]:.2f}{cpu}"
             )
 
 
@@ -129,9 +142,10 @@ def run_round(
     batched: bool = False,
     light: bool = True,
     server: str = "asgi:app",
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """One hypercorn serving `server` and one worker, fresh, on a flushed database: the
-    sockets' p50 and p99, in ms, from a chunk's sending to its receiving."""
+    sockets' p50 and p99, in ms, from a chunk's sending to its receiving, and the server's CPU
+    seconds while it streamed (0 where not measured)."""
     # The bare relay is found in this directory, the project's app at the root.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
     flush(redis_url)
@@ -145,6 +159,7 @@ def run_round(
     worker: subprocess.Popen[bytes] | None = None
     try:
         wait_until_serving(port)
+        pid = serving_process(serving.pid)
         sys.path.insert(0, str(ROOT))
         from worker import celery  # the app's, configured: its sends are recorded
 
@@ -164,8 +179,13 @@ def run_round(
                 stderr=subprocess.DEVNULL,
             )
 
-        following = follow_lightly if light else follow
-        received, worker = asyncio.run(following(url, sockets, chunks, start_worker))
+        cpu: float | None = None
+        if light:
+            received, worker, cpu = asyncio.run(
+                follow_lightly(url, sockets, chunks, start_worker, lambda: cpu_seconds(pid))
+            )
+        else:
+            received, worker = asyncio.run(follow(url, sockets, chunks, start_worker))
         result = celery.AsyncResult(task_id).get(timeout=60)
     finally:
         for process in (worker, serving):
@@ -173,7 +193,7 @@ def run_round(
                 process.terminate()
                 process.wait(30)
         flush(redis_url)
-    return report(received, result, chunks, rate)
+    return report(received, result, chunks, rate, cpu)
 
 
 async def follow(
@@ -197,22 +217,31 @@ async def one(socket: websockets.ClientConnection, chunks: int) -> tuple[list[fl
 
 
 async def follow_lightly(
-    url: str, sockets: int, chunks: int, start_worker: object
-) -> tuple[list[tuple[list[float], float, float]], subprocess.Popen[bytes]]:
-    """`follow`, with the light client."""
+    url: str,
+    sockets: int,
+    chunks: int,
+    start_worker: Callable[[], subprocess.Popen[bytes]],
+    cpu: Callable[[], float],
+) -> tuple[list[tuple[list[float], float, float]], subprocess.Popen[bytes], float]:
+    """`follow`, with the light client; and the server's CPU seconds (`cpu()`) from the
+    stream's start (the first socket's first message after its snapshot: the task's
+    `STARTED`) to the last socket's close."""
     connected = [await record(url) for _ in range(sockets)]
     for recorder in connected:
         await recorder.first_message
-    worker = start_worker()  # type: ignore[operator]
+    worker = start_worker()
+    await connected[0].second_message
+    began = cpu()
     for recorder in connected:
         await recorder.closed
+    used = cpu() - began
     results = []
     for recorder in connected:
         came = recorder.messages()
         assert json.loads(came[0][1])["state"] == "PENDING"
         results.append(check(came[1:], chunks))
         assert recorder.close_code == 1000, recorder.close_code
-    return results, worker
+    return results, worker, used
 
 
 async def record(url: str) -> Recorder:
@@ -247,6 +276,7 @@ class Recorder(asyncio.Protocol):
         #: Each frame: when its last byte came, its opcode, where its payload starts and ends.
         self.frames: list[tuple[float, int, int, int]] = []
         self.first_message: asyncio.Future[None] = loop.create_future()
+        self.second_message: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.close_code: int | None = None
 
@@ -282,6 +312,8 @@ class Recorder(asyncio.Protocol):
             at = end
             if not self.first_message.done():
                 self.first_message.set_result(None)
+            elif not self.second_message.done():
+                self.second_message.set_result(None)
             if fin_opcode & 0x0F == 0x8:  # the server's close: answer it, masked
                 (self.close_code,) = struct.unpack_from("!H", buffer, end - length)
                 mask = os.urandom(4)
@@ -292,6 +324,8 @@ class Recorder(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.first_message.done():
             self.first_message.set_exception(ConnectionError("closed before its first message"))
+        if not self.second_message.done():
+            self.second_message.set_result(None)  # the checks of its messages will tell
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -331,8 +365,11 @@ def report(
     result: dict[str, float],
     chunks: int,
     rate: float,
-) -> tuple[float, float]:
-    """Print a round's figures; its p50 and p99 from sending to receiving, in ms."""
+    cpu: float | None,
+) -> tuple[float, float, float]:
+    """Print a round's figures (with `cpu`, where the light client measured it, the server's
+    CPU seconds from the stream's start to the last socket's close); its p50 and p99 from
+    sending to receiving, in ms, and its CPU seconds (0 where not measured)."""
     sending, making = result["sending"], result["making"]
     every = sorted(latency * 1000 for latencies, _, _ in received for latency in latencies)
     rates = sorted(chunks / (last - first) for _, first, last in received)
@@ -352,7 +389,10 @@ def report(
         f"    sent to received, p50 of sockets: the first chunk {percentile(by_offset[0], 50):.1f} "
         f"ms, the last {percentile(by_offset[1], 50):.1f} ms"
     )
-    return percentile(every, 50), percentile(every, 99)
+    if cpu is not None:
+        each = 1e9 * cpu / len(every)
+        print(f"    the server's CPU: {1000 * cpu:.1f} ms, {each:.0f} ns a chunk a socket")
+    return percentile(every, 50), percentile(every, 99), cpu or 0.0
 
 
 if __name__ == "__main__":

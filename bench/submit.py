@@ -207,6 +207,27 @@ def start_profiler(pid: int, output: str) -> subprocess.Popen[bytes]:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time the process's threads have used so far (from the scheduler's count, in
+    nanoseconds, where `/proc/<pid>/stat` counts in hundredths of a second)."""
+    return (
+        sum(
+            int(Path(f"/proc/{pid}/task/{thread}/schedstat").read_text().split()[0])
+            for thread in os.listdir(f"/proc/{pid}/task")
+        )
+        / 1e9
+    )
+
+
+def serving_process(pid: int) -> int:
+    """The process that serves: hypercorn runs its worker as a child of `pid`, spawned by
+    multiprocessing (beside multiprocessing's resource tracker)."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise RuntimeError(f"hypercorn ({pid}) has no worker process")
+
+
 def percentile(ordered: list[float], percent: float) -> float:
     """The `percent` percentile of an ordered list."""
     return ordered[min(len(ordered) - 1, int(len(ordered) * percent / 100))]

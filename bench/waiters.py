@@ -44,7 +44,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import get, post
-from submit import flush, free_port, wait_until_serving
+from submit import flush, free_port, serving_process, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below
@@ -288,15 +288,6 @@ def serving(
     finally:
         server.terminate()
         server.wait(30)
-
-
-def serving_process(pid: int) -> int:
-    """The process that serves: hypercorn runs its worker as a child of `pid`, spawned by
-    multiprocessing (beside multiprocessing's resource tracker)."""
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-            return int(child)
-    raise RuntimeError(f"hypercorn ({pid}) has no worker process")
 
 
 def threads_and_rss(pid: int) -> tuple[int, int]:

@@ -38,9 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fanout import cpu_seconds
-from submit import flush, free_port, wait_until_serving
-from waiters import serving_process
+from submit import cpu_seconds, flush, free_port, serving_process, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below
