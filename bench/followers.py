@@ -4,15 +4,17 @@ the many sockets that watch it, against the bare relay under the same hypercorn.
     .venv/bin/python bench/followers.py [--sockets 100] [--updates 500] [--rate 50] [--rounds 2]
 
 A task on a page many people have open, or the `STARTED` that goes to every follower of a
-stream before its first chunk (`bench/streams.py`). One `hypercorn asgi:app` and no worker:
-one task is submitted, `--sockets` websockets (the light client of `bench/streams.py`,
-declining compression) follow it, and the benchmark publishes `--updates` `PROGRESS` states
-on its channel, `--rate` a second, each unlike the last, as a worker publishes the states it
-stores; then `SUCCESS`. Every socket must get every state, then the close (1000). Reported:
-the server process's CPU time (user and system) from the first publish to the last close, a
-state a socket; then the same through `bench/bare_relay.py` (which sends `{"state": ...}`
-where the app sends the task's snapshot), and the app's over the relay's. Uses the Redis at
-REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed before and after.
+stream before its first chunk (`bench/streams.py`). One `hypercorn asgi:app` and no worker: one
+task is submitted, `--sockets` websockets (the light client of `bench/streams.py`, declining
+compression) follow it, and the benchmark publishes `--updates` `PROGRESS` states on its
+channel, `--rate` a second, each unlike the last, as a worker publishes the states it stores;
+then `SUCCESS`. Every socket must get every state, then the close (1000). Reported: the server
+process's CPU time (user and system) from the first publish to the last close, a state a socket
+(the `SUCCESS` and the socket's end counted as one state more: with `--updates 0`, what a
+task's end costs a socket that follows it); then the same through `bench/bare_relay.py` (which
+sends `{"state": ...}` where the app sends the task's snapshot), and the app's over the
+relay's. Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed
+before and after.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def main() -> None:
     """Follow one task on the app, then on the bare relay, each round; print the CPU times."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sockets", type=int, default=100)
-    parser.add_argument("--updates", type=int, default=500, help="states published")
+    parser.add_argument(
+        "--updates", type=int, default=500, help="PROGRESS states published before SUCCESS"
+    )
     parser.add_argument("--rate", type=float, default=50.0, help="states a second")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
@@ -50,8 +54,8 @@ def main() -> None:
     redis_url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
     for number in range(1, args.rounds + 1):
         print(
-            f"round {number}: {args.updates} states, {args.rate:g} a second, to each of "
-            f"{args.sockets} sockets following one task"
+            f"round {number}: {args.updates} states, {args.rate:g} a second, then SUCCESS, to "
+            f"each of {args.sockets} sockets following one task"
         )
         costs = {}
         for label, server in (("the app", "asgi:app"), ("bare relay", "bare_relay:app")):
@@ -71,7 +75,7 @@ def run_round(server: str, redis_url: str, sockets: int, updates: int, rate: flo
             used = asyncio.run(follow_and_publish(port, redis_url, pid, sockets, updates, rate))
     finally:
         flush(redis_url)
-    return 1e6 * used / (updates * sockets)
+    return 1e6 * used / ((updates + 1) * sockets)
 
 
 async def follow_and_publish(
