@@ -6,6 +6,7 @@ websockets on one server.
     .venv/bin/python bench/streams.py --profile streams.txt   # py-spy the server
     .venv/bin/python bench/streams.py --client websockets   # sockets of the websockets library
     .venv/bin/python bench/streams.py --no-baseline   # the app alone, not the bare relay after it
+    .venv/bin/python bench/streams.py --batched --relay raw   # against bench/raw_relay.py
 
 One `hypercorn asgi:app` and one worker (`celery -A bench.async_worker worker`, the async pool)
 on a flushed database. The task (`bench.stream`) is sent while no worker runs; `--sockets`
@@ -38,6 +39,9 @@ message a batch, with no framework (what the app's `?chunks=batched` does withou
 follower's bookkeeping or the joining of batches for a socket that fell behind), and the
 round ends with the app's p50 and p99 over the bare relay's. The first server of a run is
 often the slowest of it, whichever it is (the machine warming up): read the rounds after it.
+With `--relay raw`, the baseline is `bench/raw_relay.py` instead: no ASGI server at all, each
+message framed once and written to every socket from the loop that heard it, the floor of what
+one Python process does with these bytes here.
 
 Uses the Redis at REDIS_URL (default redis://127.0.0.1:6379/0), database 15, flushed before
 and after.
@@ -74,6 +78,7 @@ from submit import (
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below
 WORKER = [sys.executable, "-m", "celery", "-A", "bench.async_worker", "worker"]
+RAW = "raw_relay.py"  # bench/raw_relay.py, run as it is: not an ASGI app
 
 
 def main() -> None:
@@ -91,7 +96,13 @@ def main() -> None:
         "--baseline",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="with --batched: after the app, each round, the same through bench/bare_relay.py",
+        help="with --batched: after the app, each round, the same through a relay",
+    )
+    parser.add_argument(
+        "--relay",
+        choices=["bare", "raw"],
+        default="bare",
+        help="the relay: bench/bare_relay.py under hypercorn, or bench/raw_relay.py (no ASGI)",
     )
     args = parser.parse_args()
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -101,8 +112,9 @@ def main() -> None:
     # The bare relay sends a message a batch: a baseline for `?chunks=batched` alone.
     baseline = args.baseline and args.batched
     servers = [("the app", "asgi:app")]
+    relay = ("bare relay", "bare_relay:app") if args.relay == "bare" else ("raw relay", RAW)
     if baseline:
-        servers.append(("bare relay", "bare_relay:app"))
+        servers.append(relay)
     for number in range(1, args.rounds + 1):
         pace = f"{args.rate:g} a second" if args.rate else "as fast as it can"
         batched = ", batched" if args.batched else ""
@@ -113,7 +125,7 @@ def main() -> None:
         figures = {}
         # Taking turns at going first: the first server of a run was the slower (see latency.py).
         for label, server in servers if number % 2 else list(reversed(servers)):
-            print(f"  {label} (hypercorn {server}):")
+            print(f"  {label} ({'bench/' + server if server == RAW else 'hypercorn ' + server}):")
             figures[label] = run_round(
                 redis_url,
                 args.chunks,
@@ -125,11 +137,11 @@ def main() -> None:
                 server=server,
             )
         if baseline:
-            app, relay = figures["the app"], figures["bare relay"]
-            cpu = f", the server's CPU {app[2] / relay[2]:.2f}" if relay[2] else ""
+            app, other = figures["the app"], figures[relay[0]]
+            cpu = f", the server's CPU {app[2] / other[2]:.2f}" if other[2] else ""
             print(
-                f"  the app ÷ the bare relay: p50 {app[0] / relay[0]:.2f}, "
-                f"p99 {app[1] / relay[1]:.2f}{cpu}"
+                f"  the app ÷ the {relay[0]}: p50 {app[0] / other[0]:.2f}, "
+                f"p99 {app[1] / other[1]:.2f}{cpu}"
             )
 
 
@@ -150,8 +162,11 @@ def run_round(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
     flush(redis_url)
     port = free_port()
+    command = [sys.executable, "-m", "hypercorn", server, "--bind", f"127.0.0.1:{port}"]
+    if server == RAW:
+        command = [sys.executable, str(Path(__file__).parent / "raw_relay.py"), f"--port={port}"]
     serving = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", server, "--bind", f"127.0.0.1:{port}"],
+        command,
         cwd=ROOT,
         env=env,
         stderr=subprocess.DEVNULL,
@@ -159,7 +174,7 @@ def run_round(
     worker: subprocess.Popen[bytes] | None = None
     try:
         wait_until_serving(port)
-        pid = serving_process(serving.pid)
+        pid = serving.pid if server == RAW else serving_process(serving.pid)
         sys.path.insert(0, str(ROOT))
         from worker import celery  # the app's, configured: its sends are recorded
 
