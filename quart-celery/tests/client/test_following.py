@@ -6,6 +6,8 @@ real worker, its updates handed to it in the order that is rare on a live server
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -164,3 +166,62 @@ def test_stored_chunks_go_in_batches_of_a_size_at_most() -> None:
     assert all(len(batch.body) <= BATCH_SIZE for batch in batches if batch.count > 1)
     given = [chunk for batch in batches for chunk in json.loads(batch.message())["chunks"]]
     assert given == texts
+
+
+async def test_a_batch_goes_straight_to_the_writer_while_the_follower_waits_with_nothing_before(
+    app: Quart, client: Client
+) -> None:
+    # Written straight on: the next batch due, the follower waiting. Given the usual way: one
+    # the writer declines, and one with an update waiting before it.
+    written: list[int] = []
+    declining = False
+
+    def write(batch: Chunks) -> bool:
+        if declining:
+            return False
+        written.append(batch.offset)
+        return True
+
+    async with app.app_context():
+        follower = Follower(batched=True)
+        follower.followed[TASK] = Followed("tests.stream_words", next_offset=0, read=True)
+        follower.inbox.wants_chunks = True
+        follower.write_batches_with(write)
+        waiting = asyncio.ensure_future(follower.next_event())
+        await asyncio.sleep(0)  # it waits
+        follower.inbox.deliver(Chunks(TASK, 0, ['"a"', '"b"']))
+        follower.inbox.deliver(Chunks(TASK, 2, ['"c"']))
+        assert written == [0, 2] and not waiting.done()
+        assert follower.followed[TASK].next_offset == 3
+        declining = True
+        follower.inbox.deliver(Chunks(TASK, 3, ['"d"']))
+        declining = False
+        follower.inbox.deliver(Chunks(TASK, 4, ['"e"']))  # one waits before it
+        given = await waiting
+        joined = follower.joined(given)  # type: ignore[arg-type]
+    assert written == [0, 2]
+    assert json.loads(joined.message()) == {"id": TASK, "offset": 3, "chunks": ["d", "e"]}
+
+
+async def test_no_batch_goes_straight_on_before_the_stored_state_is_read(
+    app: Quart, client: Client
+) -> None:
+    written: list[Chunks] = []
+
+    def write(batch: Chunks) -> bool:
+        written.append(batch)
+        return True
+
+    async with app.app_context():
+        follower = Follower(batched=True)
+        follower.followed[TASK] = Followed("tests.stream_words", next_offset=0)  # not read
+        follower.inbox.wants_chunks = True
+        follower.write_batches_with(write)
+        waiting = asyncio.ensure_future(follower.next_event())
+        await asyncio.sleep(0)
+        follower.inbox.deliver(Chunks(TASK, 0, ['"a"']))  # to the follower, which drops it
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+    assert written == []

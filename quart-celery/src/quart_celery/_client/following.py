@@ -61,7 +61,7 @@ class Inbox:
     and an event (3.8 KiB) where this is a list and, only while its follower waits, a future.
     """
 
-    __slots__ = ("_waiter", "broken", "missed", "size", "updates", "wants_chunks")
+    __slots__ = ("_waiter", "broken", "express", "missed", "size", "updates", "wants_chunks")
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -73,12 +73,17 @@ class Inbox:
         self.wants_chunks = False
         #: Tasks a batch of whose chunks found the inbox full: read from their streams instead.
         self.missed: set[str] | None = None
+        #: Where batches of chunks may go straight on, while the follower waits with nothing
+        #: before them (`Follower.write_batches_with`): whether it took the batch.
+        self.express: Callable[[Chunks], bool] | None = None
 
     def deliver(self, update: Update | Chunks | Unfollowed) -> None:
         """Queue an update, or mark the follower fallen behind if it can't keep up (a batch of
         chunks that does not fit is read again from its task's stream, later)."""
         if isinstance(update, Chunks):
             if not self.wants_chunks:
+                return
+            if self.express is not None and self._idle() and self.express(update):
                 return
             if len(self.updates) >= self.size:
                 if self.missed is None:
@@ -122,6 +127,17 @@ class Inbox:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _idle(self) -> bool:
+        """Whether the follower waits for its next update, with none waiting or on its way."""
+        waiter = self._waiter
+        return (
+            waiter is not None
+            and not waiter.done()
+            and not self.updates
+            and self.broken is None
+            and not self.missed
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +302,30 @@ class Follower:
             await self.listener.subscribe(normal, self.inbox)
             self.inbox.deliver(Update(normal))
         return normal
+
+    def write_batches_with(self, write: Callable[[Chunks], bool]) -> None:
+        """Have each batch of chunks published for a followed task go to `write` at once, from
+        the listener, where it is the next to give and the follower waits with nothing before
+        it; `write` says whether it took the batch (if not, it is given the usual way).
+
+        For a socket that takes chunks in batches: its server writes the batch's frame, made
+        once for every socket, without waking the socket's handler (`_web.frames`).
+        """
+        self.inbox.express = partial(self._express, write)
+
+    def _express(self, write: Callable[[Chunks], bool], update: Chunks) -> bool:
+        followed = self.followed.get(update.task_id)
+        if (
+            followed is None
+            or not followed.read
+            or followed.next_offset != update.offset
+            or self.ready
+            or self.behind
+            or not write(update)
+        ):
+            return False
+        followed.next_offset = update.offset + update.count()
+        return True
 
     def unfollow(self, task_id: str) -> None:
         """Stop following a task; `Unfollowed` comes out after everything queued before it."""

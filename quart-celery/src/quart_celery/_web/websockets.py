@@ -181,6 +181,9 @@ def _take_chunks_as_asked(follower: Follower) -> None:
         message = "?chunks= takes each (one message a chunk, the default) or batched."
         raise CloseSocket(BAD_REQUEST, "invalid_chunks", message)
     follower.batched = asked == "batched"
+    writer = getattr(_current_socket(), "batch_writer", None)
+    if follower.batched and writer is not None:
+        follower.write_batches_with(writer)
 
 
 async def _follow_workflow(follower: WorkflowFollower, workflow_id: str) -> None:

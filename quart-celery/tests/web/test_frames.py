@@ -1,0 +1,102 @@
+"""Batches of chunks written straight to the sockets that wait for them: the frames, what
+serves them, and, through a real hypercorn and worker, the order a socket gets them in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import websockets
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import TextMessage
+
+from quart_celery._client.listener import Chunks
+from quart_celery._protection.admission import Place
+from quart_celery._web.frames import batch_writer, frame_of, text_frame
+from quart_celery.testing import ProcessWorker, Server, accepted_task
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 300_000])
+def test_a_frame_is_what_a_client_reads_as_the_text(size: int) -> None:
+    text = ("é" * size)[:size] if size % 2 else "x" * size  # two bytes a character, or one
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(text_frame(text))
+    events = list(client.events())
+    assert len(events) == 1 and isinstance(events[0], TextMessage)
+    assert events[0].data == text and events[0].message_finished
+
+
+def test_a_batch_is_framed_once_for_every_socket() -> None:
+    batch = Chunks("a-task", 0, ['"a"'])
+    assert frame_of(batch) is frame_of(batch)
+    other = Chunks("a-task", 0, ['"a"'])
+    assert frame_of(other) == frame_of(batch) and frame_of(other) is not frame_of(batch)
+
+
+async def test_no_writer_where_the_server_is_not_hypercorn() -> None:
+    async def send(message: Any) -> None:
+        pass
+
+    assert batch_writer(send) is None
+    place = Place(asyncio.Semaphore(1), send)
+    assert batch_writer(place.send) is None
+    place.leave()
+
+
+async def everything(connection: websockets.ClientConnection) -> list[dict[str, Any]]:
+    """Every message until the server closes the socket."""
+    return [json.loads(message) async for message in connection]
+
+
+def steps_of(received: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """A socket's chunks, one by one with their offsets, and its states, in order."""
+    steps: list[tuple[str, Any]] = []
+    for message in received:
+        if "chunks" in message:
+            offset = message["offset"]
+            steps += [("chunk", (offset + n, c)) for n, c in enumerate(message["chunks"])]
+        else:
+            steps.append(("state", (message["state"], message.get("progress"))))
+    return steps
+
+
+@pytest.mark.e2e
+async def test_batches_written_straight_come_in_order_among_the_states(
+    start_server: Server, process_worker: ProcessWorker
+) -> None:
+    # Two sockets of a task whose chunks and states alternate, under hypercorn: one declines
+    # compression (its batches are written straight from the listener, where it waits), one
+    # takes it (its batches go through its handler); both get the same, in the same order.
+    # A third follows 20,000 chunks, and gets each once, in order.
+    server = start_server()
+    ws = server.replace("http://", "ws://")
+    task = accepted_task(server, "tests.stream_with_progress", steps=100)
+    counting = accepted_task(server, "tests.stream_count", count=20_000)
+    url = f"{ws}{task['websocket']}?chunks=batched"
+    async with (
+        websockets.connect(url, compression=None) as plain,
+        websockets.connect(url) as deflated,
+        websockets.connect(
+            f"{ws}{counting['websocket']}?chunks=batched", compression=None, max_size=None
+        ) as counter,
+    ):
+        sockets = [plain, deflated, counter]
+        first = [json.loads(await socket.recv()) for socket in sockets]
+        process_worker()
+        rest = await asyncio.wait_for(asyncio.gather(*map(everything, sockets)), 120)
+        assert [socket.close_code for socket in sockets] == [1000, 1000, 1000]
+    plain_steps, deflated_steps, counted = (
+        steps_of([head, *tail]) for head, tail in zip(first, rest, strict=True)
+    )
+    expected: list[tuple[str, Any]] = []
+    for step in range(100):
+        expected += [("chunk", (step, f"chunk {step}"))]
+        expected += [("state", ("PROGRESS", {"current": step + 1, "total": 100}))]
+    states = [s for s in plain_steps if s[0] == "state" and s[1][0] in ("PENDING", "STARTED")]
+    assert [s for s in plain_steps if s not in states] == [*expected, ("state", ("SUCCESS", None))]
+    assert deflated_steps == plain_steps
+    chunks = [value for kind, value in counted if kind == "chunk"]
+    assert chunks == [(n, n) for n in range(20_000)]
+    assert counted[-1] == ("state", ("SUCCESS", None))
