@@ -25,6 +25,7 @@ from quart_celery._client.following import (
     Inbox,
     StreamedBatch,
     StreamedChunk,
+    Written,
     stored_batches,
 )
 from quart_celery._client.listener import Chunks, Update
@@ -176,17 +177,17 @@ async def test_a_batch_goes_straight_to_the_writer_while_the_follower_waits_with
     written: list[int] = []
     declining = False
 
-    def write(batch: Chunks) -> bool:
+    def write(text: str) -> bool:
         if declining:
             return False
-        written.append(batch.offset)
+        written.append(json.loads(text)["offset"])
         return True
 
     async with app.app_context():
         follower = Follower(batched=True)
         follower.followed[TASK] = Followed("tests.stream_words", next_offset=0, read=True)
         follower.inbox.wants_chunks = True
-        follower.write_batches_with(write)
+        follower.write_with(write)
         waiting = asyncio.ensure_future(follower.next_event())
         await asyncio.sleep(0)  # it waits
         follower.inbox.deliver(Chunks(TASK, 0, ['"a"', '"b"']))
@@ -203,23 +204,52 @@ async def test_a_batch_goes_straight_to_the_writer_while_the_follower_waits_with
     assert json.loads(joined.message()) == {"id": TASK, "offset": 3, "chunks": ["d", "e"]}
 
 
-async def test_no_batch_goes_straight_on_before_the_stored_state_is_read(
+async def test_states_go_straight_to_the_writer_and_the_final_one_ends_the_following(
     app: Quart, client: Client
 ) -> None:
-    written: list[Chunks] = []
+    # A state written straight is not given again; the final one comes out as `Written`, and
+    # the task is no longer followed. One equal to the last written is dropped.
+    written: list[str] = []
 
-    def write(batch: Chunks) -> bool:
-        written.append(batch)
+    def write(text: str) -> bool:
+        written.append(json.loads(text)["state"])
+        return True
+
+    progress = Update(TASK, {"status": "PROGRESS", "result": {"current": 1, "total": 2}})
+    async with app.app_context():
+        follower = Follower()
+        follower.followed[TASK] = Followed("tests.add", read=True)
+        follower.write_with(write)
+        waiting = asyncio.ensure_future(follower.next_event())
+        await asyncio.sleep(0)
+        follower.inbox.deliver(progress)
+        follower.inbox.deliver(Update(TASK, dict(progress.meta or {})))  # the same again
+        assert not waiting.done()
+        follower.inbox.deliver(Update(TASK, {"status": "SUCCESS", "result": 3}))
+        ended = await waiting
+    assert written == ["PROGRESS", "SUCCESS"]
+    assert isinstance(ended, Written) and ended.state == "SUCCESS"
+    assert TASK not in follower.followed
+
+
+async def test_nothing_goes_straight_on_before_the_stored_state_is_read(
+    app: Quart, client: Client
+) -> None:
+    written: list[str] = []
+
+    def write(text: str) -> bool:
+        written.append(text)
         return True
 
     async with app.app_context():
         follower = Follower(batched=True)
         follower.followed[TASK] = Followed("tests.stream_words", next_offset=0)  # not read
         follower.inbox.wants_chunks = True
-        follower.write_batches_with(write)
+        follower.write_with(write)
         waiting = asyncio.ensure_future(follower.next_event())
         await asyncio.sleep(0)
         follower.inbox.deliver(Chunks(TASK, 0, ['"a"']))  # to the follower, which drops it
+        follower.inbox.deliver(Update(TASK, {"status": "STARTED", "result": None}))
         await asyncio.sleep(0)
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -14,7 +14,7 @@ from wsproto.events import TextMessage
 
 from quart_celery._client.listener import Chunks
 from quart_celery._protection.admission import Place
-from quart_celery._web.frames import batch_writer, frame_of, text_frame
+from quart_celery._web.frames import frame_of, socket_writer, text_frame
 from quart_celery.testing import ProcessWorker, Server, accepted_task
 
 
@@ -28,20 +28,20 @@ def test_a_frame_is_what_a_client_reads_as_the_text(size: int) -> None:
     assert events[0].data == text and events[0].message_finished
 
 
-def test_a_batch_is_framed_once_for_every_socket() -> None:
-    batch = Chunks("a-task", 0, ['"a"'])
-    assert frame_of(batch) is frame_of(batch)
-    other = Chunks("a-task", 0, ['"a"'])
-    assert frame_of(other) == frame_of(batch) and frame_of(other) is not frame_of(batch)
+def test_a_message_is_framed_once_for_every_socket() -> None:
+    message = Chunks("a-task", 0, ['"a"']).message()
+    assert frame_of(message) is frame_of(message)
+    other = "".join(["{", message[1:]])  # the same text, another string
+    assert frame_of(other) == frame_of(message) and frame_of(other) is not frame_of(message)
 
 
 async def test_no_writer_where_the_server_is_not_hypercorn() -> None:
     async def send(message: Any) -> None:
         pass
 
-    assert batch_writer(send) is None
+    assert socket_writer(send) is None
     place = Place(asyncio.Semaphore(1), send)
-    assert batch_writer(place.send) is None
+    assert socket_writer(place.send) is None
     place.leave()
 
 

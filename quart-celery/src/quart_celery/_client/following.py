@@ -65,7 +65,7 @@ class Inbox:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.updates: list[Update | Chunks | Unfollowed] = []
+        self.updates: list[Update | Chunks | Unfollowed | Written] = []
         #: Why the follower can read no more (it fell behind, the server is going away).
         self.broken: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -73,23 +73,27 @@ class Inbox:
         self.wants_chunks = False
         #: Tasks a batch of whose chunks found the inbox full: read from their streams instead.
         self.missed: set[str] | None = None
-        #: Where batches of chunks may go straight on, while the follower waits with nothing
-        #: before them (`Follower.write_batches_with`): whether it took the batch.
-        self.express: Callable[[Chunks], bool] | None = None
+        #: Where published states and batches of chunks may go straight on, while the follower
+        #: waits with nothing before them (`Follower.write_with`): whether it took one.
+        self.express: Callable[[Update | Chunks], bool] | None = None
 
-    def deliver(self, update: Update | Chunks | Unfollowed) -> None:
+    def deliver(self, update: Update | Chunks | Unfollowed | Written) -> None:
         """Queue an update, or mark the follower fallen behind if it can't keep up (a batch of
         chunks that does not fit is read again from its task's stream, later)."""
-        if isinstance(update, Chunks):
-            if not self.wants_chunks:
-                return
-            if self.express is not None and self._idle() and self.express(update):
-                return
-            if len(self.updates) >= self.size:
-                if self.missed is None:
-                    self.missed = set()
-                self.missed.add(update.task_id)
-                return
+        if isinstance(update, Chunks) and not self.wants_chunks:
+            return
+        if (
+            self.express is not None
+            and isinstance(update, Update | Chunks)
+            and self._idle()
+            and self.express(update)
+        ):
+            return
+        if isinstance(update, Chunks) and len(self.updates) >= self.size:
+            if self.missed is None:
+                self.missed = set()
+            self.missed.add(update.task_id)
+            return
         if len(self.updates) < self.size:
             self.updates.append(update)
         elif self.broken is None:
@@ -112,7 +116,7 @@ class Inbox:
         del self.updates[0]
         return update
 
-    async def get(self) -> Update | Chunks | Unfollowed:
+    async def get(self) -> Update | Chunks | Unfollowed | Written:
         """The next update, when there is one; what broke the inbox, if something did."""
         while self.broken is None and not self.updates:
             self._waiter = asyncio.get_running_loop().create_future()
@@ -194,6 +198,18 @@ class Changed:
         return self.snapshot.state
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A task's final snapshot, written to the socket already, straight from the listener
+    (`Follower.write_with`): what is left is what follows sending it."""
+
+    changed: Changed
+
+    @property
+    def state(self) -> str:
+        return self.changed.state
+
+
 @dataclass(slots=True)
 class Followed:
     """A task a follower follows, the last snapshot it gave of it (as JSON), and, where its
@@ -211,7 +227,7 @@ class Followed:
     read: bool = False
 
 
-Event: TypeAlias = Changed | StreamedChunk | StreamedBatch | Unfollowed | TaskError
+Event: TypeAlias = Changed | Written | StreamedChunk | StreamedBatch | Unfollowed | TaskError
 
 
 class Ready:
@@ -303,28 +319,42 @@ class Follower:
             self.inbox.deliver(Update(normal))
         return normal
 
-    def write_batches_with(self, write: Callable[[Chunks], bool]) -> None:
-        """Have each batch of chunks published for a followed task go to `write` at once, from
-        the listener, where it is the next to give and the follower waits with nothing before
-        it; `write` says whether it took the batch (if not, it is given the usual way).
+    def write_with(self, write: Callable[[str], bool]) -> None:
+        """Have each state published for a followed task, and each batch of its chunks (taking
+        chunks in batches), go to `write` at once, as its message, from the listener, where it
+        is the next to give and the follower waits with nothing before it; `write` says
+        whether it took the message (if not, it is given the usual way). A final state taken
+        comes out as `Written`, for what follows it.
 
-        For a socket that takes chunks in batches: its server writes the batch's frame, made
-        once for every socket, without waking the socket's handler (`_web.frames`).
+        For a socket: its server writes the message's frame, made once for every socket,
+        without waking the socket's handler (`_web.frames`).
         """
         self.inbox.express = partial(self._express, write)
 
-    def _express(self, write: Callable[[Chunks], bool], update: Chunks) -> bool:
+    def _express(self, write: Callable[[str], bool], update: Update | Chunks) -> bool:
         followed = self.followed.get(update.task_id)
-        if (
-            followed is None
-            or not followed.read
-            or followed.next_offset != update.offset
-            or self.ready
-            or self.behind
-            or not write(update)
-        ):
+        if followed is None or not followed.read or self.ready or update.task_id in self.behind:
             return False
-        followed.next_offset = update.offset + update.count()
+        if isinstance(update, Chunks):
+            if not self.batched or followed.next_offset != update.offset:
+                return False
+            if not write(update.message()):
+                return False
+            followed.next_offset = update.offset + update.count()
+            return True
+        if update.meta is None:
+            return False
+        changed = published_change(update, followed.name, self.debug)
+        if changed.json == followed.last:
+            return True  # nothing new, as `_take_update` finds it
+        if not write(changed.json):
+            return False
+        followed.last = changed.json
+        if self.metrics is not None:
+            self.metrics.observe_delivery(update.meta)
+        if changed.state in FINAL_STATES:
+            self._drop(update.task_id)
+            self.inbox.deliver(Written(changed))
         return True
 
     def unfollow(self, task_id: str) -> None:
@@ -405,7 +435,7 @@ class Follower:
                 await self._guarded(next(iter(self.behind)), self._catch_up)
                 continue
             update = await self.inbox.get()
-            if isinstance(update, Unfollowed):
+            if isinstance(update, Unfollowed | Written):
                 return update
             followed = self.followed.get(update.task_id)
             if followed is None:  # unfollowed meanwhile

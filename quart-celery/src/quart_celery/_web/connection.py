@@ -29,7 +29,6 @@ from quart.asgi import ASGIWebsocketConnection
 from quart.wrappers import Websocket
 from quart.wrappers import base as quart_wrappers
 
-from quart_celery._client.listener import Chunks
 from quart_celery._web import frames
 
 #: Quart 0.23 and later: the client's messages wait in a buffer on the websocket, its reader
@@ -87,9 +86,9 @@ class SendsAtOnce:
     """
 
     _send: Callable[[str | bytes], Awaitable[None]]  # Quart's Websocket's own
-    #: A writer of batches of chunks straight to the socket, where its server allows it
+    #: A writer of messages straight to the socket, where its server allows it
     #: (`quart_celery._web.frames`), set by `WebsocketConnection`.
-    batch_writer: Callable[[Chunks], bool] | None = None
+    writer: Callable[[str], bool] | None = None
 
     async def send(self, data: str | bytes) -> None:
         """Send `data` now (accepting the socket first, if it is not yet)."""
@@ -109,7 +108,7 @@ class WebsocketConnection(ASGIWebsocketConnection):
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         self._handler = handler = asyncio.current_task()
         assert handler is not None
-        writer = frames.batch_writer(send)
+        writer = frames.socket_writer(send)
         if BUFFERED:
             send = quart_asgi._convert_os_error(send)  # type: ignore[attr-defined]
             websocket = self._create_websocket_from_scope(send)
@@ -118,7 +117,7 @@ class WebsocketConnection(ASGIWebsocketConnection):
             websocket = self._create_websocket_from_scope(send)
             reading = self.handle_messages(receive)
         if writer is not None and isinstance(websocket, SendsAtOnce):
-            websocket.batch_writer = writer
+            websocket.writer = writer
         reader = asyncio.ensure_future(reading)
         reader.add_done_callback(self._reader_ended)
         try:

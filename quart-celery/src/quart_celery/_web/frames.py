@@ -1,5 +1,5 @@
-"""Batches of chunks written straight to the sockets that wait for them, framed once, where the
-server is hypercorn.
+"""States and batches of chunks written straight to the sockets that wait for them, framed
+once, where the server is hypercorn.
 
 Under ASGI, each socket's handler runs in a task of its own: a batch of chunks published for a
 task followed by 100 sockets wakes 100 tasks, and each hands its message to the server, which
@@ -9,17 +9,19 @@ stream from the 20 ms p99 on 2 cores: a bare relay under hypercorn missed it too
 that heard the batch used 10 to 12 and met it (`bench/streams.py`, `bench/raw_relay.py`,
 2026-12-05).
 
-So a batched socket served by hypercorn over HTTP/1.1, with no extension (permessage-deflate
+So a socket served by hypercorn over HTTP/1.1, with no extension (permessage-deflate
 compresses each connection's frames its own way), gets a writer here: while its follower waits
-with nothing before it, the listener hands it each published batch, and it writes the batch's
-frame, made once for every socket, to the connection at once (`Follower.write_batches_with`).
-In three pairs of runs alternating with the usual way, 100 sockets: p99 16.1 to 24.9 ms (5
-rounds of 6 within 20 ms) and the server's CPU 27 to 36 ms, against 26.6 to 38.7 ms and 45 to
-57 ms.
-It declines, and the batch goes the usual way (through the follower, the handler and the
-server's send, under the send's deadline), whenever the connection is sending something else,
-is closing, or holds more than `MOST_WAITING` bytes not yet taken by the client; or where
-something listens to Quart's `websocket_sent` signal, which a write here could not send.
+with nothing before it, the listener hands it each state published, and each batch of chunks
+where it takes them in batches, and it writes the message's frame, made once for every socket,
+to the connection at once (`Follower.write_with`). In three pairs of runs alternating with the
+usual way (batches alone), 100 sockets: p99 16.1 to 24.9 ms (5 rounds of 6 within 20 ms) and
+the server's CPU 27 to 36 ms, against 26.6 to 38.7 ms and 45 to 57 ms. With states too, a
+state to 100 sockets of a task cost 20 µs of CPU a socket, against 43 to 45 before and the
+bare relay's 33 to 34 (`bench/followers.py`). It declines, and the message goes the usual way
+(through the follower, the handler and the server's send, under the send's deadline),
+whenever the connection is sending something else, is closing, or holds more than
+`MOST_WAITING` bytes not yet taken by the client; or where something listens to Quart's
+`websocket_sent` signal, which a write here could not send.
 
 Written by hand: ASGI has no way to send one message to many sockets, and no library does it
 under hypercorn. It leans on hypercorn's classes (`WSStream`, `H11Protocol`, `TCPServer`),
@@ -40,16 +42,16 @@ from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from quart.signals import websocket_sent
 from wsproto.connection import ConnectionState
 
-from quart_celery._client.listener import Chunks
 from quart_celery._protection.admission import Place
 
 #: Bytes a connection may hold that its client has not taken, beyond which a batch waits for
 #: the usual way (which waits for the client, under the send's deadline).
 MOST_WAITING = 64 * 1024
-#: The batches framed last, at most this many, kept with the frame: a batch published goes to
-#: every socket of its task, one after another, from the listener.
+#: The messages framed last, at most this many, kept with the frame: a state or a batch
+#: published goes to every socket of its task, one after another, from the listener, as one
+#: text.
 RECENT = 4
-_framed: dict[int, tuple[Chunks, bytes]] = {}
+_framed: dict[int, tuple[str, bytes]] = {}
 
 
 def text_frame(text: str) -> bytes:
@@ -65,22 +67,22 @@ def text_frame(text: str) -> bytes:
     return head + payload
 
 
-def frame_of(batch: Chunks) -> bytes:
-    """The frame of a published batch's message, made once for every socket it goes to."""
-    kept = _framed.get(id(batch))
-    if kept is not None and kept[0] is batch:
+def frame_of(text: str) -> bytes:
+    """The frame of a message, made once for every socket it goes to (the same text)."""
+    kept = _framed.get(id(text))
+    if kept is not None and kept[0] is text:
         return kept[1]
-    frame = text_frame(batch.message())
+    frame = text_frame(text)
     if len(_framed) >= RECENT:
         del _framed[next(iter(_framed))]
-    _framed[id(batch)] = (batch, frame)
+    _framed[id(text)] = (text, frame)
     return frame
 
 
-def batch_writer(send: Any) -> Callable[[Chunks], bool] | None:
-    """A writer of batches straight to the socket whose ASGI `send` this is (the server's, or
-    the admission's that stands in for it), or None: another server, HTTP/2, or a send that
-    middleware wraps."""
+def socket_writer(send: Any) -> Callable[[str], bool] | None:
+    """A writer of messages straight to the socket whose ASGI `send` this is (the server's,
+    or the admission's that stands in for it), or None: another server, HTTP/2, or a send
+    that middleware wraps."""
     place = getattr(send, "__self__", None)
     if isinstance(place, Place):
         send = place.server_send
@@ -95,7 +97,7 @@ def batch_writer(send: Any) -> Callable[[Chunks], bool] | None:
 
 
 class _Writer:
-    """Writes batches to one socket's connection, while nothing stands in the way."""
+    """Writes messages to one socket's connection, while nothing stands in the way."""
 
     __slots__ = ("server", "stream")
 
@@ -103,8 +105,8 @@ class _Writer:
         self.stream = stream
         self.server = server
 
-    def __call__(self, batch: Chunks) -> bool:
-        """Write `batch`'s frame now; whether it was (if not, nothing was written)."""
+    def __call__(self, text: str) -> bool:
+        """Write `text`'s frame now; whether it was (if not, nothing was written)."""
         stream, server = self.stream, self.server
         if (
             stream.closed
@@ -119,5 +121,5 @@ class _Writer:
         assert isinstance(transport, asyncio.WriteTransport)
         if transport.is_closing() or transport.get_write_buffer_size() > MOST_WAITING:
             return False
-        transport.write(frame_of(batch))
+        transport.write(frame_of(text))
         return True

@@ -46,6 +46,7 @@ from quart_celery._client.following import (
     StreamedChunk,
     TaskError,
     Unfollowed,
+    Written,
 )
 from quart_celery._client.workflows import WorkflowFollower
 from quart_celery._protection import access, sockets
@@ -181,9 +182,9 @@ def _take_chunks_as_asked(follower: Follower) -> None:
         message = "?chunks= takes each (one message a chunk, the default) or batched."
         raise CloseSocket(BAD_REQUEST, "invalid_chunks", message)
     follower.batched = asked == "batched"
-    writer = getattr(_current_socket(), "batch_writer", None)
-    if follower.batched and writer is not None:
-        follower.write_batches_with(writer)
+    writer = getattr(_current_socket(), "writer", None)
+    if writer is not None:
+        follower.write_with(writer)
 
 
 async def _follow_workflow(follower: WorkflowFollower, workflow_id: str) -> None:
@@ -230,6 +231,11 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
             del chunks
         elif isinstance(event, StreamedBatch):
             await _send_on(socket, watch, [follower.joined(event).message()])
+        elif isinstance(event, Written):  # a final state, written from the listener
+            if one_task:
+                await _let_others_send()
+                await websocket.close(NORMAL)
+                return
         elif isinstance(event, Unfollowed):
             await _send({"id": event.task_id, "unsubscribed": True})
         elif isinstance(event, TaskError):
