@@ -152,6 +152,7 @@ async def _follow_one(follower: Follower, task_id: str) -> None:
     """Follow the one task of `/ws/tasks/<id>` to its end; 4404 if nobody published it, 4400
     if `?from=` is not an offset."""
     _take_chunks_as_asked(follower)
+    _write_straight(follower)
     try:
         start = parse_offset(websocket.args.get("from", "0"))
     except ValueError:
@@ -171,6 +172,7 @@ async def _follow_many(follower: Follower) -> None:
     """Send the changes of the tasks a `/ws/tasks` client subscribes to; 4400 if `?chunks=`
     is not a way to take chunks."""
     _take_chunks_as_asked(follower)
+    _write_straight(follower)
     await _send_changes(follower)
 
 
@@ -182,6 +184,11 @@ def _take_chunks_as_asked(follower: Follower) -> None:
         message = "?chunks= takes each (one message a chunk, the default) or batched."
         raise CloseSocket(BAD_REQUEST, "invalid_chunks", message)
     follower.batched = asked == "batched"
+
+
+def _write_straight(follower: Follower) -> None:
+    """Have the listener write the follower's states and batches straight to the socket
+    while it waits, where the server lets it (`quart_celery._web.frames`)."""
     writer = getattr(_current_socket(), "writer", None)
     if writer is not None:
         follower.write_with(writer)
@@ -231,19 +238,15 @@ async def _send_changes(follower: Follower, *, one_task: bool = False) -> None:
             del chunks
         elif isinstance(event, StreamedBatch):
             await _send_on(socket, watch, [follower.joined(event).message()])
-        elif isinstance(event, Written):  # a final state, written from the listener
-            if one_task:
-                await _let_others_send()
-                await websocket.close(NORMAL)
-                return
         elif isinstance(event, Unfollowed):
             await _send({"id": event.task_id, "unsubscribed": True})
         elif isinstance(event, TaskError):
             if one_task:
                 raise CloseSocket.for_error(event.error)
             await _send_error(event.error.code, event.error.message, event.task_id)
-        else:
-            await _send_on(socket, watch, [event.json])
+        else:  # a change, unless the listener has written it already (`Written`)
+            if not isinstance(event, Written):
+                await _send_on(socket, watch, [event.json])
             if one_task and event.state in FINAL_STATES:
                 await _let_others_send()
                 await websocket.close(NORMAL)
