@@ -22,7 +22,9 @@ a second rather than as fast as it can. Reported, per round:
   every socket; every socket must get every chunk, in order, once;
 - with the light client, the CPU time the server's process (all its threads) used from the
   task's start (its `STARTED` reaching the first socket) to the last socket's close, and that
-  time a chunk a socket.
+  time a chunk a socket; and what the worker, this client and Redis used meanwhile, and how
+  busy that kept the machine's cores: every part of the path shares them here, and a stream
+  as fast as it can keeps them all busy.
 
 The sockets are the benchmark's own light client (`Recorder`): it notes when each frame's
 last byte came and reads the frames once the socket has closed. In production the clients are
@@ -37,8 +39,11 @@ hypercorn (after the app in odd rounds, before it in even ones), the baseline: i
 `/ws/tasks/<id>` sends each batch the worker publishes to each socket as it was published, one
 message a batch, with no framework (what the app's `?chunks=batched` does without Quart, the
 follower's bookkeeping or the joining of batches for a socket that fell behind), and the
-round ends with the app's p50 and p99 over the bare relay's. The first server of a run is
-often the slowest of it, whichever it is (the machine warming up): read the rounds after it.
+round ends with the app's p50 and p99 over the bare relay's. A round 0 comes first and is
+not counted, as in `bench/latency.py`: the first server of a run was often the slowest of it,
+whichever it was (the machine warming up: in five runs of three rounds on 2026-12-05, five of
+the app's eight rounds over 20 ms were a run's first server). The run ends with each server's
+p99 in every counted round.
 With `--relay raw`, the baseline is `bench/raw_relay.py` instead: no ASGI server at all, each
 message framed once and written to every socket from the loop that heard it, the floor of what
 one Python process does with these bytes here.
@@ -79,6 +84,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATABASE = 15  # the tests take 13 and 14, 11 and 12, and those below
 WORKER = [sys.executable, "-m", "celery", "-A", "bench.async_worker", "worker"]
 RAW = "raw_relay.py"  # bench/raw_relay.py, run as it is: not an ASGI app
+TARGET_P99 = 20.0  # ms, from a chunk's sending to a socket's receiving it (100 sockets)
 
 
 def main() -> None:
@@ -115,12 +121,13 @@ def main() -> None:
     relay = ("bare relay", "bare_relay:app") if args.relay == "bare" else ("raw relay", RAW)
     if baseline:
         servers.append(relay)
-    for number in range(1, args.rounds + 1):
+    p99s: dict[str, list[float]] = {label: [] for label, _ in servers}
+    for number in range(args.rounds + 1):  # round 0 warms the machine up, and is not counted
         pace = f"{args.rate:g} a second" if args.rate else "as fast as it can"
         batched = ", batched" if args.batched else ""
         print(
-            f"round {number}: {args.chunks} chunks, {pace}, {args.sockets} sockets{batched}, "
-            f"{args.client} client"
+            f"round {number}{' (not counted)' if number == 0 else ''}: {args.chunks} chunks, "
+            f"{pace}, {args.sockets} sockets{batched}, {args.client} client"
         )
         figures = {}
         # Taking turns at going first: the first server of a run was the slower (see latency.py).
@@ -136,6 +143,9 @@ def main() -> None:
                 light=args.client == "light",
                 server=server,
             )
+        if number:
+            for label, (_, p99, _) in figures.items():
+                p99s[label].append(p99)
         if baseline:
             app, other = figures["the app"], figures[relay[0]]
             cpu = f", the server's CPU {app[2] / other[2]:.2f}" if other[2] else ""
@@ -143,6 +153,13 @@ def main() -> None:
                 f"  the app ÷ the {relay[0]}: p50 {app[0] / other[0]:.2f}, "
                 f"p99 {app[1] / other[1]:.2f}{cpu}"
             )
+    if not args.rounds:
+        return
+    print(f"p99 in each of the {args.rounds} counted rounds:")
+    for label, each in p99s.items():
+        within = sum(p99 <= TARGET_P99 for p99 in each)
+        rounds = ", ".join(f"{p99:.1f}" for p99 in each)
+        print(f"  {label}: {rounds} ms; within {TARGET_P99:g} ms in {within} of {len(each)}")
 
 
 def run_round(
@@ -194,10 +211,11 @@ def run_round(
                 stderr=subprocess.DEVNULL,
             )
 
-        cpu: float | None = None
+        cpu: dict[str, float] | None = None
         if light:
+            parts = {"the server": pid, "this client": os.getpid(), **redis_process(redis_url)}
             received, worker, cpu = asyncio.run(
-                follow_lightly(url, sockets, chunks, start_worker, lambda: cpu_seconds(pid))
+                follow_lightly(url, sockets, chunks, start_worker, parts)
             )
         else:
             received, worker = asyncio.run(follow(url, sockets, chunks, start_worker))
@@ -209,6 +227,15 @@ def run_round(
                 process.wait(30)
         flush(redis_url)
     return report(received, result, chunks, rate, cpu)
+
+
+def redis_process(redis_url: str) -> dict[str, int]:
+    """Redis's pid, as a part whose CPU is measured, where it runs on this machine."""
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        pid = int(client.info("server")["process_id"])
+    return {"Redis": pid} if os.access(f"/proc/{pid}/task", os.R_OK) else {}
 
 
 async def follow(
@@ -236,20 +263,29 @@ async def follow_lightly(
     sockets: int,
     chunks: int,
     start_worker: Callable[[], subprocess.Popen[bytes]],
-    cpu: Callable[[], float],
-) -> tuple[list[tuple[list[float], float, float]], subprocess.Popen[bytes], float]:
-    """`follow`, with the light client; and the server's CPU seconds (`cpu()`) from the
-    stream's start (the first socket's first message after its snapshot: the task's
-    `STARTED`) to the last socket's close."""
+    parts: dict[str, int],
+) -> tuple[list[tuple[list[float], float, float]], subprocess.Popen[bytes], dict[str, float]]:
+    """`follow`, with the light client; and the CPU seconds each process of `parts` (a name
+    and its pid) and the worker used, from the stream's start (the first socket's first message
+    after its snapshot: the task's `STARTED`) to the last socket's close, with the wall-clock
+    seconds between the two (`"wall"`)."""
     connected = [await record(url) for _ in range(sockets)]
     for recorder in connected:
         await recorder.first_message
     worker = start_worker()
+    parts = {**parts, "the worker": worker.pid}
+
+    def cpu() -> dict[str, float]:
+        return {"wall": time.perf_counter()} | {
+            name: cpu_seconds(pid) for name, pid in parts.items()
+        }
+
     await connected[0].second_message
     began = cpu()
     for recorder in connected:
         await recorder.closed
-    used = cpu() - began
+    ended = cpu()
+    used = {name: ended[name] - began[name] for name in ended}
     results = []
     for recorder in connected:
         came = recorder.messages()
@@ -380,11 +416,12 @@ def report(
     result: dict[str, float],
     chunks: int,
     rate: float,
-    cpu: float | None,
+    cpu: dict[str, float] | None,
 ) -> tuple[float, float, float]:
-    """Print a round's figures (with `cpu`, where the light client measured it, the server's
-    CPU seconds from the stream's start to the last socket's close); its p50 and p99 from
-    sending to receiving, in ms, and its CPU seconds (0 where not measured)."""
+    """Print a round's figures (with `cpu`, where the light client measured it, the CPU
+    seconds of the server and the other processes from the stream's start to the last socket's
+    close); its p50 and p99 from sending to receiving, in ms, and the server's CPU seconds (0
+    where not measured)."""
     sending, making = result["sending"], result["making"]
     every = sorted(latency * 1000 for latencies, _, _ in received for latency in latencies)
     rates = sorted(chunks / (last - first) for _, first, last in received)
@@ -404,10 +441,18 @@ def report(
         f"    sent to received, p50 of sockets: the first chunk {percentile(by_offset[0], 50):.1f} "
         f"ms, the last {percentile(by_offset[1], 50):.1f} ms"
     )
-    if cpu is not None:
-        each = 1e9 * cpu / len(every)
-        print(f"    the server's CPU: {1000 * cpu:.1f} ms, {each:.0f} ns a chunk a socket")
-    return percentile(every, 50), percentile(every, 99), cpu or 0.0
+    if cpu is None:
+        return percentile(every, 50), percentile(every, 99), 0.0
+    server = cpu.pop("the server")
+    each = 1e9 * server / len(every)
+    print(f"    the server's CPU: {1000 * server:.1f} ms, {each:.0f} ns a chunk a socket")
+    wall = cpu.pop("wall")
+    busy = (server + sum(cpu.values())) / (wall * (os.cpu_count() or 1))
+    others = ", ".join(f"{name} {1000 * seconds:.1f}" for name, seconds in cpu.items())
+    print(
+        f"    and meanwhile, in ms: {others}; the cores {busy:.0%} busy over {1000 * wall:.1f} ms"
+    )
+    return percentile(every, 50), percentile(every, 99), server
 
 
 if __name__ == "__main__":
