@@ -7,7 +7,7 @@ import orjson
 import pytest
 import redis
 
-from quart_celery._broker.chunks import APPEND_CHUNKS, PAGE, read_chunks
+from quart_celery._broker.chunks import APPEND_CHUNKS, PAGE, append_chunks, read_chunks
 
 STREAM, META, RUN = b"meta-key.chunks", b"meta-key", b"meta-key.chunks.run.r"
 
@@ -16,7 +16,7 @@ def append(client: redis.Redis, written: int, chunks: list[object]) -> int:
     """Write a batch of the run's chunks, the run having written `written` before it."""
     script = client.register_script(APPEND_CHUNKS)
     encoded = [orjson.dumps(chunk) for chunk in chunks]
-    return int(script(keys=[STREAM, META, RUN], args=[0, written, "a-task", *encoded]))
+    return append_chunks(script, [STREAM, META, RUN], 0, written, "a-task", encoded)
 
 
 def values(client: redis.Redis, start: int) -> list[tuple[int, object]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import uuid
+from functools import partial
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from quart_celery import ChunksNotWritten, send_chunk
-from quart_celery._broker.chunks import read_chunks, stream_key
+from quart_celery._broker.chunks import append_chunks, read_chunks, stream_key
 from quart_celery._worker.streams import (
     BATCH_BYTES,
     MAX_CHUNK_BYTES,
@@ -104,23 +105,26 @@ def test_a_stream_that_redis_lost_fails_the_task_not_silently(
 def test_a_batch_written_twice_its_reply_lost_is_kept_once(celery: Celery) -> None:
     task_id = str(uuid.uuid4())
     stream = TaskStream(task_id, celery.backend, 100, ChunkWriter.running())
-    batch = [0, 0, task_id, b'"once"']
-    assert stream.script(keys=stream.keys, args=batch) == 1
-    assert stream.script(keys=stream.keys, args=batch) == 0  # sent again: already there
+    assert append_chunks(stream.script, stream.keys, 0, 0, task_id, [b'"once"']) == 1
+    # Sent again: already there.
+    assert append_chunks(stream.script, stream.keys, 0, 0, task_id, [b'"once"']) == 0
     assert stored(celery, task_id) == [(0, '"once"')]
 
 
 def test_a_batch_sent_again_grown_meanwhile_keeps_each_chunk_once(celery: Celery) -> None:
     # Its first try was written as Redis stopped, the reply lost; the chunks sent during the
-    # outage joined it for the next try (the first half of them were dropped, as written).
+    # outage joined it for the next try (its first chunk is skipped, as written).
     task_id = str(uuid.uuid4())
     stream = TaskStream(task_id, celery.backend, 100, ChunkWriter.running())
-    assert stream.script(keys=stream.keys, args=[0, 0, task_id, b'"a"']) == 1
-    grown = [0, 0, task_id, b'"a"', b'"b"', b'"c"']
-    assert stream.script(keys=stream.keys, args=grown) == 1
+    append = partial(append_chunks, stream.script, stream.keys, 0)
+    assert append(0, task_id, [b'"a"']) == 1
+    # The script alone says how many of the run's chunks are written already.
+    grown = [0, 0, task_id, 3, b'"a","b","c"']
+    assert stream.script(keys=stream.keys, args=grown) == [1]
+    assert append(0, task_id, [b'"a"', b'"b"', b'"c"']) == 1
     assert stored(celery, task_id) == [(0, '"a"'), (1, '"b"'), (2, '"c"')]
     # A batch past chunks the run never wrote is refused: a gap would pass unseen.
-    assert stream.script(keys=stream.keys, args=[0, 4, task_id, b'"e"']) == -1
+    assert append(4, task_id, [b'"e"']) == -1
 
 
 def test_a_writer_that_fails_fails_the_task_rather_than_leave_a_gap(

@@ -49,23 +49,29 @@ RUN_KEPT = 86_400
 #: Append a batch of one run's chunks to a task's stream, as one entry, and publish them. KEYS:
 #: the stream, the task's result key (its channel), the run's record (`run_key`). ARGV: the
 #: stream's expiry in seconds (0: none), the run's count of chunks sent before the batch's
-#: first, the task's id, then each chunk as JSON. The record counts the run's chunks written and
-#: the stream's length after the last. A batch sent again after its reply was lost may have
-#: grown meanwhile (the chunks sent since join it): what of it was written before is skipped,
-#: the rest added (0 if nothing is). A stream that lost what the run wrote (Redis lost it), or a
-#: batch past a gap, takes nothing more (-1): a gap would pass unseen. Two runs of one task (a
-#: retry, a redelivery) each append at the stream's end. Returns 1 once chunks are added.
+#: first, the task's id, how many chunks the batch holds, and the chunks (each as JSON,
+#: comma-separated). The record counts the run's chunks written and the stream's length after
+#: the last. A batch sent again after its reply was lost may have grown meanwhile (the chunks
+#: sent since join it): if all of it was written, nothing is added (0); if the first of it
+#: were, the record's count comes back (`{written}`), for the rest to be sent from there
+#: (`append_chunks`). A stream that lost what the run wrote (Redis lost it), or a batch past a
+#: gap, takes nothing more (-1): a gap would pass unseen. Two runs of one task (a retry, a
+#: redelivery) each append at the stream's end. Returns 1 once chunks are added.
+#:
+#: The chunks come joined, as one argument. Sent as a thousand arguments, a batch of 1,000
+#: small chunks cost redis-py 815 µs of CPU to send, against 142 µs joined, and Redis 0.44 to
+#: 0.53 µs a chunk (its `table.concat`), against 0.23 to 0.25 (2026-12-05).
 APPEND_CHUNKS = """
 local run = redis.call('HMGET', KEYS[3], 'written', 'end')
 local written = tonumber(run[1] or '0')
 local first = tonumber(ARGV[2])
+local count = tonumber(ARGV[4])
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 local length = last and tonumber(string.match(last[1], '%d+$')) or 0
 if first > written or length < tonumber(run[2] or '0') then return -1 end
-local from = 4 + written - first
-local count = #ARGV - from + 1
-if count <= 0 then return 0 end
-local body = table.concat(ARGV, ',', from)
+if first + count <= written then return 0 end
+if first < written then return {written} end
+local body = ARGV[5]
 redis.call('XADD', KEYS[1], '0-' .. string.format('%d', length + count), 'n', count, 'b', body)
 local expiry = tonumber(ARGV[1])
 if expiry > 0 then redis.call('EXPIRE', KEYS[1], expiry) end
@@ -75,6 +81,20 @@ redis.call('PUBLISH', KEYS[2], '{"status":"STREAMING","task_id":' .. cjson.encod
     .. ',"offset":' .. string.format('%d', length) .. ',"chunks":[' .. body .. ']}')
 return 1
 """.replace("RUN_KEPT", str(RUN_KEPT))
+
+
+def append_chunks(
+    script: Any, keys: list[bytes], expires: int, first: int, task_id: str, chunks: list[bytes]
+) -> int:
+    """Append a batch of a run's chunks (`APPEND_CHUNKS`, registered as `script`), the run
+    having sent `first` before it: 1 once added, 0 if written before, -1 if refused."""
+    reply = script(keys=keys, args=[expires, first, task_id, len(chunks), b",".join(chunks)])
+    if isinstance(reply, list):
+        # Sent again, its reply lost, and grown since: the first of it are written.
+        written = int(reply[0])
+        rest = chunks[written - first :]
+        reply = script(keys=keys, args=[expires, written, task_id, len(rest), b",".join(rest)])
+    return int(reply)
 
 
 @dataclass(frozen=True, slots=True)

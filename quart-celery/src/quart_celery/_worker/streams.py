@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from quart_celery._broker.chunks import APPEND_CHUNKS, run_key, stream_key
+from quart_celery._broker.chunks import APPEND_CHUNKS, append_chunks, run_key, stream_key
 from quart_celery._worker import asyncio_pool
 from quart_celery.errors import ChunksNotWritten, TooManyChunks
 
@@ -202,7 +202,7 @@ class TaskStream:
         self.items: deque[bytes | Callable[[], object] | _Gate] = deque()
         self.sent = 0
         #: The batches of this run written so far, and their chunks (the run's count of chunks
-        #: sent before the next batch's first: `APPEND_CHUNKS` skips those it has already).
+        #: sent before the next batch's first: `append_chunks` skips those written already).
         self.batches = 0
         self.written = 0
         #: Whether the writer has the stream in hand: it is written until its items run out.
@@ -340,9 +340,10 @@ class TaskStream:
                 logger.exception("a state of task %s could not be stored", self.task_id)
             self.progressed = time.monotonic()
             return True
-        args: list[Any] = [self.expires, self.written, self.task_id, *batch]
         try:
-            written = int(self.script(keys=self.keys, args=args))
+            written = append_chunks(
+                self.script, self.keys, self.expires, self.written, self.task_id, batch
+            )
         except (RedisError, OSError) as error:
             with self.lock:
                 self.items.extendleft(reversed(batch))
