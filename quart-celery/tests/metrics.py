@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 from prometheus_client.parser import text_string_to_metric_families
+
+#: The messages sent to websockets, by path (`straight` or `handler`).
+MESSAGES = "probe_app_websocket_messages_total"
+
+
+def scrape(server: str) -> str:
+    """`GET /metrics` of a running server, on a connection of its own (so any worker process
+    may answer)."""
+    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as response:
+        assert response.status == 200
+        text: str = response.read().decode()
+        return text
 
 
 def sample(text: str, name: str, **labels: str) -> float:

@@ -32,20 +32,12 @@ from quart_celery.testing import (
     stop_process_group,
     wait_for,
 )
-from tests.metrics import sample
+from tests.metrics import MESSAGES, sample, scrape
 from tests.probe_app import ASGI_APP, ROOT, WORKER_APP
 
 pytestmark = pytest.mark.e2e
 
 SUBMITTED = "probe_app_tasks_submitted_total"
-
-
-def scrape(server: str) -> str:
-    """`GET /metrics` on a connection of its own (so any worker process may answer)."""
-    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as response:
-        assert response.status == 200
-        text: str = response.read().decode()
-        return text
 
 
 @pytest.fixture
@@ -129,6 +121,13 @@ async def test_metrics_add_up_every_worker_process(
     text = scrape(server)
     assert sample(text, "probe_app_delivery_seconds_count") == len(states)
     assert 0 < sample(text, "probe_app_delivery_seconds_sum") < len(states)
+    # Its messages (compressed: each through its handler), counted as it ended in its own
+    # process, whichever answers.
+    wait_for(
+        lambda: sample(scrape(server), MESSAGES, path="handler") == 1 + len(states),
+        30,
+        "the socket's messages counted",
+    )
 
 
 FLOWER_LOGIN = "ops:secret"

@@ -16,6 +16,7 @@ from quart_celery._client.listener import Chunks
 from quart_celery._protection.admission import Place
 from quart_celery._web.frames import frame_of, socket_writer, text_frame
 from quart_celery.testing import ProcessWorker, Server, accepted_task
+from tests.metrics import MESSAGES, sample, scrape
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 300_000])
@@ -100,3 +101,11 @@ async def test_batches_written_straight_come_in_order_among_the_states(
     chunks = [value for kind, value in counted if kind == "chunk"]
     assert chunks == [(n, n) for n in range(20_000)]
     assert counted[-1] == ("state", ("SUCCESS", None))
+    # Every message counted once, by the way it went: the compressed socket's all through its
+    # handler, and most of the plain one's straight (a hypercorn that stopped letting the
+    # listener write would leave `straight` at 0; here 202 of its 203, and the others' but
+    # their snapshots).
+    text = scrape(server)
+    straight, handler = (sample(text, MESSAGES, path=path) for path in ("straight", "handler"))
+    assert straight + handler == sum(1 + len(tail) for tail in rest)
+    assert straight >= len(rest[0]) / 2 and handler >= 1 + len(rest[1])

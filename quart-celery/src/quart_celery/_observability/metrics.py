@@ -12,7 +12,11 @@ Each name begins with the app's name (`quart_app_...` for an app named `quart_ap
   time it published a state that has none) to the state being handed to the socket or
   follower that waits for it; across machines, their clocks' difference is part of it;
 - `<app>_listener_reconnects_total`: times the result listener connected to Redis again
-  after losing its connection.
+  after losing its connection;
+- `<app>_websocket_messages_total{path}`: messages sent to websockets, `straight` (a state or
+  a batch of chunks the listener wrote to the socket itself, under hypercorn) or `handler`
+  (sent by the socket's handler): counted as sockets end, and as a scrape reaches a process
+  (`quart_celery._web.frames`).
 
 Under `hypercorn --workers N` every worker is a process, and a scrape reaches one of them. So
 that `/metrics` answers for all of them, the workers keep their samples in files in one
@@ -78,6 +82,7 @@ class Metrics:
     websockets_open: Gauge
     delivery: Histogram
     listener_reconnects: Counter
+    websocket_messages: Counter
 
     @classmethod
     def create(cls, directory: str | None, namespace: str) -> Metrics:
@@ -121,6 +126,13 @@ class Metrics:
             listener_reconnects=Counter(
                 f"{namespace}_listener_reconnects",
                 "Times the result listener connected to Redis again after losing it.",
+                registry=own,
+            ),
+            websocket_messages=Counter(
+                f"{namespace}_websocket_messages",
+                "Messages sent to websockets, by path: straight (written by the listener) or "
+                "handler (sent by the socket's handler).",
+                ["path"],
                 registry=own,
             ),
         )

@@ -29,6 +29,7 @@ from quart.asgi import ASGIWebsocketConnection
 from quart.wrappers import Websocket
 from quart.wrappers import base as quart_wrappers
 
+from quart_celery._observability import metrics
 from quart_celery._web import frames
 
 #: Quart 0.23 and later: the client's messages wait in a buffer on the websocket, its reader
@@ -94,6 +95,7 @@ class SendsAtOnce:
         """Send `data` now (accepting the socket first, if it is not yet)."""
         await self.accept()  # type: ignore[attr-defined]  # Quart's Websocket's
         await self._send(data)
+        frames.sent[frames.HANDLER] += 1
 
 
 class WebsocketConnection(ASGIWebsocketConnection):
@@ -131,6 +133,7 @@ class WebsocketConnection(ASGIWebsocketConnection):
         finally:
             self._handler = None
             reader.cancel()
+            frames.count_sent(metrics.of(self.app))
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             raise reader.exception()  # type: ignore[misc]
 

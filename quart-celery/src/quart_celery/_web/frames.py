@@ -26,7 +26,9 @@ whenever the connection is sending something else, is closing, or holds more tha
 Written by hand: ASGI has no way to send one message to many sockets, and no library does it
 under hypercorn. It leans on hypercorn's classes (`WSStream`, `H11Protocol`, `TCPServer`),
 checked when a socket opens: with any other server, or middleware that wraps the send,
-nothing changes.
+nothing changes. The metric `<app>_websocket_messages_total{path}` tells which way the
+messages went (`straight` or `handler`): a hypercorn that no longer lets this module write
+shows as `straight` staying at 0.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from quart.signals import websocket_sent
 from wsproto.connection import ConnectionState
 
+from quart_celery._observability.metrics import Metrics
 from quart_celery._protection.admission import Place
 
 #: Bytes a connection may hold that its client has not taken, beyond which a batch waits for
@@ -52,6 +55,13 @@ MOST_WAITING = 64 * 1024
 #: text.
 RECENT = 4
 _framed: dict[int, tuple[str, bytes]] = {}
+#: The ways a message goes to a socket: written here, or sent by the socket's handler.
+STRAIGHT, HANDLER = "straight", "handler"
+#: Messages sent to this process's websockets since the metric last took them, each way: plain
+#: counts, taken by `count_sent` as sockets end and as `/metrics` is read. The metric's own
+#: `labels(...).inc()` for each message cost 2.9 µs (4.1 in multiprocess mode), a plain count
+#: under 0.1, where a state costs the server about 20 µs a socket (2026-12-05).
+sent = {STRAIGHT: 0, HANDLER: 0}
 
 
 def text_frame(text: str) -> bytes:
@@ -77,6 +87,16 @@ def frame_of(text: str) -> bytes:
         del _framed[next(iter(_framed))]
     _framed[id(text)] = (text, frame)
     return frame
+
+
+def count_sent(served: Metrics | None) -> None:
+    """Add the messages sent since the last call to `served`'s count of them, if it serves."""
+    if served is None:
+        return
+    for path, count in sent.items():
+        if count:
+            served.websocket_messages.labels(path=path).inc(count)
+            sent[path] = 0
 
 
 def socket_writer(send: Any) -> Callable[[str], bool] | None:
@@ -122,4 +142,5 @@ class _Writer:
         if transport.is_closing() or transport.get_write_buffer_size() > MOST_WAITING:
             return False
         transport.write(frame_of(text))
+        sent[STRAIGHT] += 1
         return True

@@ -8,6 +8,7 @@ from quart_schema import document_response, tag
 from quart_celery._client.blocking import run_blocking
 from quart_celery._observability import metrics
 from quart_celery._protection import access
+from quart_celery._web import frames
 from quart_celery.errors import APIError
 from quart_celery.schemas import ErrorBody
 
@@ -24,6 +25,7 @@ async def prometheus_metrics() -> Response:
     served = metrics.current()
     if served is None:
         raise APIError(503, "not_serving", "Metrics are kept while the app serves.")
+    frames.count_sent(served)  # this process's, up to now
     body, content_type = await run_blocking(
         "the metrics", served.exposition, request.headers.get("Accept")
     )
