@@ -9,11 +9,13 @@ from contextlib import aclosing
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from quart_celery import TaskFailed, queue
+from quart_celery._broker.chunks import stream_key
 from quart_celery.testing import (
     TIMEOUT,
     ThreadWorker,
@@ -340,6 +342,47 @@ async def test_ten_followers_of_a_5000_chunk_stream_each_get_every_chunk(
         got = chunks_of(received) if taking == "each" else batched_chunks_of(received)
         assert got == list(range(5000))
         assert received[-1]["state"] == "SUCCESS"
+
+
+@pytest.mark.parametrize("taking", ["each", "batched"])
+async def test_followers_of_one_task_from_different_offsets_at_once_each_get_theirs(
+    client: Client, celery: Celery, thread_worker: ThreadWorker, taking: str
+) -> None:
+    # Their look-ups go in one trip: each reads its own page. (They shared the last one's,
+    # and the socket from 0 got the chunks from about 2,500 on, with no error.)
+    task_id = (await submit(client, "tests.stream_count", count=3000))["id"]
+    with thread_worker(celery):
+        await finished(client, task_id)
+
+    async def follow(start: int) -> list[Any]:
+        url = f"/ws/tasks/{task_id}?chunks={taking}&from={start}"
+        async with client.websocket(url) as socket:
+            received, code = await messages_until_closed(socket)
+        assert code == 1000 and received[-1]["state"] == "SUCCESS"
+        if taking == "each":
+            return chunks_of(received)
+        return batched_chunks_of(received, start)
+
+    starts = [0, 2500, 1200, 0, 2999]
+    results = await asyncio.gather(*(follow(start) for start in starts))
+    assert results == [list(range(start, 3000)) for start in starts]
+
+
+async def test_a_stream_that_lost_the_chunks_asked_for_ends_in_an_error_not_a_gap(
+    client: Client, celery: Celery, thread_worker: ThreadWorker, redis_client: redis.Redis
+) -> None:
+    task_id = (await submit(client, "tests.stream_count", count=3000))["id"]
+    with thread_worker(celery):
+        await finished(client, task_id)
+    backend: Any = celery.backend
+    key = stream_key(backend.get_key_for_task(task_id))
+    entries: Any = redis_client.xrange(key, count=1)
+    redis_client.xdel(key, entries[0][0])  # as if Redis had lost it
+    async with client.websocket(f"/ws/tasks/{task_id}?chunks=batched") as socket:
+        received, code = await messages_until_closed(socket)
+    assert code == 1011
+    assert received[-1]["error"]["code"] == "chunks_missing", received[-1]
+    assert all("chunks" not in message for message in received)
 
 
 @pytest.mark.settings(STREAM_MAX_CHUNKS=5)

@@ -521,6 +521,15 @@ class Follower:
         fresh = [chunk for chunk in stored.chunks if chunk.offset >= start]
         if not fresh:
             return []
+        if fresh[0].offset != start:
+            # The stream lacks the next chunk due (Redis lost it): never a gap unseen.
+            logger.error("task %s: its chunks from %d on are not stored", task_id, start)
+            raise APIError(
+                500,
+                "chunks_missing",
+                f"Chunks {start} to {fresh[0].offset - 1} of this task are not stored: "
+                "the stream cannot go on without a gap.",
+            )
         followed.next_offset = fresh[-1].offset + 1
         if self.batched:
             return stored_batches(task_id, fresh)

@@ -153,30 +153,41 @@ class Asked:
 def read(redis: Redis, backend: Any, keys: Keys, asked: list[Asked]) -> list[Found]:
     """Each task's record, stored state and chunks, as asked: one MGET of the records, and
     one of the stored states, with the chunks' reads behind it in one pipeline (a state read
-    first: if it is final, every chunk before it is in the stream). In the thread pool."""
+    first: if it is final, every chunk before it is in the stream). In the thread pool.
+
+    A page of chunks is read for each task and offset asked, once however many ask it: two
+    followers of one task in one batch may want it from different offsets."""
     record_ids = [one.task_id for one in asked if one.name]
     stored_ids = [one.task_id for one in asked if one.stored]
-    streams = [one for one in asked if one.chunks_from is not None]
+    pages = list(
+        dict.fromkeys(
+            (one.task_id, one.chunks_from) for one in asked if one.chunks_from is not None
+        )
+    )
     names = dict(zip(record_ids, records.names_of(redis, keys, record_ids), strict=True))
     stored: dict[str, bytes | None] = {}
-    chunks: dict[str, StoredPage] = {}
+    chunks: dict[tuple[str, int | None], StoredPage] = {}
     stored_keys = [backend.get_key_for_task(task_id) for task_id in stored_ids]
-    if streams:
+    if pages:
         pipe = backend.client.pipeline(transaction=False)
         if stored_keys:
             pipe.mget(stored_keys)
-        for one in streams:
-            key = stream_key(backend.get_key_for_task(one.task_id))
-            pipe.xrange(key, entry_id(one.chunks_from or 0), "+", count=PAGE)
+        for task_id, start in pages:
+            key = stream_key(backend.get_key_for_task(task_id))
+            pipe.xrange(key, entry_id(start or 0), "+", count=PAGE)
         replies = pipe.execute()
         if stored_keys:
             stored = dict(zip(stored_ids, replies.pop(0), strict=True))
-        for one, entries in zip(streams, replies, strict=True):
-            chunks[one.task_id] = parse_page(entries)
+        for page, entries in zip(pages, replies, strict=True):
+            chunks[page] = parse_page(entries)
     elif stored_keys:
         stored = dict(zip(stored_ids, backend.client.mget(stored_keys), strict=True))
     return [
-        Found(names.get(one.task_id), stored.get(one.task_id), chunks.get(one.task_id))
+        Found(
+            names.get(one.task_id),
+            stored.get(one.task_id),
+            chunks.get((one.task_id, one.chunks_from)),
+        )
         for one in asked
     ]
 
