@@ -14,7 +14,7 @@ from quart.typing import TestClientProtocol as Client
 
 from quart_celery._observability import metrics
 from quart_celery.testing import ThreadWorker, free_port, messages_until_closed, submit
-from tests.metrics import label_values, sample
+from tests.metrics import MESSAGES, label_values, sample
 
 SUBMITTED = "probe_app_tasks_submitted_total"
 REQUESTS = "probe_app_http_request_duration_seconds_count"
@@ -93,6 +93,11 @@ async def test_sockets_open_and_states_delivered(
     assert sample(text, "probe_app_delivery_seconds_count") >= len(received)
     assert sample(text, "probe_app_delivery_seconds_count") <= pushed
     assert 0 < sample(text, "probe_app_delivery_seconds_sum") < 5 * pushed
+    # Each message counted, the way it went: here by the handler (no hypercorn to write
+    # straight), and `straight` shown at 0.
+    assert label_values(text, MESSAGES, "path") == {"straight", "handler"}
+    assert sample(text, MESSAGES, path="handler") >= 1 + len(received)
+    assert sample(text, MESSAGES, path="straight") == 0
 
 
 @pytest.mark.settings(API_TOKEN="api-token", METRICS_TOKEN="metrics-token")

@@ -60,6 +60,9 @@ DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds, from a millisecond up: a state is pushed, and most requests answered, in a few.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN_TASK = "unknown"
+#: The ways a message goes to a websocket (`<app>_websocket_messages_total{path}`): written
+#: straight by the listener (`quart_celery._web.frames`), or sent by the socket's handler.
+STRAIGHT, HANDLER = "straight", "handler"
 #: The task label of a workflow submitted (its tasks are not counted one by one).
 WORKFLOW = "workflow"
 UNMATCHED_ROUTE = "unmatched"
@@ -136,6 +139,11 @@ class Metrics:
                 registry=own,
             ),
         )
+
+    def __post_init__(self) -> None:
+        # Both ways show, at 0 until a message goes that way: `straight` at 0 is news.
+        for path in (STRAIGHT, HANDLER):
+            self.websocket_messages.labels(path=path)
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """Every process's samples, in the format `accept` asks for: the body and its type.

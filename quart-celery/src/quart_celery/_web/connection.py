@@ -95,7 +95,7 @@ class SendsAtOnce:
         """Send `data` now (accepting the socket first, if it is not yet)."""
         await self.accept()  # type: ignore[attr-defined]  # Quart's Websocket's
         await self._send(data)
-        frames.sent[frames.HANDLER] += 1
+        frames.sent[metrics.HANDLER] += 1
 
 
 class WebsocketConnection(ASGIWebsocketConnection):

@@ -44,7 +44,7 @@ from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from quart.signals import websocket_sent
 from wsproto.connection import ConnectionState
 
-from quart_celery._observability.metrics import Metrics
+from quart_celery._observability.metrics import HANDLER, STRAIGHT, Metrics
 from quart_celery._protection.admission import Place
 
 #: Bytes a connection may hold that its client has not taken, beyond which a batch waits for
@@ -55,8 +55,6 @@ MOST_WAITING = 64 * 1024
 #: text.
 RECENT = 4
 _framed: dict[int, tuple[str, bytes]] = {}
-#: The ways a message goes to a socket: written here, or sent by the socket's handler.
-STRAIGHT, HANDLER = "straight", "handler"
 #: Messages sent to this process's websockets since the metric last took them, each way: plain
 #: counts, taken by `count_sent` as sockets end and as `/metrics` is read. The metric's own
 #: `labels(...).inc()` for each message cost 2.9 µs (4.1 in multiprocess mode), a plain count
