@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -330,25 +330,41 @@ def held_the_loop(log: str, stalls: list[tuple[float, float]], limit: float) -> 
     return held
 
 
-def test_nothing_blocks_the_loop_under_load(
-    celery: Celery,
-    process_worker: ProcessWorker,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # asyncio's debug mode logs every callback that holds the loop over 0.1 s, and every
-    # coroutine never awaited. Wall-clock time, on a shared machine: a stall of the whole
-    # machine (0.2 s once in CI, every thread of the worker silent) is told apart by a thread
-    # here that saw it too.
+@pytest.fixture
+def debugged_worker(
+    process_worker: ProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> ProcessWorker:
+    """`process_worker`, its workers in asyncio's debug mode: it logs every callback that holds
+    the loop over 0.1 s, and every coroutine never awaited."""
     monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
-    process_worker(concurrency=500)
+    return process_worker
+
+
+def loop_held_while(tmp_path: Path, run: Callable[[], object]) -> tuple[list[str], str]:
+    """Call `run` (tasks sent to a worker in debug mode, and waited for), watching for stalls
+    of the machine: what held the worker's loop over 0.1 s of the time the machine ran, and
+    the worker's log."""
     with machine_stalls() as stalls:
+        run()
+    log = (tmp_path / "worker-asyncio.log").read_text()
+    return held_the_loop(log, stalls, limit=0.1), log
+
+
+def test_nothing_blocks_the_loop_under_load(
+    celery: Celery, debugged_worker: ProcessWorker, tmp_path: Path
+) -> None:
+    # Wall-clock time, on a shared machine: a stall of the whole machine (0.2 s once in CI,
+    # every thread of the worker silent) is told apart by a thread here that saw it too.
+    debugged_worker(concurrency=500)
+
+    def under_load() -> None:
         runs = [async_progress.delay(2, 0.01) for _ in range(500)] + [spin.delay(0.5)]
         for run in runs:
             run.get(timeout=TIMEOUT)
-    log = (tmp_path / "worker-asyncio.log").read_text()
+
+    held, log = loop_held_while(tmp_path, under_load)
     assert "Executing <" not in log or SLOW_CALLBACK.search(log), log  # the format is known
-    assert held_the_loop(log, stalls, limit=0.1) == [], log
+    assert held == [], log
     assert "was never awaited" not in log, log
 
 
@@ -365,19 +381,12 @@ def test_a_slow_callback_is_excused_only_for_the_time_the_machine_stalled() -> N
 
 
 def test_the_loop_test_catches_a_coroutine_that_holds_the_loop(
-    celery: Celery,
-    process_worker: ProcessWorker,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    celery: Celery, debugged_worker: ProcessWorker, tmp_path: Path
 ) -> None:
     # The check above, shown to read asyncio's own lines: a blocking call in a coroutine is
     # reported, whatever the machine does meanwhile.
-    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
-    process_worker()
-    with machine_stalls() as stalls:
-        blocks_the_loop.delay(0.3).get(timeout=TIMEOUT)
-    log = (tmp_path / "worker-asyncio.log").read_text()
-    (held,) = held_the_loop(log, stalls, limit=0.1)
+    debugged_worker()
+    (held,), _ = loop_held_while(tmp_path, lambda: blocks_the_loop.delay(0.3).get(timeout=TIMEOUT))
     assert "took 0.3" in held, held
 
 
