@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import websockets
-from wsproto.connection import Connection, ConnectionType
+from hypercorn.protocol.ws_stream import ASGIWebsocketState
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import TextMessage
 
 from quart_celery._client.listener import Chunks
 from quart_celery._protection.admission import Place
-from quart_celery._web.frames import frame_of, socket_writer, text_frame
+from quart_celery._web.frames import SocketWriter, frame_of, socket_writer, text_frame
 from quart_celery.testing import ProcessWorker, Server, accepted_task
 from tests.metrics import MESSAGES, sample, scrape
 
@@ -44,6 +46,74 @@ async def test_no_writer_where_the_server_is_not_hypercorn() -> None:
     place = Place(asyncio.Semaphore(1), send)
     assert socket_writer(place.send) is None
     place.leave()
+
+
+class Transport(asyncio.WriteTransport):
+    """What a writer writes to: every write, as it was made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def writer_to(transport: Transport) -> tuple[SocketWriter, SimpleNamespace]:
+    """A writer to `transport`, on a socket that is open (its stream, to close it)."""
+    connection = SimpleNamespace(state=ConnectionState.OPEN, _proto=SimpleNamespace(extensions=[]))
+    stream = SimpleNamespace(
+        closed=False, state=ASGIWebsocketState.CONNECTED, connection=connection
+    )
+    server = SimpleNamespace(send_lock=asyncio.Lock(), writer=SimpleNamespace(transport=transport))
+    return SocketWriter(stream, server), stream  # type: ignore[arg-type]
+
+
+async def test_the_frames_of_a_turn_go_in_one_write_at_its_end() -> None:
+    transport = Transport()
+    writer, _ = writer_to(transport)
+    assert writer("one") and writer("two")
+    assert transport.writes == []
+    await asyncio.sleep(0)
+    assert transport.writes == [text_frame("one") + text_frame("two")]
+    assert writer("three")
+    await asyncio.sleep(0)
+    assert transport.writes[1:] == [text_frame("three")]
+
+
+async def test_what_the_app_sends_goes_after_the_frames_held() -> None:
+    # The handler sending in the same turn as the listener took a frame (a reply to a
+    # client's request, a close): the frame held goes first, and nothing is written twice.
+    transport = Transport()
+    writer, _ = writer_to(transport)
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        transport.write(b"the app's")
+        sent.append(message)
+
+    assert writer("held")
+    await writer.before(send)({"type": "websocket.send", "text": "next"})
+    assert transport.writes == [text_frame("held"), b"the app's"]
+    assert sent == [{"type": "websocket.send", "text": "next"}]
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 2
+
+
+async def test_frames_held_for_a_socket_closed_meanwhile_are_dropped() -> None:
+    transport = Transport()
+    writer, stream = writer_to(transport)
+    assert writer("held")
+    stream.connection.state = ConnectionState.LOCAL_CLOSING  # hypercorn answered a close
+    await asyncio.sleep(0)
+    assert transport.writes == []
+    assert not writer("after")
 
 
 async def everything(connection: websockets.ClientConnection) -> list[dict[str, Any]]:

@@ -89,7 +89,7 @@ class SendsAtOnce:
     _send: Callable[[str | bytes], Awaitable[None]]  # Quart's Websocket's own
     #: A writer of messages straight to the socket, where its server allows it
     #: (`quart_celery._web.frames`), set by `WebsocketConnection`.
-    writer: Callable[[str], bool] | None = None
+    writer: frames.SocketWriter | None = None
 
     async def send(self, data: str | bytes) -> None:
         """Send `data` now (accepting the socket first, if it is not yet)."""
@@ -111,6 +111,8 @@ class WebsocketConnection(ASGIWebsocketConnection):
         self._handler = handler = asyncio.current_task()
         assert handler is not None
         writer = frames.socket_writer(send)
+        if writer is not None:
+            send = writer.before(send)  # what the listener wrote this turn goes first
         if BUFFERED:
             send = quart_asgi._convert_os_error(send)  # type: ignore[attr-defined]
             websocket = self._create_websocket_from_scope(send)
@@ -133,6 +135,8 @@ class WebsocketConnection(ASGIWebsocketConnection):
         finally:
             self._handler = None
             reader.cancel()
+            if writer is not None:
+                writer.write()  # before hypercorn ends the socket, if the app did not
             frames.count_sent(metrics.of(self.app))
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             raise reader.exception()  # type: ignore[misc]
