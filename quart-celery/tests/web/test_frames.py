@@ -75,21 +75,22 @@ def writer_to(transport: Transport) -> tuple[SocketWriter, SimpleNamespace]:
     return SocketWriter(stream, server), stream  # type: ignore[arg-type]
 
 
-async def test_the_frames_of_a_turn_go_in_one_write_at_its_end() -> None:
+async def test_the_frames_after_the_first_of_a_turn_go_in_one_write_at_its_end() -> None:
     transport = Transport()
     writer, _ = writer_to(transport)
-    assert writer("one") and writer("two")
-    assert transport.writes == []
+    assert writer("one") and writer("two") and writer("three")
+    assert transport.writes == [text_frame("one")]
     await asyncio.sleep(0)
-    assert transport.writes == [text_frame("one") + text_frame("two")]
-    assert writer("three")
+    assert transport.writes == [text_frame("one"), text_frame("two") + text_frame("three")]
+    assert writer("four")  # a new turn: at once
+    assert transport.writes[2:] == [text_frame("four")]
     await asyncio.sleep(0)
-    assert transport.writes[1:] == [text_frame("three")]
+    assert len(transport.writes) == 3
 
 
 async def test_what_the_app_sends_goes_after_the_frames_held() -> None:
-    # The handler sending in the same turn as the listener took a frame (a reply to a
-    # client's request, a close): the frame held goes first, and nothing is written twice.
+    # The handler sending in the same turn as the listener took frames (a reply to a
+    # client's request, a close): the frames held go first, and nothing is written twice.
     transport = Transport()
     writer, _ = writer_to(transport)
     sent: list[Any] = []
@@ -98,21 +99,21 @@ async def test_what_the_app_sends_goes_after_the_frames_held() -> None:
         transport.write(b"the app's")
         sent.append(message)
 
-    assert writer("held")
+    assert writer("first") and writer("held")
     await writer.before(send)({"type": "websocket.send", "text": "next"})
-    assert transport.writes == [text_frame("held"), b"the app's"]
+    assert transport.writes == [text_frame("first"), text_frame("held"), b"the app's"]
     assert sent == [{"type": "websocket.send", "text": "next"}]
     await asyncio.sleep(0)
-    assert len(transport.writes) == 2
+    assert len(transport.writes) == 3
 
 
 async def test_frames_held_for_a_socket_closed_meanwhile_are_dropped() -> None:
     transport = Transport()
     writer, stream = writer_to(transport)
-    assert writer("held")
+    assert writer("first") and writer("held")
     stream.connection.state = ConnectionState.LOCAL_CLOSING  # hypercorn answered a close
     await asyncio.sleep(0)
-    assert transport.writes == []
+    assert transport.writes == [text_frame("first")]
     assert not writer("after")
 
 

@@ -23,12 +23,15 @@ whenever the connection is sending something else, is closing, or holds more tha
 `MOST_WAITING` bytes not yet taken by the client; or where something listens to Quart's
 `websocket_sent` signal, which a write here could not send.
 
-The frames a writer takes in one turn of the event loop go to the connection in one write, at
-the end of the turn (`SocketWriter`): a listener behind the worker reads several batches at
-once (up to nine in one turn, 2026-12-05), and each write is a system call that, for a client
-on the same machine, runs the client's side of TCP too. In three pairs of `bench/streams.py
---batched --rounds 3 --relay raw` alternating with a write a message, the app's p99 over the
-raw relay's went from a median of 1.91 to 0.82 (`docs/performance.md`).
+A writer writes the first frame it takes in a turn of the event loop at once, and those it
+takes after it in the same turn in one write, at the end of the turn (`SocketWriter`): a
+listener behind the worker reads several batches at once (up to nine in one turn, 2026-12-05),
+and each write is a system call that, for a client on the same machine, runs the client's side
+of TCP too. 100 sockets, `bench/streams.py --batched --rounds 3 --relay raw`, in runs
+alternating (three pairs each time), the median of the app's p99 over the raw relay's: 1.91
+with each frame written at once; 0.82 and 0.97 with all of a turn's held; 1.15 with all but
+the first held. The first goes at once all the same: most messages come alone (a state), and
+a frame held waits for the rest of the turn, other sockets' ends included.
 
 Written by hand: ASGI has no way to send one message to many sockets, and no library does it
 under hypercorn. It leans on hypercorn's classes (`WSStream`, `H11Protocol`, `TCPServer`),
@@ -124,11 +127,12 @@ def socket_writer(send: Any) -> SocketWriter | None:
 class SocketWriter:
     """Writes messages to one socket's connection, while nothing stands in the way.
 
-    The frames taken in one turn of the event loop go to the connection together, at the end
-    of it (`write`): the listener often reads several batches at once, having fallen
-    behind, and a write is a system call that, to a client on the same machine, costs the
-    client's side of TCP too. Whatever the app sends the socket otherwise writes what is held
-    first (`before`), so that the messages keep their order.
+    The first frame taken in a turn of the event loop is written at once; those taken after it
+    in the same turn go to the connection together, at the end of it (`write`): the listener
+    often reads several batches at once, having fallen behind, and a write is a system call
+    that, to a client on the same machine, costs the client's side of TCP too. Whatever the
+    app sends the socket otherwise writes what is held first (`before`), so that the messages
+    keep their order.
     """
 
     __slots__ = ("held", "send", "server", "stream")
@@ -136,14 +140,14 @@ class SocketWriter:
     def __init__(self, stream: WSStream, server: TCPServer) -> None:
         self.stream = stream
         self.server = server
-        #: Frames taken this turn, not yet written.
+        #: Frames taken this turn after its first, not yet written; None: none taken yet.
         self.held: list[bytes] | None = None
         #: The socket's ASGI send, where the app's messages go (`before`).
         self.send: Callable[[Any], Awaitable[None]] | None = None
 
     def __call__(self, text: str) -> bool:
-        """Take `text`'s frame, for the connection at the end of this turn; whether it was
-        (if not, nothing was taken)."""
+        """Write `text`'s frame, or hold it for the end of this turn if one was written in
+        it; whether it was taken (if not, nothing was)."""
         stream, server = self.stream, self.server
         if (
             not self._open()
@@ -158,7 +162,8 @@ class SocketWriter:
             return False
         held = self.held
         if held is None:
-            self.held = [frame_of(text)]
+            transport.write(frame_of(text))
+            self.held = []
             asyncio.get_running_loop().call_soon(self.write)
         else:
             held.append(frame_of(text))
@@ -181,7 +186,7 @@ class SocketWriter:
         return self._send
 
     async def _send(self, message: Any) -> None:
-        if self.held is not None:
+        if self.held:
             self.write()
         assert self.send is not None
         await self.send(message)
