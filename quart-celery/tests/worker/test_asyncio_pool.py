@@ -340,14 +340,24 @@ def debugged_worker(
     return process_worker
 
 
+#: Seconds of the time the machine ran that a callback may hold a worker's loop. Not asyncio's
+#: 0.1: on 2 cores shared with the other tests, a thread of the worker holding the GIL (the
+#: `spin` task's, as the load below has it) and put off by the machine's scheduler holds the
+#: loop's turn with it, though the machine never stalls: in CI, an asyncio timer's callback
+#: (a sleep's end, nothing of ours) took 0.100 s, two task steps 0.104 and 0.114 s, with no
+#: stall seen from here (2026-12-05). What the test is for, the loop held by a blocking call as
+#: long as a task's body (half a second below), stays well past it.
+HELD = 0.25
+
+
 def loop_held_while(tmp_path: Path, run: Callable[[], object]) -> tuple[list[str], str]:
     """Call `run` (tasks sent to a worker in debug mode, and waited for), watching for stalls
-    of the machine: what held the worker's loop over 0.1 s of the time the machine ran, and
-    the worker's log."""
+    of the machine: what held the worker's loop over `HELD` seconds of the time the machine
+    ran, and the worker's log."""
     with machine_stalls() as stalls:
         run()
     log = (tmp_path / "worker-asyncio.log").read_text()
-    return held_the_loop(log, stalls, limit=0.1), log
+    return held_the_loop(log, stalls, limit=HELD), log
 
 
 def test_nothing_blocks_the_loop_under_load(
@@ -386,8 +396,8 @@ def test_the_loop_test_catches_a_coroutine_that_holds_the_loop(
     # The check above, shown to read asyncio's own lines: a blocking call in a coroutine is
     # reported, whatever the machine does meanwhile.
     debugged_worker()
-    (held,), _ = loop_held_while(tmp_path, lambda: blocks_the_loop.delay(0.3).get(timeout=TIMEOUT))
-    assert "took 0.3" in held, held
+    (held,), _ = loop_held_while(tmp_path, lambda: blocks_the_loop.delay(0.5).get(timeout=TIMEOUT))
+    assert "took 0.5" in held, held
 
 
 async def test_a_task_revoked_before_it_starts_never_runs(
