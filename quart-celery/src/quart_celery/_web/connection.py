@@ -112,7 +112,7 @@ class WebsocketConnection(ASGIWebsocketConnection):
         assert handler is not None
         writer = frames.socket_writer(send)
         if writer is not None:
-            send = writer.before(send)  # what the listener wrote this turn goes first
+            send = writer.before(send)  # the frames the writer holds go first
         if BUFFERED:
             send = quart_asgi._convert_os_error(send)  # type: ignore[attr-defined]
             websocket = self._create_websocket_from_scope(send)
