@@ -27,13 +27,13 @@ A writer writes the first frame it takes in a turn of the event loop at once, an
 takes after it in the same turn in one write, at the end of the turn (`SocketWriter`): a
 listener behind the worker reads several batches at once (up to nine in one turn, 2026-12-05),
 and each write is a system call that, for a client on the same machine, runs the client's side
-of TCP too: the light client of `bench/streams.py` read each of 100 sockets 11 to 13 times
-where it had read 16 to 26. Its p99, as a median of rounds over the raw relay's, in sets of
-pairs alternating: 1.91 and 1.34 with each frame written at once; 0.82, 0.97 and 1.30 with all
-of a turn's held; 1.15, 1.28 and 1.50 with all but the first held (`docs/performance.md`): no
-worse, and beyond that within a noisy machine's spread. The first goes at once because most
-messages come alone (a state), and a frame held waits for the rest of the turn, other
-sockets' ends included.
+of TCP too: the light client of `bench/streams.py` read each of 100 sockets about once every
+two messages (12 to 17 reads for 20 to 34), where it had read about once a message. Its p99,
+as a median of rounds over the raw relay's, in sets of pairs alternating: 1.91 and 1.34 with
+each frame written at once; 0.82, 0.97 and 1.30 with all of a turn's held; 1.15, 1.28 and 1.50
+with all but the first held (`docs/performance.md`): no worse, and beyond that within a noisy
+machine's spread. The first goes at once because most messages come alone (a state), and a
+frame held waits for the rest of the turn, other sockets' ends included.
 
 Written by hand: ASGI has no way to send one message to many sockets, and no library does it
 under hypercorn. It leans on hypercorn's classes (`WSStream`, `H11Protocol`, `TCPServer`),
