@@ -160,7 +160,7 @@ class SocketWriter:
             return False
         transport = server.writer.transport
         assert isinstance(transport, asyncio.WriteTransport)
-        if transport.is_closing() or transport.get_write_buffer_size() > MOST_WAITING:
+        if transport.get_write_buffer_size() > MOST_WAITING:
             return False
         held = self.held
         if held is None:
@@ -178,9 +178,8 @@ class SocketWriter:
         held, self.held = self.held, None
         if not held:
             return
-        transport = self.server.writer.transport
-        if self._open() and not transport.is_closing():
-            transport.write(held[0] if len(held) == 1 else b"".join(held))
+        if self._open():
+            self.server.writer.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def before(self, send: Any) -> Callable[[Any], Awaitable[None]]:
         """`send` (the socket's ASGI send), writing the frames held first."""
@@ -194,9 +193,11 @@ class SocketWriter:
         await self.send(message)
 
     def _open(self) -> bool:
+        """Whether the socket is open, and its connection not closing."""
         stream = self.stream
         return (
             not stream.closed
             and stream.state is ASGIWebsocketState.CONNECTED
             and stream.connection.state is ConnectionState.OPEN
+            and not self.server.writer.transport.is_closing()
         )
